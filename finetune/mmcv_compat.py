@@ -1,0 +1,155 @@
+"""A small stand-in for ``mmcv.ops`` when mmcv's compiled operators are absent.
+
+mmsegmentation 1.2.2 imports ``mmcv.ops`` at import time (``point_sample`` in
+its utils, ``sigmoid_focal_loss`` in its losses, a few optional heads), but
+pip-installable mmcv builds (mmcv-lite) ship no compiled ``mmcv._ext``, so
+``import mmseg.models`` fails. :func:`install` registers this module's light
+replacement as ``mmcv.ops`` *only* when ``mmcv._ext`` cannot be imported:
+
+- ``point_sample`` and ``sigmoid_focal_loss`` in pure PyTorch;
+- any other op raises :class:`ModuleNotFoundError` naming the op (mmseg
+  guards its optional heads with ``except ModuleNotFoundError``; a plain
+  ``ImportError`` would break them), so asking for e.g. ``DeformConv2d`` gives
+  a clear message instead of a crash deep inside mmseg.
+
+With compiled mmcv installed, :func:`install` does nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+import torch
+import torch.nn.functional as F
+
+PROVIDED_OPS = ("point_sample", "sigmoid_focal_loss")
+
+
+def point_sample(
+    input: torch.Tensor, points: torch.Tensor, align_corners: bool = False, **kwargs
+) -> torch.Tensor:
+    """Bilinearly sample ``input`` at normalised points.
+
+    Args:
+        input: feature map ``[N, C, H, W]``.
+        points: ``[N, P, 2]`` or ``[N, Hp, Wp, 2]``, (x, y) in [0, 1] image coordinates.
+        align_corners: as in :func:`torch.nn.functional.grid_sample`.
+
+    Returns:
+        ``[N, C, P]`` (or ``[N, C, Hp, Wp]`` for 4-D points).
+    """
+    flat = points.dim() == 3
+    grid = points.unsqueeze(2) if flat else points  # [N, P, 1, 2]
+    out = F.grid_sample(input, 2.0 * grid - 1.0, align_corners=align_corners, **kwargs)
+    return out.squeeze(3) if flat else out
+
+
+def sigmoid_focal_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    alpha: float = 0.25,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Sigmoid focal loss (Lin et al. 2017) with mmcv's compiled-op signature.
+
+    Args:
+        input: logits ``[N, C]``.
+        target: class indices ``[N]`` int64; the value ``C`` means "no class" (all negatives).
+        weight: optional per-class weight ``[C]``, applied by each sample's target class.
+        reduction: ``"none"`` (``[N, C]``), ``"mean"`` (sum / N, as mmcv) or ``"sum"``.
+    """
+    if input.dim() != 2 or target.dim() != 1 or input.size(0) != target.size(0):
+        raise ValueError(f"expected input [N, C] and target [N], got {tuple(input.shape)} and {tuple(target.shape)}")
+    num_classes = input.size(1)
+    onehot = F.one_hot(target.long(), num_classes + 1)[:, :num_classes].to(input.dtype)  # [N, C]
+    prob = input.sigmoid()
+    # log(p) and log(1-p) from logits, numerically stable
+    log_p = F.logsigmoid(input)
+    log_not_p = F.logsigmoid(-input)
+    loss = -(
+        alpha * onehot * (1 - prob).pow(gamma) * log_p
+        + (1 - alpha) * (1 - onehot) * prob.pow(gamma) * log_not_p
+    )
+    if weight is not None:
+        if weight.dim() != 1 or weight.numel() != num_classes:
+            raise ValueError(f"weight must have shape [{num_classes}], got {tuple(weight.shape)}")
+        padded = torch.cat([weight, weight.new_ones(1)])
+        loss = loss * padded[target.long()].unsqueeze(1)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.sum() / input.size(0)
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+
+
+def has_compiled_ops() -> bool:
+    """True when mmcv's compiled extension ``mmcv._ext`` imports."""
+    try:
+        importlib.import_module("mmcv._ext")
+    except ImportError:
+        return False
+    return True
+
+
+def _missing_op(name: str):
+    if name.startswith("__") and name.endswith("__"):
+        raise AttributeError(name)
+    raise ModuleNotFoundError(
+        f"mmcv.ops.{name} needs mmcv's compiled operators, which are not installed. "
+        f"This project's mmcv compatibility layer provides only {', '.join(PROVIDED_OPS)}. "
+        "Use a model without this op, or install full mmcv 2.1.0 compiled for your torch "
+        "(see docs/install.md).",
+        name=f"mmcv.ops.{name}",
+    )
+
+
+def _build_module() -> types.ModuleType:
+    module = types.ModuleType("mmcv.ops", doc=__doc__)
+    module.point_sample = point_sample
+    module.sigmoid_focal_loss = sigmoid_focal_loss
+    module.__getattr__ = _missing_op
+    module.__all__ = list(PROVIDED_OPS)
+    module.AUXSEG_COMPAT = True
+    return module
+
+
+def is_installed() -> bool:
+    """True when ``mmcv.ops`` is this project's compatibility module."""
+    return getattr(sys.modules.get("mmcv.ops"), "AUXSEG_COMPAT", False)
+
+
+def install() -> bool:
+    """Register the compatibility ``mmcv.ops`` if compiled ops are absent.
+
+    Must run before the first ``import mmseg``. Idempotent. Returns True when
+    the compatibility module is (now) the active ``mmcv.ops``.
+    """
+    if is_installed():
+        return True
+    if has_compiled_ops():
+        return False
+    import mmcv
+
+    module = _build_module()
+    sys.modules["mmcv.ops"] = module
+    mmcv.ops = module
+    return True
+
+
+def import_mmseg():
+    """Install the compatibility layer if needed, then import and return ``mmseg``.
+
+    Also registers mmseg's modules in mmengine's registries.
+    """
+    install()
+    import mmseg
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    return mmseg
