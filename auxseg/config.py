@@ -40,10 +40,11 @@ class ConfigError(ValueError):
 
 
 def read_yaml_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """Read a YAML config, merging the files named in its ``_base_`` key first.
+    """Read a YAML config, merging the files named in its ``_base_`` keys first.
 
     ``_base_`` holds one path or a list of paths, relative to the file that
-    names them; later bases and the file itself override earlier ones.
+    names them; later bases and the file itself override earlier ones. It may
+    appear at the top level and inside any nested section.
     """
     path = Path(path).resolve()
     if path in _seen:
@@ -57,12 +58,25 @@ def read_yaml_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return _resolve_bases(data, path, (*_seen, path))
+
+
+def _resolve_bases(data: dict, path: Path, seen: tuple[Path, ...]) -> dict:
+    """Merge the ``_base_`` files of ``data`` and of every mapping nested in it.
+
+    A nested ``_base_`` lets one section reuse another stage's preset, e.g.
+    ``pretrain: {_base_: ../pretrain/tiny.yaml, train: {max_iters: 50}}``.
+    """
+    data = dict(data)
     bases = data.pop(BASE_KEY, [])
     if isinstance(bases, str):
         bases = [bases]
+    for key, value in data.items():
+        if isinstance(value, dict):
+            data[key] = _resolve_bases(value, path, seen)
     merged: dict = {}
     for base in bases:
-        merged = deep_merge(merged, read_yaml_with_bases(path.parent / base, (*_seen, path)))
+        merged = deep_merge(merged, read_yaml_with_bases(path.parent / base, seen))
     return deep_merge(merged, data)
 
 

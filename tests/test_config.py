@@ -125,3 +125,18 @@ def test_saved_config_round_trips(tmp_path):
     assert load_config(Example, path) == cfg
     # no temporary files left behind by the atomic write
     assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]
+
+
+@dataclass
+class Outer:
+    name: str = "outer"
+    inner: Example = field(default_factory=Example)
+
+
+def test_nested_section_inherits_its_own_base(tmp_path):
+    (tmp_path / "stage").mkdir()
+    write(tmp_path / "stage" / "tiny.yaml", {"iters": 3, "optim": {"name": "adamw"}})
+    top = write(tmp_path / "all.yaml", {"inner": {"_base_": "stage/tiny.yaml", "optim": {"lr": 0.5}}})
+    cfg = load_config(Outer, top, overrides=["inner.k=4"])
+    assert cfg.inner.iters == 3 and cfg.inner.optim.name == "adamw"
+    assert cfg.inner.optim.lr == 0.5 and cfg.inner.k == 4
