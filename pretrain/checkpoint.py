@@ -1,0 +1,147 @@
+"""Training checkpoints (exact resume) and initial weights (ImageNet, MoCo, our export).
+
+A training checkpoint holds only tensors and plain data, so it loads with
+``torch.load(weights_only=True)``: model, optimizer, AMP scaler, the iteration
+(which fixes the schedule and the data position, both functions of it) and
+the global RNG states.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from auxseg.checkpoint_io import CheckpointError, check_keys, load_checkpoint, save_checkpoint, state_dict_of
+from pretrain.export import EXPORT_FORMAT, validate_export
+
+STATE_FORMAT = "auxseg.pretrain-state/1"
+_CKPT_RE = re.compile(r"iter_(\d+)\.pth$")
+
+
+def checkpoint_path(out_dir: str | Path, iteration: int) -> Path:
+    return Path(out_dir) / "checkpoints" / f"iter_{iteration:07d}.pth"
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The training checkpoint with the highest iteration in ``out_dir/checkpoints``, or None."""
+    found = [(int(m.group(1)), p) for p in (Path(out_dir) / "checkpoints").glob("iter_*.pth")
+             if (m := _CKPT_RE.search(p.name))]
+    return max(found)[1] if found else None
+
+
+def rng_state() -> dict:
+    # our own randomness is seeded per iteration; the global states are saved for code that uses them
+    np_state = np.random.get_state()  # noqa: NPY002
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": _plain(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _plain(x):
+    return [_plain(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))  # noqa: NPY002
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler, iteration: int, config: dict, keep: int = 0) -> Path:
+    """Write a resumable checkpoint atomically; keep only the newest ``keep`` in its folder (0 = all)."""
+    path = Path(path)
+    save_checkpoint({
+        "format": STATE_FORMAT,
+        "iteration": int(iteration),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+        "rng": rng_state(),
+        "config": config,
+    }, path)
+    if keep > 0:
+        old = sorted(p for p in path.parent.glob("iter_*.pth") if _CKPT_RE.search(p.name))[:-keep]
+        for p in old:
+            p.unlink(missing_ok=True)
+    return path
+
+
+def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler, config: dict) -> int:
+    """Restore model, optimizer, scaler and RNG from a training checkpoint; returns its iteration.
+
+    Refuses a checkpoint whose model or loss settings differ from ``config``
+    (resuming those would silently train something else).
+    """
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a pretrain training checkpoint (format {STATE_FORMAT!r})")
+    saved = ckpt.get("config", {})
+    for section in ("model", "loss"):
+        if saved.get(section) != config.get(section):
+            raise CheckpointError(
+                f"{path}: its {section} config differs from this run's; resume with the same settings "
+                f"(saved {saved.get(section)}, now {config.get(section)})"
+            )
+    state = ckpt["model"]
+    check_keys(model.state_dict().keys(), state.keys(), path, "model")
+    model.load_state_dict(state)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler.is_enabled() and ckpt["scaler"]:
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return int(ckpt["iteration"])
+
+
+def backbone_state_from_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Backbone weights from an init checkpoint and what kind it was.
+
+    Recognises our backbone export (``meta.format``), a MoCo v1/v2 checkpoint
+    (``module.encoder_q.*``; the MLP ``fc`` is dropped), an mmseg/mmengine
+    model checkpoint (``backbone.*``) and a torchvision ImageNet state_dict
+    (``fc`` dropped).
+    """
+    ckpt = load_checkpoint(path)
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("meta"), dict) and ckpt["meta"].get("format") == EXPORT_FORMAT:
+        state, _ = validate_export(ckpt, path)
+        return state, "auxseg export"
+    state = state_dict_of(ckpt, path)
+    if any(k.startswith("module.encoder_q.") for k in state):
+        prefix = "module.encoder_q."
+        return {k[len(prefix):]: v for k, v in state.items()
+                if k.startswith(prefix) and not k[len(prefix):].startswith("fc.")}, "moco"
+    if any(k.startswith("backbone.") for k in state):
+        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, "mmseg"
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}, "torchvision"
+
+
+def init_backbone(backbone: nn.Module, init: str) -> str:
+    """Initialise the backbone from ``init`` ("random" or a checkpoint path); keys must match exactly.
+
+    Returns a description of what was loaded (for logs and the export meta).
+    """
+    if init == "random":
+        return "random"
+    state, kind = backbone_state_from_checkpoint(init)
+    check_keys(backbone.state_dict().keys(), state.keys(), init, f"backbone ({kind} checkpoint)")
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # same keys, wrong shapes (e.g. resnet18 weights for resnet50 keys)
+        raise CheckpointError(f"{init}: {kind} weights do not fit the backbone: {err}") from err
+    return f"{kind}:{init}"

@@ -1,0 +1,92 @@
+"""``auxseg pretrain``: run pre-training from a config, or export a training checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from auxseg.checkpoint_io import CheckpointError
+from auxseg.config import ConfigError, from_dict, load_config
+from pretrain.config import PretrainConfig
+
+DESCRIPTION = """\
+Cross-image pixel contrastive pre-training on auxiliary labels (stage 2).
+
+Reads the auxiliary-label folder named by data.labels (its manifest gives the
+number of labels, ignore value and image folder), trains the backbone with a
+supervised pixel InfoNCE loss over two augmented views of every image, and
+writes to out_dir: config.yaml, log.jsonl, tensorboard/, checkpoints/iter_*.pth
+(resumable; a rerun resumes automatically) and the backbone export
+backbone_mmseg.pth (+ backbone_torchvision.pth for the plain stem).
+
+Multi-process: torchrun --nproc_per_node=N -m auxseg.cli pretrain CONFIG ...
+"""
+
+EPILOG = """\
+examples:
+  auxseg pretrain configs/pretrain/tiny.yaml
+  auxseg pretrain configs/pretrain/default.yaml data.labels=work/auxlabels out_dir=work/pretrain
+  auxseg pretrain configs/pretrain/default.yaml loss.mode=pixel model.stem=deep train.device=cuda train.amp=bf16
+  auxseg pretrain --export work/pretrain/checkpoints/iter_0010000.pth --out work/export
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "pretrain", help="contrastive pre-training on auxiliary labels (stage 2)", description=DESCRIPTION,
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", help="YAML config (configs/pretrain/*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_iters=100")
+    p.add_argument("--export", metavar="CHECKPOINT",
+                   help="do not train: write the backbone export(s) of this training checkpoint")
+    p.add_argument("--out", metavar="DIR", help="with --export: output folder (default: the checkpoint's out_dir)")
+    p.set_defaults(func=main)
+    return p
+
+
+def export_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None) -> dict[str, Path]:
+    """Write the backbone export(s) of a training checkpoint; returns key format -> path."""
+    from auxseg.checkpoint_io import load_checkpoint
+    from pretrain.checkpoint import STATE_FORMAT
+    from pretrain.data import read_label_folder
+    from pretrain.export import export_backbone
+    from pretrain.model import PretrainNet
+
+    ckpt = load_checkpoint(checkpoint)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{checkpoint}: not a pretrain training checkpoint (format {STATE_FORMAT!r})")
+    cfg = from_dict(PretrainConfig, ckpt["config"])
+    model = PretrainNet(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    sha, manifest = None, None
+    try:
+        labels = cfg.data.labels if cfg.data.source == "folder" else Path(cfg.out_dir) / "synthetic_data" / "auxlabels"
+        folder = read_label_folder(labels, image_root=cfg.data.image_root, verify_hash=False)
+        sha, manifest = folder.labels_sha256, str(folder.manifest_path)
+    except (ValueError, OSError) as err:
+        print(f"warning: label folder not readable ({err}); the export meta will not name it", file=sys.stderr)
+    return export_backbone(model.backbone, out or cfg.out_dir, config=ckpt["config"], iteration=ckpt["iteration"],
+                           auxlabels_sha256=sha, auxlabels_manifest=manifest)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pretrain.data import LabelFolderError
+    from pretrain.train import NonFiniteLossError, run
+
+    try:
+        if args.export:
+            for key_format, path in export_from_checkpoint(args.export, args.out).items():
+                print(f"export ({key_format}): {path}")
+            return 0
+        if not args.config:
+            print("auxseg pretrain: give a CONFIG (or --export CHECKPOINT)", file=sys.stderr)
+            return 2
+        cfg = load_config(PretrainConfig, args.config, args.overrides)
+        path = run(cfg)
+        print(f"done: {path}")
+        return 0
+    except (ConfigError, CheckpointError, LabelFolderError, NonFiniteLossError) as err:
+        print(f"auxseg pretrain: error: {err}", file=sys.stderr)
+        return 1

@@ -1,0 +1,114 @@
+"""Typed configuration of the pre-training stage (``auxseg pretrain CONFIG``).
+
+Defaults follow the paper where it gives a value (augmentations: supplement
+Table 8; temperature 0.1 and the SGD/poly schedule: ``docs/method.md``,
+Stage 2) and are marked "choice" where the sources are silent. Presets live in
+``configs/pretrain/`` (``tiny.yaml`` runs on a laptop CPU in seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class DataConfig:
+    # "folder": read an auxiliary-label folder (docs/contracts.md section 1).
+    # "synthetic": generate auxseg.synthetic images and write their ground truth as a label
+    # folder under <out_dir>/synthetic_data (for the tiny preset and demos; no downloads).
+    source: Literal["folder", "synthetic"] = "folder"
+    labels: str = ""  # auxiliary-label folder holding manifest.json
+    image_root: str | None = None  # overrides the manifest's image_root (data moved elsewhere)
+    verify_hash: bool = True  # recompute labels_sha256 and refuse a folder whose labels changed
+    batch_size: int = 16  # global number of images per step (each gives two views); paper choice
+    num_workers: int = 4
+    synthetic_images: int = 16  # only for source="synthetic"
+    synthetic_size: tuple[int, int] = (96, 128)  # (height, width), only for source="synthetic"
+
+
+@dataclass
+class AugmentConfig:
+    """Two-view augmentation; every default is supplement Table 8 unless marked choice."""
+
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    color_jitter_p: float = 1.0  # choice: Table 8 gives no probability, so jitter is always applied
+    grayscale_p: float = 0.2
+    cutout: tuple[int, int] = (0, 40)  # side of the erased square, px (of the output crop)
+    scale: tuple[float, float] = (0.4, 2.5)
+    rotation: tuple[float, float] = (-60.0, 60.0)  # degrees
+    crop: tuple[int, int] = (321, 361)  # side of the square crop window, px (after scaling)
+    out_size: int = 321  # choice: every crop window is resized to this side so views batch together
+    flip_p: float = 0.5
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["resnet18", "resnet50"] = "resnet50"
+    stem: Literal["plain", "deep"] = "plain"  # plain = torchvision/ResNetV1b, deep = mmseg ResNetV1c
+    decoder: Literal["none", "aspp"] = "none"  # pre-train the DeepLabV3 ASPP decoder too
+    decoder_channels: int = 512  # choice (mmseg's DeepLabV3 uses 512)
+    head_hidden: int = 512  # choice: hidden width of the 2-layer 1x1-conv projection head
+    embed_dim: int = 256  # choice (method.md): projection output, L2-normalised
+    # Initialisation: "random", or a checkpoint path (torchvision ImageNet state_dict, MoCo v2
+    # checkpoint, or our own backbone export); keys are checked exactly.
+    init: str = "random"
+    # "train": ordinary BN; "sync": SyncBatchNorm across processes (CUDA only in torch);
+    # "frozen": BN layers in eval mode with fixed statistics (affine still trained).
+    norm: Literal["train", "sync", "frozen"] = "train"
+
+
+@dataclass
+class LossConfig:
+    # aux: positives = same auxiliary label in any image/view (the method).
+    # pixel: baseline #1, positives = the same original pixel in the other view.
+    # superpixel: baseline #2, positives = the same superpixel (a label folder of scope "image").
+    mode: Literal["aux", "pixel", "superpixel"] = "aux"
+    name: str = "infonce"  # key into pretrain.losses.LOSSES
+    temperature: float = 0.1  # method.md, Stage 2
+    budget: int = 2048  # sampled pixels per step over the whole batch, both views (method.md: 1-4k)
+    min_per_label: int = 2  # a label is only sampled with at least this many pixels (>= 2: a positive)
+    pixel_cell: int = 8  # baseline #1: original pixels in the same cell x cell square count as "the same"
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"  # method.md choice: SGD momentum 0.9
+    lr: float = 0.01  # choice: base lr for batch 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    power: float = 0.9  # poly exponent
+    min_lr: float = 1e-4
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.1  # lr at iteration 0 = warmup_ratio * lr
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = 20000  # method.md: some 10k-40k iterations on GPU
+    stop_at: int = 0  # stop (with a checkpoint) at this iteration, as if killed; 0 = run to max_iters
+    seed: int = 0
+    device: str = "cpu"  # "cpu" or "cuda" (or "cuda:N"); under torchrun cuda uses LOCAL_RANK
+    amp: Literal["none", "bf16", "fp16"] = "none"  # bf16 autocast on GPU; CPU stays fp32 by default
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on cuda, gloo on cpu
+    checkpoint_every: int = 1000  # iterations between training checkpoints (0 = only at the end)
+    keep_checkpoints: int = 2
+    resume: str = "auto"  # "auto": latest checkpoint in out_dir; "none"; or a path
+    log_every: int = 20
+    histogram_every: int = 200
+    progress: bool = True  # tqdm progress bar with ETA (rank 0)
+    tensorboard: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    out_dir: str = "work/pretrain"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,188 @@
+"""Pixel contrastive objectives as pure functions, and what they consume.
+
+An objective sees pixel embeddings and a per-pixel target structure,
+:class:`PixelTargets`. Today that structure holds hard ids (auxiliary labels,
+original-pixel cells or superpixels, made unique per image where needed);
+it has room for soft per-pixel label distributions so probabilistic-label
+objectives (e.g. the implicit-posterior QR/RQ losses) plug in as further
+entries of :data:`LOSSES` without touching the training loop.
+
+Pipeline in one step (``pretrain.train``):
+
+    label/coords maps [B, 2, S, S]  --targets_at_features-->  ids [B, 2, h, w]  (-1 = ignore)
+    ids --sample_balanced--> indices of <= budget pixels (balanced over ids)
+    embeddings at those pixels [N, D] + PixelTargets(ids [N]) --LOSSES[name]--> loss, stats
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_ID = -1
+
+
+@dataclass
+class PixelTargets:
+    """What decides positives and negatives for N sampled pixels.
+
+    ids: ``[N]`` int64, pixels with equal ids are positives of each other
+    (never -1 after sampling). soft: optional ``[N, K]`` float per-pixel label
+    distribution for soft-label objectives (rows sum to 1); unused by InfoNCE.
+    """
+
+    ids: torch.Tensor
+    soft: torch.Tensor | None = None
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def nearest_to_grid(maps: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Sample integer maps ``[..., S_h, S_w]`` at the centres of an ``h x w`` grid (nearest) -> ``[..., h, w]``.
+
+    Cell ``i`` of the feature map (stride ``S/h``) takes the input pixel under its
+    centre, ``floor((i + 0.5) * S / h)``, so no label is ever interpolated.
+    """
+    sh, sw = maps.shape[-2:]
+    rows = ((torch.arange(h, device=maps.device) + 0.5) * sh / h).long().clamp_(max=sh - 1)
+    cols = ((torch.arange(w, device=maps.device) + 0.5) * sw / w).long().clamp_(max=sw - 1)
+    return maps.index_select(-2, rows).index_select(-1, cols)
+
+
+def targets_at_features(
+    mode: str,
+    label: torch.Tensor,
+    coords: torch.Tensor,
+    index: torch.Tensor,
+    image_width: torch.Tensor,
+    *,
+    h: int,
+    w: int,
+    num_labels: int,
+    ignore_index: int,
+    per_image_ids: bool,
+    pixel_cell: int = 8,
+) -> torch.Tensor:
+    """Per-pixel target ids at feature resolution for one of the label modes.
+
+    Args:
+        mode: "aux" (auxiliary label), "superpixel" (label folder of scope "image"),
+            or "pixel" (the original pixel, quantised to ``pixel_cell`` px squares).
+        label: ``[B, V, S, S]`` int64 label maps of the views, ``ignore_index`` = ignore.
+        coords: ``[B, V, S, S]`` int64 original ``y * W + x`` per view pixel, -1 = padding.
+        index: ``[B]`` int64 dataset index of each image (makes per-image ids unique).
+        image_width: ``[B]`` int64 original width W of each image.
+        h, w: feature map size.
+        num_labels: K of the label folder.
+        per_image_ids: offset ids by ``index * K`` (scope "image" folders: ids mean nothing across images).
+
+    Returns:
+        ``[B, V, h, w]`` int64 ids, -1 where ignored.
+    """
+    if mode == "pixel":
+        c = nearest_to_grid(coords, h, w)  # [B, V, h, w]
+        wid = image_width.view(-1, 1, 1, 1)
+        cells_x = (wid + pixel_cell - 1) // pixel_cell
+        cell = (c // wid) // pixel_cell * cells_x + (c % wid) // pixel_cell
+        # 2**32 cells per image is far beyond any image, so ids never collide across images
+        ids = index.view(-1, 1, 1, 1) * (1 << 32) + cell
+        return torch.where(c >= 0, ids, torch.full_like(ids, IGNORE_ID))
+    if mode not in ("aux", "superpixel"):
+        raise ValueError(f"loss.mode: {mode!r} is not 'aux', 'pixel' or 'superpixel'")
+    lab = nearest_to_grid(label, h, w)
+    valid = (lab != ignore_index) & (lab >= 0) & (lab < num_labels)
+    ids = lab + index.view(-1, 1, 1, 1) * num_labels if per_image_ids else lab
+    return torch.where(valid, ids, torch.full_like(ids, IGNORE_ID))
+
+
+def sample_balanced(ids: torch.Tensor, budget: int, min_per_label: int = 2,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick at most ``budget`` pixels, balanced over the ids present.
+
+    Each id with at least ``min_per_label`` valid pixels is eligible; every chosen
+    id gets up to ``per = max(min_per_label, budget // n_eligible)`` pixels drawn
+    without replacement, and when ``n_eligible * per > budget`` a random subset
+    of ``budget // per`` ids is used (e.g. baseline #1, where nearly every pixel
+    has its own id). Ignored pixels (id -1) are never drawn.
+
+    Args:
+        ids: ``[M]`` int64, -1 = ignore.
+        budget: max number of pixels returned.
+        generator: makes the draw a function of its seed (same on every rank).
+
+    Returns:
+        ``[N]`` int64 indices into ``ids``, N <= budget, grouped by id.
+    """
+    valid = (ids != IGNORE_ID).nonzero().squeeze(1)  # [M_valid]
+    empty = ids.new_zeros(0, dtype=torch.long)
+    if valid.numel() == 0 or budget < min_per_label:
+        return empty
+    uniq, inv, counts = torch.unique(ids[valid], return_inverse=True, return_counts=True)
+    eligible = (counts >= min_per_label).nonzero().squeeze(1)
+    if eligible.numel() == 0:
+        return empty
+    per = max(min_per_label, budget // eligible.numel())
+    n_use = min(eligible.numel(), budget // per)
+    chosen = torch.zeros(uniq.numel(), dtype=torch.bool, device=ids.device)
+    pick = torch.randperm(eligible.numel(), generator=generator, device="cpu")[:n_use].to(ids.device)
+    chosen[eligible[pick]] = True
+    # random order inside each id: sort by a random key, then (stably) by id
+    key = torch.rand(valid.numel(), generator=generator, device="cpu").to(ids.device)
+    order = torch.argsort(key)
+    order = order[torch.argsort(inv[order], stable=True)]
+    group = inv[order]
+    start = torch.cumsum(counts, 0) - counts  # first position of each id in the sorted order
+    rank = torch.arange(order.numel(), device=ids.device) - start[group]
+    take = (rank < per) & chosen[group]
+    return valid[order[take]]
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def supervised_infonce(feats: torch.Tensor, targets: PixelTargets, temperature: float = 0.1) -> tuple[torch.Tensor, dict]:
+    """Supervised pixel InfoNCE over sampled pixels (method.md, Stage 2; temperature 0.1).
+
+    For anchor ``i`` with positives ``P(i)`` (the other pixels with the same id,
+    in any image or view) and all other sampled pixels ``A(i)`` in the
+    denominator::
+
+        l_i = -1/|P(i)| * sum_{p in P(i)} log( exp(f_i.f_p / t) / sum_{a in A(i)} exp(f_i.f_a / t) )
+
+    averaged over anchors with at least one positive.
+
+    Args:
+        feats: ``[N, D]`` L2-normalised embeddings (computed in fp32 here).
+        targets: ``ids [N]`` int64.
+        temperature: t.
+
+    Returns:
+        (scalar loss, stats with ``anchors`` and ``positives_per_anchor``).
+    """
+    ids = targets.ids
+    n = feats.shape[0]
+    feats = feats.float()
+    logits = feats @ feats.t() / temperature  # [N, N]
+    self_mask = torch.eye(n, dtype=torch.bool, device=feats.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # [N, N], -inf on the diagonal
+    pos = (ids[:, None] == ids[None, :]) & ~self_mask  # [N, N]
+    num_pos = pos.sum(1)  # [N]
+    has_pos = num_pos > 0
+    if not bool(has_pos.any()):
+        raise ValueError("supervised_infonce: no anchor has a positive (every sampled id occurs once)")
+    mean_log_prob_pos = log_prob.masked_fill(~pos, 0.0).sum(1)[has_pos] / num_pos[has_pos]
+    loss = -mean_log_prob_pos.mean()
+    stats = {"anchors": int(has_pos.sum()), "positives_per_anchor": float(num_pos[has_pos].float().mean())}
+    return loss, stats
+
+
+LossFn = Callable[..., tuple[torch.Tensor, dict]]
+
+LOSSES: dict[str, LossFn] = {
+    "infonce": supervised_infonce,
+}
+"""Objectives by name (``loss.name``): ``fn(feats [N, D], targets: PixelTargets, temperature=...)``."""
