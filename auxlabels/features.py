@@ -1,0 +1,400 @@
+"""Frozen feature extractors, built by name from a checkpoint file (method.md, Stage 1 step 1).
+
+Every builder loads its weights with :func:`auxseg.checkpoint_io.load_checkpoint`
+(``weights_only=True``) and compares key sets exactly with
+:func:`auxseg.checkpoint_io.check_keys`, so a checkpoint of the wrong format fails
+loudly, naming the file. A builder returns a :class:`FeatureExtractor`: a frozen
+module mapping normalised images ``[B, 3, H, W]`` to features ``[B, D, h, w]``
+plus its normalisation constants and native output stride.
+
+Random weights only by explicit choice (``random_init=True``), for ablations and tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from auxseg.checkpoint_io import CheckpointError, check_keys, load_checkpoint, state_dict_of
+from auxseg.io import sha256_file
+
+from .config import ExtractorConfig
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 scale
+IMAGENET_STD = (58.395, 57.12, 57.375)
+RESNET_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+# VGG-19 `features` prefix lengths ending after the last ReLU of a block, and their strides
+VGG19_LAYERS = {"conv3": (18, 4), "conv4": (27, 8), "conv5": (36, 16)}
+
+
+class FeatureExtractor(nn.Module):
+    """A frozen network returning one feature map per image.
+
+    Attributes:
+        body: module mapping ``[B, 3, H, W]`` normalised RGB to ``[B, D, h, w]``.
+        mean, std: per-channel normalisation on the 0-255 scale, RGB order.
+        stride: native output stride (image size / feature size), measured at build time.
+        dim: D, the feature dimension.
+        description: what was built (name, layer, checkpoint), for the manifest.
+    """
+
+    def __init__(self, body: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, description: dict | None = None):
+        super().__init__()
+        self.body = body.eval()
+        for p in self.body.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.description = dict(description or {})
+        with torch.no_grad():  # measure stride and dim on a dummy input (64 px is a multiple of 32)
+            out = self.body(torch.zeros(1, 3, 64, 64))
+        self.dim = int(out.shape[1])
+        self.stride = max(1, round(64 / out.shape[-1]))
+        self.description.update(dim=self.dim, native_stride=self.stride)
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        # frozen: BatchNorm always uses its running statistics
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """Features of a batch.
+
+        Args:
+            images_uint8: ``[B, 3, H, W]`` RGB on the 0-255 scale (any dtype).
+        Returns:
+            ``[B, D, h, w]`` float features at the native stride (not normalised).
+        """
+        x = (images_uint8.float() - self.mean) / self.std
+        return self.body(x)
+
+
+def working_features(feats: torch.Tensor, size_hw: tuple[int, int], stride: int) -> torch.Tensor:
+    """Resize native features to the working stride and L2-normalise each pixel.
+
+    Args:
+        feats: ``[B, D, h, w]`` native features.
+        size_hw: the image size (H, W) in pixels the features came from.
+        stride: working stride; output is ``[B, D, ceil(H/stride), ceil(W/stride)]``.
+    Returns:
+        float32 ``[B, D, h', w']`` with unit L2 norm along D.
+    """
+    h, w = working_size(size_hw, stride)
+    feats = feats.float()
+    if feats.shape[-2:] != (h, w):
+        feats = F.interpolate(feats, size=(h, w), mode="bilinear", align_corners=False)
+    return F.normalize(feats, dim=1)
+
+
+def working_size(size_hw: tuple[int, int], stride: int) -> tuple[int, int]:
+    """The working-stride grid size for an image of ``(H, W)`` pixels."""
+    return math.ceil(size_hw[0] / stride), math.ceil(size_hw[1] / stride)
+
+
+# ----------------------------------------------------------------------------- torchvision
+
+
+class _ResNetTrunk(nn.Module):
+    """A torchvision ResNet up to (and including) one of its stages."""
+
+    def __init__(self, resnet: nn.Module, layer: str):
+        super().__init__()
+        if layer not in RESNET_LAYERS:
+            raise ValueError(f"extractor.layer: {layer!r} is not one of {list(RESNET_LAYERS)} for a ResNet")
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        n = RESNET_LAYERS.index(layer) + 1
+        self.stages = nn.Sequential(*[getattr(resnet, name) for name in RESNET_LAYERS[:n]])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+
+def _torchvision_resnet(arch: str) -> nn.Module:
+    if arch not in ("resnet18", "resnet34", "resnet50", "resnet101"):
+        raise ValueError(f"unsupported ResNet architecture {arch!r}")
+    return getattr(torchvision.models, arch)(weights=None)
+
+
+def _load_exact(model: nn.Module, state: dict, path: str | Path, what: str, ignore_prefix: str | None = None) -> None:
+    """Load ``state`` into ``model`` after checking both key sets are identical."""
+    expected = set(model.state_dict())
+    if ignore_prefix is not None:
+        expected = {k for k in expected if not k.startswith(ignore_prefix)}
+    check_keys(expected, set(state), path, what)
+    model.load_state_dict(state, strict=ignore_prefix is None)
+
+
+def _require_checkpoint(cfg: ExtractorConfig) -> Path | None:
+    if cfg.random_init:
+        if cfg.checkpoint is not None:
+            raise CheckpointError(
+                f"extractor.random_init=true but extractor.checkpoint={cfg.checkpoint} is set; choose one"
+            )
+        torch.manual_seed(cfg.seed)
+        return None
+    if cfg.checkpoint is None:
+        raise CheckpointError("extractor.checkpoint: required (random weights only with extractor.random_init=true)")
+    return Path(cfg.checkpoint)
+
+
+def _plain_state_dict(ckpt, path: Path) -> dict:
+    try:
+        return state_dict_of(ckpt, path)
+    except CheckpointError:
+        raise
+    except Exception as err:  # a checkpoint of an unexpected shape
+        raise CheckpointError(f"{path}: no state_dict found: {err}") from err
+
+
+def build_torchvision_resnet(cfg: ExtractorConfig, arch: str) -> FeatureExtractor:
+    """ImageNet ResNet from a torchvision ``state_dict`` file (with or without ``fc.*``)."""
+    path = _require_checkpoint(cfg)
+    model = _torchvision_resnet(arch)
+    if path is not None:
+        state = _plain_state_dict(load_checkpoint(path), path)
+        has_fc = any(k.startswith("fc.") for k in state)
+        _load_exact(model, state, path, f"torchvision {arch}", ignore_prefix=None if has_fc else "fc.")
+    return FeatureExtractor(_ResNetTrunk(model, cfg.layer), description={"arch": arch})
+
+
+def build_vgg19(cfg: ExtractorConfig) -> FeatureExtractor:
+    """ImageNet VGG-19 from a torchvision ``state_dict`` file (``features.*`` and ``classifier.*``)."""
+    path = _require_checkpoint(cfg)
+    model = torchvision.models.vgg19(weights=None)
+    if path is not None:
+        state = _plain_state_dict(load_checkpoint(path), path)
+        has_classifier = any(k.startswith("classifier.") for k in state)
+        _load_exact(model, state, path, "torchvision vgg19", ignore_prefix=None if has_classifier else "classifier.")
+    if cfg.layer not in VGG19_LAYERS:
+        raise ValueError(f"extractor.layer: {cfg.layer!r} is not one of {list(VGG19_LAYERS)} for VGG-19")
+    end, _ = VGG19_LAYERS[cfg.layer]
+    return FeatureExtractor(model.features[:end], description={"arch": "vgg19"})
+
+
+MOCO_PREFIX = "module.encoder_q."
+
+
+def build_moco_resnet(cfg: ExtractorConfig, arch: str) -> FeatureExtractor:
+    """MoCo v2 checkpoint: ``state_dict`` with ``module.encoder_q.*`` keys; the fc (MLP) head is dropped.
+
+    ``module.encoder_k.*`` and the queue belong to the momentum encoder and are ignored.
+    """
+    path = _require_checkpoint(cfg)
+    model = _torchvision_resnet(arch)
+    if path is not None:
+        ckpt = load_checkpoint(path)
+        state = _plain_state_dict(ckpt, path)
+        query = {k[len(MOCO_PREFIX):]: v for k, v in state.items() if k.startswith(MOCO_PREFIX)}
+        if not query:
+            raise CheckpointError(
+                f"{path}: not a MoCo checkpoint: no '{MOCO_PREFIX}*' keys (first keys: {', '.join(list(state)[:4])})"
+            )
+        body = {k: v for k, v in query.items() if not k.startswith("fc.")}
+        _load_exact(model, body, path, f"MoCo {arch} encoder_q", ignore_prefix="fc.")
+    return FeatureExtractor(_ResNetTrunk(model, cfg.layer), description={"arch": arch})
+
+
+# ----------------------------------------------------------------------------- mmseg
+
+
+def _mmseg_model_from_config(model_cfg) -> nn.Module:
+    from finetune.mmcv_compat import import_mmseg
+
+    import_mmseg()
+    from mmseg.registry import MODELS
+
+    def no_syncbn(node):
+        # a single process cannot run SyncBN; BN with the same keys is equivalent when frozen
+        if isinstance(node, dict):
+            if node.get("type") == "SyncBN":
+                node["type"] = "BN"
+            for v in node.values():
+                no_syncbn(v)
+        elif isinstance(node, list):
+            for v in node:
+                no_syncbn(v)
+
+    model_cfg = dict(model_cfg)
+    no_syncbn(model_cfg)
+    # the weights come from our checkpoint; never fetch anything at build time
+    if isinstance(model_cfg.get("backbone"), dict):
+        model_cfg["backbone"] = dict(model_cfg["backbone"], init_cfg=None)
+    model_cfg.pop("pretrained", None)
+    return build_in_mmseg_scope(MODELS, model_cfg)
+
+
+def build_in_mmseg_scope(registry, cfg: dict) -> nn.Module:
+    """Build from mmseg's registry with 'mmseg' as the default scope (nested types such as
+    SegDataPreProcessor are then found), without changing the process-wide scope."""
+    from mmengine.registry import DefaultScope
+
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        return registry.build(cfg)
+
+
+class _MMSegDecoderFeature(nn.Module):
+    """An mmseg EncoderDecoder up to the decode head's feature before ``cls_seg``."""
+
+    def __init__(self, model: nn.Module, layer: str):
+        super().__init__()
+        if layer not in ("decoder", "backbone"):
+            raise ValueError(f"extractor.layer: {layer!r} must be 'decoder' or 'backbone' for mmseg")
+        if layer == "decoder" and not hasattr(model.decode_head, "_forward_feature"):
+            raise ValueError(f"decode head {type(model.decode_head).__name__} has no _forward_feature")
+        self.backbone = model.backbone
+        self.neck = model.neck if getattr(model, "with_neck", False) else None
+        self.decode_head = model.decode_head
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(x)
+        if self.neck is not None:
+            feats = self.neck(feats)
+        if self.layer == "backbone":
+            return feats[-1]
+        return self.decode_head._forward_feature(feats)
+
+
+def build_mmseg(cfg: ExtractorConfig) -> FeatureExtractor:
+    """mmseg EncoderDecoder (DeepLabV3 ASPPHead or PSPHead) from an mmengine checkpoint.
+
+    The model config is the checkpoint's ``meta['cfg']`` text when present, else
+    ``extractor.config``. Features: the decode head's ``_forward_feature`` output
+    (before the classifier), or the last backbone stage with ``layer: backbone``.
+    """
+    from finetune.mmcv_compat import import_mmseg
+
+    import_mmseg()
+    from mmengine.config import Config
+
+    path = _require_checkpoint(cfg)
+    ckpt = load_checkpoint(path) if path is not None else None
+    cfg_text = None
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("meta"), dict):
+        cfg_text = ckpt["meta"].get("cfg")
+    if cfg.config is not None:
+        model_cfg = Config.fromfile(cfg.config)
+    elif isinstance(cfg_text, str):
+        try:
+            model_cfg = Config.fromstring(cfg_text, ".py")
+        except Exception as err:
+            raise CheckpointError(f"{path}: meta['cfg'] is not a valid mmengine config: {err}") from err
+    else:
+        raise CheckpointError(
+            f"{path or 'extractor'}: no model config: the checkpoint has no meta['cfg'] text; "
+            "set extractor.config to the mmseg config file"
+        )
+    if "model" not in model_cfg:
+        raise CheckpointError(f"{path}: the mmseg config has no 'model' entry")
+    model = _mmseg_model_from_config(model_cfg.model.to_dict())
+    if ckpt is not None:
+        state = _plain_state_dict(ckpt, path)
+        _load_exact(model, state, path, "mmseg EncoderDecoder")
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    pre = model_cfg.get("data_preprocessor") or model_cfg.model.get("data_preprocessor")
+    if pre is not None and pre.get("mean") is not None:
+        mean, std = tuple(pre["mean"]), tuple(pre["std"])
+    return FeatureExtractor(
+        _MMSegDecoderFeature(model, cfg.layer),
+        mean=mean,
+        std=std,
+        description={"arch": f"mmseg {type(model.decode_head).__name__} on {type(model.backbone).__name__}"},
+    )
+
+
+# ----------------------------------------------------------------------------- our pretrain export
+
+EXPORT_FORMAT = "auxseg.backbone/1"
+
+
+class _MMSegBackboneStage(nn.Module):
+    """An mmseg ResNet/ResNetV1c backbone returning one of its stage outputs."""
+
+    def __init__(self, backbone: nn.Module, index: int):
+        super().__init__()
+        self.backbone = backbone
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)[self.index]
+
+
+def build_auxseg_export(cfg: ExtractorConfig) -> FeatureExtractor:
+    """A backbone exported by our ``pretrain`` stage (docs/contracts.md section 2)."""
+    path = _require_checkpoint(cfg)
+    if path is None:
+        raise CheckpointError("extractor auxseg_export needs a checkpoint (random_init is meaningless here)")
+    ckpt = load_checkpoint(path)
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path}: not an auxseg backbone export (meta.format={found!r}, expected {EXPORT_FORMAT!r})")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: backbone export has no state_dict")
+    arch = meta.get("arch")
+    if cfg.layer not in RESNET_LAYERS:
+        raise ValueError(f"extractor.layer: {cfg.layer!r} is not one of {list(RESNET_LAYERS)}")
+    mean = tuple(meta.get("mean", IMAGENET_MEAN))
+    std = tuple(meta.get("std", IMAGENET_STD))
+    if meta.get("channel_order", "rgb") != "rgb":
+        raise CheckpointError(f"{path}: channel_order {meta.get('channel_order')!r} is not supported (rgb only)")
+    key_format = meta.get("key_format")
+    desc = {"arch": arch, "key_format": key_format, "stem": meta.get("stem")}
+    if key_format == "torchvision":
+        model = _torchvision_resnet(str(arch))
+        _load_exact(model, state, path, f"torchvision {arch} backbone export", ignore_prefix="fc.")
+        return FeatureExtractor(_ResNetTrunk(model, cfg.layer), mean=mean, std=std, description=desc)
+    if key_format == "mmseg":
+        from finetune.mmcv_compat import import_mmseg
+
+        import_mmseg()
+        from mmseg.registry import MODELS
+
+        mmseg_type = meta.get("mmseg_type") or ("ResNetV1c" if meta.get("stem") == "deep" else "ResNet")
+        try:
+            depth = int(str(arch).replace("resnet", ""))
+        except ValueError as err:
+            raise CheckpointError(f"{path}: meta.arch {arch!r} is not resnetNN") from err
+        backbone = build_in_mmseg_scope(
+            MODELS,
+            dict(type=mmseg_type, depth=depth, out_indices=(0, 1, 2, 3), norm_cfg=dict(type="BN", requires_grad=False)),
+        )
+        _load_exact(backbone, state, path, f"mmseg {mmseg_type}-{depth} backbone export")
+        index = RESNET_LAYERS.index(cfg.layer)
+        return FeatureExtractor(_MMSegBackboneStage(backbone, index), mean=mean, std=std, description=desc)
+    raise CheckpointError(f"{path}: meta.key_format {key_format!r} is not 'torchvision' or 'mmseg'")
+
+
+EXTRACTORS: dict[str, Callable[[ExtractorConfig], FeatureExtractor]] = {
+    "resnet18": lambda cfg: build_torchvision_resnet(cfg, "resnet18"),
+    "resnet50": lambda cfg: build_torchvision_resnet(cfg, "resnet50"),
+    "vgg19": build_vgg19,
+    "moco_resnet18": lambda cfg: build_moco_resnet(cfg, "resnet18"),
+    "moco_resnet50": lambda cfg: build_moco_resnet(cfg, "resnet50"),
+    "mmseg": build_mmseg,
+    "auxseg_export": build_auxseg_export,
+}
+"""Extractor builders by name; each is a plain function of the extractor config."""
+
+
+def build_extractor(cfg: ExtractorConfig) -> FeatureExtractor:
+    """Build the configured extractor, frozen and in eval mode, with a description for the manifest."""
+    if cfg.name not in EXTRACTORS:
+        raise ValueError(f"extractor.name: {cfg.name!r} is not one of {sorted(EXTRACTORS)}")
+    extractor = EXTRACTORS[cfg.name](cfg)
+    extractor.description.update(
+        name=cfg.name,
+        layer=cfg.layer,
+        checkpoint=str(Path(cfg.checkpoint).resolve()) if cfg.checkpoint else None,
+        checkpoint_sha256=sha256_file(cfg.checkpoint) if cfg.checkpoint else None,
+        random_init=cfg.random_init,
+        random_init_seed=cfg.seed if cfg.random_init else None,
+    )
+    return extractor.eval()

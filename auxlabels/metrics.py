@@ -1,0 +1,116 @@
+"""Proxy mIoU (PmIoU): how well auxiliary labels match ground-truth classes (method.md, "Proxy mIoU").
+
+A (K+1) x M confusion matrix is accumulated over the evaluated images (the extra
+row counts ground-truth pixels whose auxiliary label is "ignore": they count as
+misses, so dropping outliers cannot inflate the score). PmIoU matches clusters to
+classes one-to-one with the Hungarian algorithm on the K x M IoU matrix and
+averages the matched IoUs over the M classes (unmatched classes score 0); the
+supplement's numbers (superpixel-only labels under 1) fit this reading. The
+many-to-one "majority" variant maps every cluster to its most overlapping class
+and is reported as a diagnostic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+
+def confusion(
+    aux: np.ndarray, gt: np.ndarray, num_labels: int, num_classes: int, aux_ignore: int, gt_ignore: list[int] | tuple[int, ...]
+) -> np.ndarray:
+    """Count pixels per (auxiliary label, class) pair.
+
+    Args:
+        aux: int ``[H, W]`` auxiliary labels ``0..K-1`` or ``aux_ignore``.
+        gt: int ``[H, W]`` ground truth ``0..M-1`` or one of ``gt_ignore``.
+        num_labels: K; num_classes: M.
+    Returns:
+        int64 ``[K + 1, M]``; row K holds pixels whose auxiliary label is ignore.
+    """
+    if aux.shape != gt.shape:
+        raise ValueError(f"auxiliary labels {aux.shape} and ground truth {gt.shape} differ in shape")
+    a = aux.ravel().astype(np.int64)
+    g = gt.ravel().astype(np.int64)
+    valid = ~np.isin(g, np.asarray(list(gt_ignore), dtype=np.int64))
+    bad = valid & ((g < 0) | (g >= num_classes))
+    if bad.any():
+        raise ValueError(f"ground-truth value {int(g[bad][0])} is outside 0..{num_classes - 1} and not an ignore value")
+    a = np.where(a == aux_ignore, num_labels, a)[valid]
+    if a.size and (a.min() < 0 or a.max() > num_labels):
+        raise ValueError(f"auxiliary label outside 0..{num_labels - 1}")
+    counts = np.bincount(a * num_classes + g[valid], minlength=(num_labels + 1) * num_classes)
+    return counts.reshape(num_labels + 1, num_classes)
+
+
+def iou_matrix(conf: np.ndarray) -> np.ndarray:
+    """IoU of every cluster with every class from a ``[K + 1, M]`` confusion matrix; returns ``[K, M]``."""
+    inter = conf[:-1].astype(np.float64)  # [K, M]
+    cluster_total = inter.sum(axis=1, keepdims=True)  # [K, 1] pixels of cluster k (valid GT only)
+    class_total = conf.sum(axis=0, keepdims=True).astype(np.float64)  # [1, M] incl. ignored aux
+    union = cluster_total + class_total - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def pmiou(conf: np.ndarray, class_names: list[str] | None = None) -> dict:
+    """PmIoU report from a ``[K + 1, M]`` confusion matrix.
+
+    Returns a dict with ``pmiou`` (Hungarian one-to-one, percent, averaged over
+    classes present in the ground truth), ``per_class_iou`` (class -> percent),
+    ``matching`` (class -> cluster id or None), ``majority_miou`` and
+    ``majority_per_class_iou`` (many-to-one diagnostic), ``num_pixels``, and
+    ``ignored_aux_share`` (share of evaluated pixels labelled ignore).
+    """
+    k = conf.shape[0] - 1
+    m = conf.shape[1]
+    names = list(class_names) if class_names else [str(i) for i in range(m)]
+    present = conf.sum(axis=0) > 0  # classes that occur in the evaluated ground truth
+    iou = iou_matrix(conf)  # [K, M]
+    rows, cols = linear_sum_assignment(-iou)
+    matched = np.zeros(m)
+    matching: dict[str, int | None] = {n: None for n in names}
+    for r, c in zip(rows, cols):
+        matched[c] = iou[r, c]
+        matching[names[c]] = int(r)
+
+    # many-to-one: each cluster votes for its most overlapping class
+    owner = conf[:-1].argmax(axis=1)  # [K]
+    merged = np.zeros((m + 1, m), dtype=np.int64)
+    for cluster in range(k):
+        merged[owner[cluster]] += conf[cluster]
+    merged[m] = conf[k]
+    majority = np.diag(iou_matrix(merged))
+
+    def mean(values: np.ndarray) -> float:
+        return float(100.0 * values[present].mean()) if present.any() else float("nan")
+
+    return {
+        "pmiou": mean(matched),
+        "per_class_iou": {n: round(100.0 * float(v), 4) if p else None for n, v, p in zip(names, matched, present)},
+        "matching": matching,
+        "majority_miou": mean(majority),
+        "majority_per_class_iou": {n: round(100.0 * float(v), 4) if p else None for n, v, p in zip(names, majority, present)},
+        "num_labels": k,
+        "num_classes": m,
+        "classes_present": int(present.sum()),
+        "num_pixels": int(conf.sum()),
+        "ignored_aux_share": float(conf[k].sum() / max(1, conf.sum())),
+    }
+
+
+def format_report(report: dict) -> str:
+    """A short human-readable PmIoU table."""
+    lines = [
+        f"PmIoU (Hungarian, one-to-one): {report['pmiou']:.2f}   "
+        f"majority (many-to-one): {report['majority_miou']:.2f}   "
+        f"K={report['num_labels']} M={report['num_classes']} pixels={report['num_pixels']}",
+        f"{'class':<16}{'IoU':>8}{'cluster':>9}{'majority IoU':>14}",
+    ]
+    for name, value in report["per_class_iou"].items():
+        maj = report["majority_per_class_iou"][name]
+        cluster = report["matching"][name]
+        lines.append(
+            f"{name:<16}{'-' if value is None else f'{value:.2f}':>8}"
+            f"{'-' if cluster is None else cluster:>9}{'-' if maj is None else f'{maj:.2f}':>14}"
+        )
+    return "\n".join(lines)
