@@ -54,7 +54,26 @@ def _mmengine_globals() -> list:
         from mmengine.logging.history_buffer import HistoryBuffer
     except ImportError:
         return []
-    return [HistoryBuffer]
+
+    def history_buffer_method(obj: Any, name: str) -> Any:
+        """A ``getattr`` that only fetches HistoryBuffer's statistics methods.
+
+        mmengine pickles ``HistoryBuffer._statistics_methods`` (plain functions
+        such as ``HistoryBuffer.min``), which pickle writes as
+        ``getattr(HistoryBuffer, "min")``. Allowing the real ``getattr`` would
+        let a crafted file reach any attribute of any allowed object; this
+        stand-in is registered under the name ``builtins.getattr`` instead.
+        """
+        if obj is HistoryBuffer and isinstance(name, str) and not name.startswith("_"):
+            method = HistoryBuffer.__dict__.get(name)
+            if callable(method):
+                return method
+        raise pickle.UnpicklingError(
+            f"refusing getattr({getattr(obj, '__name__', type(obj).__name__)}, {name!r}) while unpickling: "
+            "only HistoryBuffer statistics methods are allowed"
+        )
+
+    return [HistoryBuffer, (history_buffer_method, "builtins.getattr")]
 
 
 MMENGINE_SAFE_GLOBALS: list = [*_numpy_globals(), *_mmengine_globals()]
@@ -80,8 +99,12 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    # torch's safe_globals context removes its entries on exit, even ones that
+    # allow_mmengine_checkpoints() had added for the whole process: add only the missing ones.
+    already = set(torch.serialization.get_safe_globals())
+    extra = [g for g in MMENGINE_SAFE_GLOBALS if g not in already]
     try:
-        with torch.serialization.safe_globals(MMENGINE_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(extra):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(

@@ -13,13 +13,22 @@ replacement as ``mmcv.ops`` *only* when ``mmcv._ext`` cannot be imported:
   a clear message instead of a crash deep inside mmseg.
 
 With compiled mmcv installed, :func:`install` does nothing.
+
+A second gap: mmengine 0.10.7 resolves ``_base_ = 'mmseg::...'`` config paths
+through ``pkg_resources``, which setuptools >= 81 no longer ships.
+:func:`patch_package_lookup` gives mmengine's config loader equivalents built
+on ``importlib.metadata`` when (and only when) ``pkg_resources`` is missing.
+:func:`import_mmseg` applies both.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import sys
 import types
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -142,12 +151,65 @@ def install() -> bool:
     return True
 
 
+def is_package_installed(package: str) -> bool:
+    """Like mmengine's ``is_installed`` (distribution or importable module), without ``pkg_resources``."""
+    try:
+        importlib.metadata.distribution(package)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec(package)
+        return spec is not None and spec.origin is not None
+
+
+def installed_package_path(package: str) -> str:
+    """Like mmengine's ``get_installed_path``: the folder of a distribution's top-level module.
+
+    ``mmsegmentation`` -> ``.../site-packages/mmseg`` (from ``top_level.txt``).
+    """
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(f"package {package!r} is not installed", name=package) from None
+        return str(Path(spec.origin).parent)
+    candidates = [package, package.replace("-", "_")]
+    top_level = dist.read_text("top_level.txt")
+    if top_level:
+        candidates = [line.strip() for line in top_level.splitlines() if line.strip()] + candidates
+    for name in candidates:
+        path = Path(str(dist.locate_file(name)))
+        if path.is_dir():
+            return str(path)
+    raise ModuleNotFoundError(f"cannot find the module folder of installed package {package!r}", name=package)
+
+
+def patch_package_lookup() -> bool:
+    """Let mmengine's config loader resolve ``mmseg::`` paths without ``pkg_resources``.
+
+    Returns True when the patch was applied (``pkg_resources`` is missing), False when not needed.
+    """
+    try:
+        import pkg_resources  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return False
+    import mmengine.config.config as mmengine_config
+
+    mmengine_config.is_installed = is_package_installed
+    mmengine_config.get_installed_path = installed_package_path
+    return True
+
+
 def import_mmseg():
     """Install the compatibility layer if needed, then import and return ``mmseg``.
 
-    Also registers mmseg's modules in mmengine's registries.
+    Also registers mmseg's modules in mmengine's registries and lets mmengine
+    configs name ``mmseg::`` bases (see :func:`patch_package_lookup`).
     """
     install()
+    patch_package_lookup()
     import mmseg
     from mmseg.utils import register_all_modules
 

@@ -1,0 +1,86 @@
+"""Typed options of the fine-tune stage (``auxseg finetune CONFIG [key=value ...]``).
+
+The network, dataset layout and schedule live in an mmsegmentation config
+(``mmseg_config``, a short diff on mmseg's own under configs/finetune/mmseg/);
+this dataclass says *what to run it on*: which data folder, which split of
+the labelled training images, which initialisation, where to write, and the
+few schedule knobs worth overriding from the command line. The YAML presets
+are under configs/finetune/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from auxseg.config import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class SplitConfig:
+    """Which labelled training images to use. At most one of file / fraction / num_images."""
+
+    file: str | None = None  # split file of stems (see finetune/splits.py); relative to the repo root or cwd
+    fraction: float | None = None  # e.g. 0.1 for the paper's 10% (method.md, Stage 3)
+    num_images: int | None = None  # e.g. 100 or 500 labelled images (supplement Table 7)
+    seed: int = 0  # seed of the deterministic subset (fraction / num_images)
+
+
+@dataclass
+class InitConfig:
+    """How the backbone is initialised (see finetune/convert.py)."""
+
+    type: Literal["random", "export", "torchvision", "moco", "mmseg"] = "random"
+    checkpoint: str | None = None
+
+
+@dataclass
+class FinetuneConfig:
+    mmseg_config: str = "configs/finetune/mmseg/tiny/deeplabv3_r18-d8_tiny.py"
+    data_root: str | None = None  # overrides the mmseg config's data_root (train and val)
+    work_dir: str = "work_dirs/finetune/tiny"
+    split: SplitConfig = field(default_factory=SplitConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    max_iters: int | None = None  # None: the mmseg config's schedule
+    val_interval: int | None = None  # None: the mmseg config's
+    checkpoint_interval: int | None = None  # None: the mmseg config's
+    batch_size: int | None = None  # per process; None: the mmseg config's
+    lr: float | None = None  # None: the mmseg config's
+    num_workers: int = 2  # dataloader worker processes (0 = load in the main process)
+    seed: int = 0  # mmengine randomness seed (model init, sampler, augmentation)
+    deterministic: bool = False
+    device: Literal["cpu", "cuda"] = "cpu"
+    amp: bool = False  # bf16 autocast (cuda only)
+    launcher: Literal["none", "pytorch", "slurm"] = "none"  # DDP launcher; BN becomes SyncBN when distributed
+    resume: bool = True  # continue from the newest checkpoint in work_dir when there is one
+    tensorboard: bool = True  # also log scalars to <work_dir>/<timestamp>/vis_data (TensorBoard)
+    log_interval: int | None = None  # iterations between log lines; None: the mmseg config's
+    cfg_options: dict[str, Any] = field(default_factory=dict)  # extra mmseg config overrides, dotted keys
+
+    def __post_init__(self) -> None:
+        chosen = [k for k in ("file", "fraction", "num_images") if getattr(self.split, k) is not None]
+        if len(chosen) > 1:
+            raise ConfigError(f"split: give only one of file / fraction / num_images, got {', '.join(chosen)}")
+        if self.split.fraction is not None and not 0 < self.split.fraction <= 1:
+            raise ConfigError(f"split.fraction must be in (0, 1], got {self.split.fraction}")
+        if self.split.num_images is not None and self.split.num_images < 1:
+            raise ConfigError(f"split.num_images must be >= 1, got {self.split.num_images}")
+        if self.amp and self.device != "cuda":
+            raise ConfigError("amp=true needs device=cuda (bf16 autocast on CPU is not the tested path)")
+        for key in ("max_iters", "val_interval", "checkpoint_interval", "batch_size", "log_interval"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key} must be >= 1, got {value}")
+
+
+def resolve_path(path: str | Path) -> Path:
+    """An absolute path: as given, else relative to the current folder, else to the repo root."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    if path.exists() or not (REPO_ROOT / path).exists():
+        return path.resolve()
+    return (REPO_ROOT / path).resolve()

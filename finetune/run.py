@@ -1,0 +1,320 @@
+"""Fine-tune an mmseg segmenter (DeepLabV3 / PSPNet) on a split of the labelled images: ``run(cfg)``.
+
+One function, top to bottom: read the mmseg config, choose the training
+split, convert and key-check the backbone initialisation, apply the few
+overrides of :class:`~finetune.config.FinetuneConfig`, train with mmengine's
+Runner (resume, IoUMetric validation, TensorBoard, checkpoints), then write
+``results.json`` (docs/contracts.md section 3). mmengine's own train step
+(``EncoderDecoder.train_step``: forward, loss, backward, step) is used
+unchanged; the schedule is the mmseg config's PolyLR, indexed by iteration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from auxseg.checkpoint_io import CheckpointError, allow_mmengine_checkpoints
+from auxseg.config import ConfigError, save_config, to_dict
+from auxseg.io import atomic_write_json, atomic_write_text, read_json, sha256_file
+from finetune import splits as splits_mod
+from finetune.config import FinetuneConfig, resolve_path
+from finetune.mmcv_compat import import_mmseg
+
+RESULTS_FORMAT = "auxseg.finetune/1"
+
+
+# ----------------------------------------------------------------------------- mmseg config
+
+
+def load_mmseg_config(path: str | Path):
+    """Read an mmseg config file (``_base_`` inheritance, ``mmseg::`` bases) as an ``mmengine.Config``."""
+    import_mmseg()
+    from mmengine.config import Config
+
+    import finetune.datasets  # noqa: F401  (registers our dataset classes)
+    import finetune.metrics  # noqa: F401  (registers PerClassIoUMetric)
+
+    path = resolve_path(path)
+    if not path.is_file():
+        raise ConfigError(f"mmseg config not found: {path}")
+    return Config.fromfile(str(path))
+
+
+def _inner_dataset(loader_cfg) -> Any:
+    """The dataset dict of a dataloader config, through wrappers like RepeatDataset."""
+    ds = loader_cfg.dataset
+    while "dataset" in ds and "data_prefix" not in ds:
+        ds = ds.dataset
+    return ds
+
+
+def _dataset_default(ds_cfg, name: str) -> Any:
+    """A dataset-class constructor default (e.g. ``img_suffix``) when the config does not set it."""
+    from mmseg.registry import DATASETS
+
+    if name in ds_cfg:
+        return ds_cfg[name]
+    cls = DATASETS.get(ds_cfg.type)
+    if cls is None:
+        raise ConfigError(f"unknown dataset type {ds_cfg.type!r} in the mmseg config")
+    return inspect.signature(cls.__init__).parameters[name].default
+
+
+def train_image_dir(mmcfg) -> tuple[Path, str]:
+    """The training image folder and image suffix of an mmseg config."""
+    ds = _inner_dataset(mmcfg.train_dataloader)
+    root = Path(ds.get("data_root") or "")
+    return root / ds.data_prefix.get("img_path", ""), _dataset_default(ds, "img_suffix")
+
+
+def choose_split(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> dict[str, Any]:
+    """Pick the training subset, write ``<work_dir>/split.txt`` and point the train dataset at it."""
+    image_dir, suffix = train_image_dir(mmcfg)
+    available = splits_mod.list_stems(image_dir, suffix)
+    info: dict[str, Any] = {"num_available": len(available), "image_dir": str(image_dir), "seed": None}
+    if cfg.split.file:
+        source = resolve_path(cfg.split.file)
+        stems = splits_mod.read_split(source, available)
+        info.update(mode="file", file=str(source), file_sha256=sha256_file(source))
+    elif cfg.split.fraction is not None or cfg.split.num_images is not None:
+        spec = splits_mod.SplitSpec(fraction=cfg.split.fraction, count=cfg.split.num_images, seed=cfg.split.seed)
+        stems = splits_mod.select(available, spec)
+        info.update(mode="fraction" if spec.fraction is not None else "num_images", name=spec.name(),
+                    fraction=spec.fraction, num_images=spec.count, seed=spec.seed)
+    else:
+        stems = available
+        info.update(mode="all")
+    split_path = work_dir / "split.txt"
+    text = splits_mod.split_text(stems)
+    if split_path.exists() and split_path.read_text() != text:
+        raise ConfigError(
+            f"{split_path} lists other training images than this config selects; this work_dir belongs to "
+            "another split: use a new work_dir"
+        )
+    atomic_write_text(split_path, text)
+    _inner_dataset(mmcfg.train_dataloader).ann_file = str(split_path.resolve())
+    info.update(num_images=len(stems), split_file=str(split_path.resolve()), sha256=sha256_file(split_path))
+    return info
+
+
+def apply_overrides(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> None:
+    """Apply the FinetuneConfig knobs to the mmseg config (in place)."""
+    if cfg.data_root is not None:
+        root = resolve_path(cfg.data_root)
+        if not root.is_dir():
+            raise ConfigError(f"data_root not found: {root}")
+        for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+            if loader in mmcfg:
+                _inner_dataset(mmcfg[loader]).data_root = str(root)
+    train_cfg = mmcfg.train_cfg
+    if cfg.max_iters is not None:
+        old = train_cfg.max_iters
+        train_cfg.max_iters = cfg.max_iters
+        # stretch/shrink the schedule with the run (PolyLR ends where training ends)
+        for sched in mmcfg.get("param_scheduler", []) or []:
+            if sched.get("end") == old:
+                sched.end = cfg.max_iters
+    if cfg.val_interval is not None:
+        train_cfg.val_interval = cfg.val_interval
+    if cfg.checkpoint_interval is not None:
+        mmcfg.default_hooks.checkpoint.interval = cfg.checkpoint_interval
+    if cfg.log_interval is not None:
+        mmcfg.default_hooks.logger.interval = cfg.log_interval
+    if cfg.batch_size is not None:
+        mmcfg.train_dataloader.batch_size = cfg.batch_size
+    if cfg.lr is not None:
+        mmcfg.optim_wrapper.optimizer.lr = cfg.lr
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        if loader in mmcfg:
+            mmcfg[loader].num_workers = cfg.num_workers
+            mmcfg[loader].persistent_workers = cfg.num_workers > 0
+    mmcfg.randomness = dict(seed=cfg.seed, deterministic=cfg.deterministic)
+    mmcfg.launcher = cfg.launcher
+    if cfg.launcher != "none":
+        mmcfg.sync_bn = "torch"  # the configs use BN for one process; DDP wants SyncBN
+        mmcfg.env_cfg.dist_cfg = dict(backend="nccl" if cfg.device == "cuda" else "gloo")
+    if cfg.amp:
+        mmcfg.optim_wrapper.type = "AmpOptimWrapper"
+        mmcfg.optim_wrapper.dtype = "bfloat16"
+    backends = [dict(type="LocalVisBackend")]
+    if cfg.tensorboard:
+        backends.append(dict(type="TensorboardVisBackend"))
+    mmcfg.visualizer.vis_backends = backends
+    mmcfg.work_dir = str(work_dir)
+    has_checkpoint = (work_dir / "last_checkpoint").is_file()
+    mmcfg.resume = bool(cfg.resume and has_checkpoint)
+    mmcfg.load_from = None
+    if cfg.cfg_options:
+        mmcfg.merge_from_dict(copy.deepcopy(cfg.cfg_options))
+
+
+@contextlib.contextmanager
+def _device(device: str):
+    """Make mmengine place the model on ``device`` (it picks CUDA whenever one is visible)."""
+    import torch
+    from mmengine.device import utils as device_utils
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible")
+    old = device_utils.DEVICE
+    device_utils.DEVICE = device
+    try:
+        yield
+    finally:
+        device_utils.DEVICE = old
+
+
+# ----------------------------------------------------------------------------- hooks
+
+
+def _make_hooks(report_path: Path, report: dict):
+    """Two small hooks: verify the backbone init once, and remember every validation's metrics."""
+    from mmengine.hooks import Hook
+    from mmengine.model import is_model_wrapper
+
+    from finetune.convert import verify_loaded
+
+    class VerifyInitHook(Hook):
+        """Before the first iteration, prove each backbone tensor equals the converted checkpoint."""
+
+        priority = "VERY_HIGH"
+
+        def before_train(self, runner) -> None:
+            if runner.iter != 0 or not report.get("converted"):
+                return  # resumed runs restore their own weights
+            model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+            report["verified_tensors"] = verify_loaded(model.backbone, report["converted"])
+            atomic_write_json(report_path, report)
+
+    class RecordValHook(Hook):
+        priority = "LOW"
+
+        def __init__(self) -> None:
+            self.history: list[dict] = []
+
+        def after_val_epoch(self, runner, metrics=None) -> None:
+            self.history.append({"iter": runner.iter, "metrics": dict(metrics or {})})
+
+    return VerifyInitHook(), RecordValHook()
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _versions() -> dict[str, str]:
+    import mmengine
+    import mmseg
+    import torch
+
+    import auxseg
+
+    return {"torch": torch.__version__, "mmengine": mmengine.__version__, "mmseg": mmseg.__version__,
+            "auxseg": getattr(auxseg, "__version__", "0.1.0")}
+
+
+def _nan_to_none(value: float) -> float | None:
+    """A JSON-safe percentage: NaN (JSON has none) -> None, float32 -> float rounded to 0.01."""
+    value = float(value)
+    return None if value != value else round(value, 2)
+
+
+def build_results(metrics: dict, classes: list[str], **extra) -> dict:
+    """The results.json payload: mIoU, aAcc, mAcc and per-class IoU (percent, 0-100) plus context."""
+    from finetune.metrics import PER_CLASS_PREFIX
+
+    missing = [k for k in ("mIoU", "aAcc") if k not in metrics]
+    if missing:
+        raise RuntimeError(f"validation metrics lack {missing}; is val_evaluator an IoUMetric? got {list(metrics)}")
+    per_class = {c: _nan_to_none(metrics[PER_CLASS_PREFIX + c]) for c in classes if PER_CLASS_PREFIX + c in metrics}
+    return {
+        "format": RESULTS_FORMAT,
+        "mIoU": _nan_to_none(metrics["mIoU"]),
+        "aAcc": _nan_to_none(metrics["aAcc"]),
+        "mAcc": _nan_to_none(metrics["mAcc"]) if "mAcc" in metrics else None,
+        "units": "percent",
+        "per_class_iou": per_class,
+        "classes": list(classes),
+        **extra,
+    }
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run(cfg: FinetuneConfig) -> dict:
+    """Fine-tune as ``cfg`` says and return the results dict (also written to ``<work_dir>/results.json``)."""
+    from finetune.convert import prepare_init
+
+    start = time.time()
+    work_dir = resolve_path(cfg.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, work_dir / "config.yaml")
+
+    mmcfg = load_mmseg_config(cfg.mmseg_config)
+    apply_overrides(cfg, mmcfg, work_dir)
+    split_info = choose_split(cfg, mmcfg, work_dir)
+
+    report_path = work_dir / "init_report.json"
+    init_ckpt = str(resolve_path(cfg.init.checkpoint)) if cfg.init.checkpoint else None
+    try:
+        report = prepare_init(cfg.init.type, init_ckpt, mmcfg, work_dir)
+    except CheckpointError:
+        raise  # nothing trained yet; the message names the checkpoint
+    report["verified_tensors"] = None
+    previous = read_json(report_path) if report_path.is_file() and mmcfg.resume else None
+    if previous and previous.get("checkpoint_sha256") != report.get("checkpoint_sha256"):
+        raise CheckpointError(
+            f"{work_dir}: resuming a run that was initialised from {previous.get('checkpoint')}, "
+            f"but init.checkpoint is now {init_ckpt}; use a new work_dir"
+        )
+    if previous:
+        report["verified_tensors"] = previous.get("verified_tensors")
+    atomic_write_json(report_path, report)
+    atomic_write_text(work_dir / "mmseg_config.py", mmcfg.dump())
+
+    allow_mmengine_checkpoints()  # mmengine's resume calls torch.load(weights_only=True) itself
+    from mmengine.runner import Runner
+
+    verify_hook, record_hook = _make_hooks(report_path, report)
+    with _device(cfg.device):
+        mmcfg.experiment_name = f"finetune_{uuid.uuid4().hex[:6]}"  # unique mmengine instance names per run
+        runner = Runner.from_cfg(mmcfg)
+        runner.register_hook(verify_hook)
+        runner.register_hook(record_hook)
+        runner.train()
+        last = record_hook.history[-1] if record_hook.history else None
+        if last is None or last["iter"] != runner.iter:
+            runner.val()  # the final model was not evaluated yet (e.g. a finished run resumed)
+        final = record_hook.history[-1]
+    if cfg.init.type != "random" and report.get("verified_tensors") is None:
+        raise CheckpointError(f"{report_path}: the backbone initialisation was never verified")
+
+    val_ds = _inner_dataset(mmcfg.val_dataloader)
+    classes = list(runner.val_dataloader.dataset.metainfo["classes"])
+    results = build_results(
+        final["metrics"],
+        classes,
+        iteration=runner.iter,
+        max_iters=mmcfg.train_cfg.max_iters,
+        evaluated_on={"dataset": val_ds.type, "data_root": val_ds.get("data_root"),
+                      "img_path": val_ds.data_prefix.get("img_path"),
+                      "num_images": len(runner.val_dataloader.dataset)},
+        split=split_info,
+        init={k: report.get(k) for k in ("type", "checkpoint", "checkpoint_sha256", "backbone_type", "depth",
+                                         "verified_tensors")},
+        mmseg_config=str(resolve_path(cfg.mmseg_config)),
+        work_dir=str(work_dir),
+        val_history=[{"iter": h["iter"], "mIoU": _nan_to_none(h["metrics"]["mIoU"])}
+                     for h in record_hook.history if "mIoU" in h["metrics"]],
+        config=to_dict(cfg),
+        elapsed_s=round(time.time() - start, 1),
+        versions=_versions(),
+    )
+    atomic_write_json(work_dir / "results.json", results)
+    return results
