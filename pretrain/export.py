@@ -53,7 +53,7 @@ def export_backbone(backbone: DilatedResNet, out_dir: str | Path, *, config: dic
             "auxlabels_sha256": auxlabels_sha256,
             "auxlabels_manifest": auxlabels_manifest,
             "iteration": int(iteration),
-            "versions": {"torch": torch.__version__, "auxseg": auxseg.__version__},
+            "versions": {"torch": str(torch.__version__), "auxseg": str(auxseg.__version__)},
         }
         paths[key_format] = save_checkpoint({"state_dict": state, "meta": meta}, Path(out_dir) / name)
     return paths

@@ -1,0 +1,104 @@
+"""Pure loss functions: a hand-computed InfoNCE value, balanced sampling, targets per label mode."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pretrain.losses import (
+    PixelTargets,
+    nearest_to_grid,
+    sample_balanced,
+    supervised_infonce,
+    targets_at_features,
+)
+
+
+def test_infonce_matches_hand_computed_value():
+    # three unit vectors in 2-D, ids [0, 0, 1], temperature 0.5
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    ids = torch.tensor([0, 0, 1])
+    t = 0.5
+    # anchor 0: sims to 1, 2 = 0, -1 -> -log(e^0 / (e^0 + e^-2)); anchor 1: sims to 0, 2 = 0, 0 -> -log(1/2);
+    # anchor 2 has no positive and does not count
+    l0 = -math.log(1.0 / (1.0 + math.exp(-1.0 / t)))
+    l1 = -math.log(0.5)
+    loss, stats = supervised_infonce(feats, PixelTargets(ids), temperature=t)
+    assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+    assert stats == {"anchors": 2, "positives_per_anchor": 1.0}
+
+
+def test_infonce_averages_over_all_positives():
+    feats = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    ids = torch.tensor([0, 0, 0, 1, 1, 2])
+    loss, stats = supervised_infonce(feats, PixelTargets(ids), temperature=0.1)
+    sim = feats @ feats.t() / 0.1
+    expected = []
+    for i in range(5):
+        others = [j for j in range(6) if j != i]
+        denom = torch.logsumexp(sim[i, others], 0)
+        pos = [j for j in others if ids[j] == ids[i]]
+        expected.append(-torch.stack([sim[i, p] - denom for p in pos]).mean())
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    assert stats["positives_per_anchor"] == pytest.approx((2 * 3 + 1 * 2) / 5)
+
+
+def test_infonce_gradient_pulls_positives_together():
+    feats = torch.nn.functional.normalize(torch.randn(8, 16, generator=torch.Generator().manual_seed(1)), dim=1)
+    feats.requires_grad_(True)
+    ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    loss, _ = supervised_infonce(feats, PixelTargets(ids), temperature=0.1)
+    loss.backward()
+    moved = torch.nn.functional.normalize(feats - 0.5 * feats.grad, dim=1)
+    after, _ = supervised_infonce(moved, PixelTargets(ids), temperature=0.1)
+    assert after.item() < loss.item()
+
+
+def test_infonce_without_any_positive_raises():
+    with pytest.raises(ValueError, match="no anchor has a positive"):
+        supervised_infonce(torch.eye(3), PixelTargets(torch.tensor([0, 1, 2])))
+
+
+def test_sample_balanced_respects_budget_ignore_and_balance():
+    # label 0 is 10x more frequent than label 1; label 2 has a single pixel (no positive possible)
+    ids = torch.cat([torch.zeros(1000), torch.ones(100), torch.tensor([2]), torch.full((500,), -1)]).long()
+    g = torch.Generator().manual_seed(0)
+    sel = sample_balanced(ids, budget=64, min_per_label=2, generator=g)
+    assert sel.numel() <= 64
+    picked = ids[sel]
+    assert (picked >= 0).all() and (picked != 2).all()
+    assert (picked == 0).sum() == 32 and (picked == 1).sum() == 32  # balanced, not proportional
+    assert sel.unique().numel() == sel.numel()  # without replacement
+    again = sample_balanced(ids, budget=64, min_per_label=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sel, again)
+
+
+def test_sample_balanced_with_more_ids_than_budget_keeps_pairs():
+    ids = torch.arange(1000).repeat_interleave(2)  # 1000 ids with two pixels each (baseline #1)
+    sel = sample_balanced(ids, budget=100, min_per_label=2, generator=torch.Generator().manual_seed(0))
+    _, counts = ids[sel].unique(return_counts=True)
+    assert sel.numel() == 100 and (counts == 2).all()
+
+
+def test_nearest_to_grid_takes_cell_centres():
+    maps = torch.arange(16).view(1, 1, 4, 4)
+    assert nearest_to_grid(maps, 2, 2).flatten().tolist() == [5, 7, 13, 15]
+
+
+def test_targets_per_mode():
+    label = torch.tensor([[[[0, 1], [255, 1]], [[1, 1], [0, 255]]]])  # [B=1, V=2, 2, 2]
+    coords = torch.tensor([[[[0, 1], [-1, 3]], [[3, 1], [0, -1]]]])  # original 2x2 image, W=2
+    common = dict(h=2, w=2, num_labels=3, ignore_index=255)
+    aux = targets_at_features("aux", label, coords, torch.tensor([5]), torch.tensor([2]), per_image_ids=False, **common)
+    assert aux.tolist() == [[[[0, 1], [-1, 1]], [[1, 1], [0, -1]]]]
+    per_image = targets_at_features("superpixel", label, coords, torch.tensor([5]), torch.tensor([2]),
+                                    per_image_ids=True, **common)
+    assert per_image.tolist() == [[[[15, 16], [-1, 16]], [[16, 16], [15, -1]]]]
+    pix = targets_at_features("pixel", label, coords, torch.tensor([5]), torch.tensor([2]), per_image_ids=False,
+                              pixel_cell=1, **common)
+    # the same original pixel gets the same id in both views, padding is ignored
+    assert pix[0, 0, 0, 0] == pix[0, 1, 1, 0] and pix[0, 0, 1, 1] == pix[0, 1, 0, 0]
+    assert pix[0, 0, 1, 0] == -1 and pix[0, 1, 1, 1] == -1
+    assert pix[0, 0, 0, 0] != pix[0, 0, 0, 1]
