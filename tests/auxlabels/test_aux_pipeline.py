@@ -1,0 +1,233 @@
+"""The whole stage on tiny synthetic data: outputs per contract, determinism, resume, modes, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from auxlabels.config import AuxLabelsConfig
+from auxlabels.pipeline import labels_digest, run
+from auxseg.config import ConfigError, load_config
+from auxseg.io import ImageReadError, read_label, sha256_file
+from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "auxlabels" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("synthetic"), SyntheticSpec(num_train=10, num_val=6, height=48, width=64, seed=3)
+    )
+
+
+def tiny(data: Path, out: Path, *overrides: str) -> AuxLabelsConfig:
+    return load_config(
+        AuxLabelsConfig,
+        TINY,
+        [f"image_dir={data / 'val'}", f"gt_dir={data / 'valannot'}", f"out_dir={out}", *overrides],
+    )
+
+
+def test_tiny_run_writes_the_contract(data, tmp_path):
+    out = tmp_path / "aux"
+    manifest = run(tiny(data, out))
+    # manifest keys consumers rely on (docs/contracts.md section 1)
+    assert manifest["format"] == "auxseg.auxlabels/1" and manifest["complete"] is True
+    assert manifest["num_labels"] == 9  # round(1.5 * 6)
+    assert manifest["dtype"] == "uint8" and manifest["ignore_index"] == 255 and manifest["scope"] == "global"
+    assert manifest["image_root"] == str((data / "val").resolve())
+    assert manifest["images"] == sorted(p.name for p in (data / "val").glob("*.png"))
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert (out / "config.yaml").is_file() and not (out / "cache").exists()
+    centroids = np.load(out / "centroids.npy")
+    assert centroids.shape == (9, manifest["extractor"]["dim"]) and centroids.dtype == np.float32
+    pairs = []
+    for rel in manifest["images"]:
+        png = out / "labels" / rel
+        label = read_label(png)
+        assert label.shape == (48, 64) and label.dtype == np.uint8
+        assert set(np.unique(label)) <= set(range(9)) | {255}
+        pairs.append((rel, sha256_file(png)))
+    assert manifest["labels_sha256"] == labels_digest(pairs)
+    # PmIoU only against the given ground truth, reported in the manifest and pmiou.json
+    report = json.loads((out / "pmiou.json").read_text())
+    assert report["num_images"] == 6 and 0.0 < report["pmiou"] <= 100.0
+    assert manifest["pmiou"]["pmiou"] == report["pmiou"]
+    assert set(report["per_class_iou"]) == {"sky", "ground", "wall", "tree", "car", "person"}
+    assert sum(manifest["label_pixel_counts"]) + manifest["ignored_pixels"] == 6 * 48 * 64
+    assert manifest["extractor"]["random_init"] is True and manifest["versions"]["faiss"]
+    assert manifest["timings"]["forward"] > 0
+
+
+def test_outlier_share_and_vote_switches(data, tmp_path):
+    # without superpixels the 5% outliers stay visible as ignore pixels (estimated threshold)
+    m = run(tiny(data, tmp_path / "a", "superpixels.enabled=false", "outliers.fraction=0.1"))
+    assert 0.05 < m["ignored_share"] < 0.16
+    m0 = run(tiny(data, tmp_path / "b", "superpixels.enabled=false", "outliers.enabled=false"))
+    assert m0["ignored_pixels"] == 0
+    # voting fills outlier pixels from their superpixel: far fewer ignore pixels
+    mv = run(tiny(data, tmp_path / "c", "outliers.fraction=0.1"))
+    assert mv["ignored_share"] < m["ignored_share"] / 2
+
+
+def test_deterministic_and_workers_match(data, tmp_path):
+    a = run(tiny(data, tmp_path / "a"))
+    b = run(tiny(data, tmp_path / "b", "num_workers=2"))
+    assert a["labels_sha256"] == b["labels_sha256"]
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "centroids.npy"), np.load(tmp_path / "b" / "centroids.npy"))
+    c = run(tiny(data, tmp_path / "c", "kmeans.seed=5"))
+    assert c["labels_sha256"] != a["labels_sha256"]
+
+
+def test_resume_after_damage_matches_uninterrupted(data, tmp_path):
+    ref = run(tiny(data, tmp_path / "ref"))
+    out = tmp_path / "run"
+    run(tiny(data, out))
+    labels = sorted((out / "labels").glob("*.png"))
+    labels[0].unlink()  # lost
+    labels[1].write_bytes(labels[1].read_bytes()[:40])  # truncated
+    journal = out / "progress.jsonl"
+    journal.write_text(journal.read_text()[:-30])  # torn last line
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    # the torn journal line is the last image's: it is redone, the others in between are kept
+    before = {p.name: p.stat().st_mtime_ns for p in labels[2:-1]}
+    again = run(tiny(data, out))
+    assert again["complete"] and again["labels_sha256"] == ref["labels_sha256"]
+    # untouched images were not rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in labels[2:-1]} == before
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "d", SyntheticSpec(num_train=0, num_val=24, height=64, width=96, seed=4))
+    args = [f"image_dir={data / 'val'}", f"gt_dir={data / 'valannot'}", "superpixels.method=skimage"]
+    ref = run(load_config(AuxLabelsConfig, TINY, [*args, f"out_dir={tmp_path / 'ref'}"]))
+    out = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auxseg.cli", "auxlabels", str(TINY), *args, f"out_dir={out}"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    journal = out / "progress.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if journal.is_file() and journal.read_text().count("\n") >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    partial = json.loads((out / "manifest.json").read_text())
+    assert partial["complete"] is False
+    n_done = journal.read_text().count("\n")
+    assert 2 <= n_done < 24
+    again = run(load_config(AuxLabelsConfig, TINY, [*args, f"out_dir={out}"]))
+    assert again["complete"] and again["labels_sha256"] == ref["labels_sha256"]
+    assert again["pmiou"]["pmiou"] == pytest.approx(ref["pmiou"]["pmiou"])
+
+
+def test_other_settings_in_same_folder_refused(data, tmp_path):
+    out = tmp_path / "aux"
+    first = run(tiny(data, out))
+    with pytest.raises(ConfigError, match="other settings"):
+        run(tiny(data, out, "kmeans.k=5"))
+    assert json.loads((out / "manifest.json").read_text()) == first
+
+
+def test_superpixel_baseline_scope_image(data, tmp_path):
+    m = run(tiny(data, tmp_path / "sp", "clusterer=superpixel", "superpixels.n_segments=300"))
+    assert m["scope"] == "image" and m["dtype"] == "uint16" and m["ignore_index"] == 65535
+    assert m["centroids"] is None and not (tmp_path / "sp" / "centroids.npy").exists()
+    label = read_label(tmp_path / "sp" / "labels" / m["images"][0])
+    assert label.dtype == np.uint16 and len(np.unique(label)) > 20
+    assert m["pmiou"]["pmiou"] < 5.0  # paper Table 1 #2: under 1 on real data
+
+
+def test_dbscan_clusterer(data, tmp_path):
+    m = run(tiny(data, tmp_path / "db", "clusterer=dbscan", "dbscan.num_samples=1500"))
+    assert m["clusterer"] == "dbscan" and m["num_labels"] >= 1
+    assert m["clustering"]["core_samples"] > 0 and m["clustering"]["eps"] > 0
+    assert np.load(tmp_path / "db" / "centroids.npy").shape[0] == m["num_labels"]
+
+
+def test_train_plus_eval_folders(data, tmp_path):
+    cfg = load_config(AuxLabelsConfig, TINY, [
+        f"image_dir={data / 'train'}", "gt_dir=null", f"eval_image_dir={data / 'val'}",
+        f"eval_gt_dir={data / 'valannot'}", f"out_dir={tmp_path / 'tv'}",
+    ])
+    m = run(cfg)
+    assert m["image_root"] == str(data.resolve())
+    assert len(m["images"]) == 16 and m["images"][0].startswith("train/") and m["images"][-1].startswith("val/")
+    assert m["pmiou"]["num_images"] == 6  # PmIoU on the validation images only
+    assert (tmp_path / "tv" / "labels" / "train" / "0000.png").is_file()
+
+
+def _copy_val(data: Path, dst: Path, n: int = 4) -> Path:
+    (dst / "img").mkdir(parents=True)
+    (dst / "gt").mkdir()
+    for p in sorted((data / "val").glob("*.png"))[:n]:
+        (dst / "img" / p.name).write_bytes(p.read_bytes())
+        (dst / "gt" / p.name).write_bytes((data / "valannot" / p.name).read_bytes())
+    return dst
+
+
+def test_bad_and_odd_images(data, tmp_path):
+    src = _copy_val(data, tmp_path / "in")
+    good = (src / "img" / "0000.png").read_bytes()
+    (src / "img" / "0001.png").write_bytes(good[: len(good) // 3])  # truncated
+    Image.open(src / "img" / "0002.png").convert("L").save(src / "img" / "0002.png")  # gray
+    Image.open(src / "img" / "0003.png").convert("RGBA").save(src / "img" / "0003.png")  # RGBA
+    args = [f"image_dir={src / 'img'}", f"gt_dir={src / 'gt'}", "kmeans.n_fit=3"]
+    m = run(load_config(AuxLabelsConfig, TINY, [*args, f"out_dir={tmp_path / 'skip'}"]))
+    assert m["images"] == ["0000.png", "0002.png", "0003.png"]
+    assert m["skipped"][0]["path"] == "0001.png" and "0001.png" in m["skipped"][0]["error"]
+    assert read_label(tmp_path / "skip" / "labels" / "0002.png").shape == (48, 64)
+    with pytest.raises(ImageReadError, match="0001.png"):
+        run(load_config(AuxLabelsConfig, TINY, [*args, f"out_dir={tmp_path / 'stop'}", "on_bad_image=stop"]))
+
+
+def test_gt_size_mismatch_names_the_file(data, tmp_path):
+    src = _copy_val(data, tmp_path / "in", n=3)
+    Image.open(src / "gt" / "0002.png").resize((32, 24), Image.NEAREST).save(src / "gt" / "0002.png")
+    cfg = load_config(AuxLabelsConfig, TINY, [f"image_dir={src / 'img'}", f"gt_dir={src / 'gt'}",
+                                              f"out_dir={tmp_path / 'o'}", "kmeans.n_fit=3"])
+    with pytest.raises(ValueError, match=r"gt/0002.png has size 32x24"):
+        run(cfg)
+    # the images finished before the error keep their labels and journal lines
+    assert (tmp_path / "o" / "labels" / "0000.png").is_file()
+
+
+def test_empty_input_and_missing_keys(tmp_path):
+    (tmp_path / "empty").mkdir()
+    cfg = load_config(AuxLabelsConfig, TINY, [f"image_dir={tmp_path / 'empty'}", "gt_dir=null",
+                                              f"out_dir={tmp_path / 'o'}"])
+    with pytest.raises(FileNotFoundError, match="no images found in .*empty"):
+        run(cfg)
+    with pytest.raises(ConfigError, match="random_init"):
+        run(load_config(AuxLabelsConfig, TINY, ["extractor.random_init=false"]))
+    with pytest.raises(ConfigError, match="kmenas.*did you mean 'kmeans'"):
+        load_config(AuxLabelsConfig, TINY, ["kmenas.k=3"])
+
+
+def test_cli_help_and_run(data, tmp_path, capsys):
+    from auxseg.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["auxlabels", "--help"])
+    assert "auxiliary-label PNGs" in capsys.readouterr().out
+    rc = main(["auxlabels", str(TINY), f"image_dir={data / 'val'}", f"gt_dir={data / 'valannot'}",
+               f"out_dir={tmp_path / 'cli'}"])
+    assert rc == 0 and "PmIoU" in capsys.readouterr().out
+    assert main(["auxlabels", str(TINY), "kmeans.bogus=1"]) == 2
