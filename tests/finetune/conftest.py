@@ -81,7 +81,7 @@ def resnet18_export(path: Path, deep: bool = False, seed: int = 0) -> Path:
         "auxlabels_sha256": None,
         "auxlabels_manifest": None,
         "iteration": 10,
-        "versions": {"torch": torch.__version__, "auxseg": "0.1.0"},
+        "versions": {"torch": str(torch.__version__), "auxseg": "0.1.0"},
     }
     save_checkpoint({"state_dict": copy.deepcopy(state_dict), "meta": meta}, path)
     return path
