@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from auxseg.config import save_config, to_dict
+from auxseg.io import atomic_write_text
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 from pretrain.checkpoint import (
     checkpoint_path,
@@ -146,7 +147,8 @@ def train(cfg: PretrainConfig, st: TrainState) -> int:
     if st.dist.is_main and tc.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / "tensorboard"))
+        # purge_step drops events a killed run wrote after the checkpoint we resume from
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=st.start_iter if st.start_iter else None)
     bar = tqdm(total=stop, initial=st.start_iter, desc="pretrain", dynamic_ncols=True,
                disable=not (st.dist.is_main and tc.progress))
     st.model.train()
@@ -239,6 +241,14 @@ def prepare_label_folder(cfg: PretrainConfig, dist: DistInfo) -> LabelFolder:
     return read_label_folder(dc.labels, image_root=dc.image_root, verify_hash=dc.verify_hash)
 
 
+def truncate_log(path: Path, iteration: int) -> None:
+    """Drop log records after ``iteration`` (written by a run that died after its last checkpoint)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["iter"] <= iteration]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
 def _worker_init(_: int) -> None:
     import cv2
 
@@ -266,6 +276,9 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+    if cfg.model.norm == "sync" and dist.world_size > 1 and device.type != "cuda":
+        raise ValueError("model.norm=sync needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
+                         "use model.norm=frozen or train for multi-process CPU runs")
     if cfg.loss.name not in LOSSES:
         raise ValueError(f"loss.name: {cfg.loss.name!r} is not one of {sorted(LOSSES)}")
     folder = prepare_label_folder(cfg, dist)
@@ -284,6 +297,8 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
     resume = latest_checkpoint(out) if tc.resume == "auto" else (None if tc.resume == "none" else Path(tc.resume))
     if resume is not None:
         start = load_training_state(resume, model=model, optimizer=optimizer, scaler=scaler, config=to_dict(cfg))
+        if dist.is_main:
+            truncate_log(out / "log.jsonl", start)
     ddp_model = model
     if dist.world_size > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -194,3 +194,34 @@ def test_bf16_step_on_cuda(gt_label_folder, tmp_path, tiny_config):
     cfg = tiny_config(tmp_path / "run", gt_label_folder, "train.device=cuda", "train.amp=bf16", "train.max_iters=3")
     state, _ = load_backbone_export(run(cfg))
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_killed_process_resumes_to_the_same_weights(gt_label_folder, tmp_path, tiny_config, repo_dir):
+    """SIGKILL a real training process after its first checkpoint, resume, compare with an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from auxseg.config import save_config
+
+    common = ["train.max_iters=6", "train.checkpoint_every=2", "train.log_every=1"]
+    straight = run(tiny_config(tmp_path / "a", gt_label_folder, *common))
+    cfg_path = save_config(tiny_config(tmp_path / "b", gt_label_folder, *common), tmp_path / "b.yaml")
+    # same intra-op thread count as this process: float sums differ bitwise between thread counts
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=str(repo_dir))
+    proc = subprocess.Popen([sys.executable, "-m", "auxseg.cli", "pretrain", str(cfg_path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (tmp_path / "b" / "checkpoints" / "iter_0000002.pth").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "b" / "backbone_mmseg.pth").exists()  # killed before the end
+    resumed = run(tiny_config(tmp_path / "b", gt_label_folder, *common))
+    a, b = load_backbone_export(straight)[0], load_backbone_export(resumed)[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    iters = [json.loads(x)["iter"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert iters == list(range(1, 7))  # records of the killed run past its checkpoint were dropped
