@@ -38,7 +38,7 @@ class KMeansConfig:
     k: int | None = None  # null: round(k_factor * num_classes) (paper: K = 1.5 M, Table 2)
     k_factor: float = 1.5
     n_fit: int = 5000  # images the fit samples pixels from (paper: 5,000, Table 5); all if fewer
-    fit_pixels: int = 200_000  # pixels in the fit sample, spread evenly over the n_fit images (choice)
+    fit_pixels: int = 100_000  # pixels in the fit sample, spread evenly over the n_fit images (choice)
     calib_fraction: float = 0.2  # extra held-out pixels (relative to fit_pixels) for the outlier threshold
     niter: int = 25
     nredo: int = 1

@@ -81,15 +81,17 @@ def working_features(feats: torch.Tensor, size_hw: tuple[int, int], stride: int)
     Args:
         feats: ``[B, D, h, w]`` native features.
         size_hw: the image size (H, W) in pixels the features came from.
-        stride: working stride; output is ``[B, D, ceil(H/stride), ceil(W/stride)]``.
+        stride: working stride; the grid is ``ceil(H/stride) x ceil(W/stride)``.
     Returns:
-        float32 ``[B, D, h', w']`` with unit L2 norm along D.
+        float32 ``[B, h', w', D]`` (pixels-major, ready to flatten into rows) with unit L2 norm along D.
     """
     h, w = working_size(size_hw, stride)
-    feats = feats.float()
+    # channels-last: bilinear resize and the per-pixel norm are ~4x faster on CPU in this layout
+    feats = feats.float().contiguous(memory_format=torch.channels_last)
     if feats.shape[-2:] != (h, w):
         feats = F.interpolate(feats, size=(h, w), mode="bilinear", align_corners=False)
-    return F.normalize(feats, dim=1)
+    feats = feats.permute(0, 2, 3, 1)  # [B, h', w', D], contiguous in memory
+    return feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def working_size(size_hw: tuple[int, int], stride: int) -> tuple[int, int]:

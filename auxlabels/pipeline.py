@@ -303,8 +303,8 @@ class _Features:
         from .features import working_features
 
         t0 = time.perf_counter()
-        f = working_features(self.torch.from_numpy(native)[None], size_hw, self.cfg.stride)[0]  # [D, h, w]
-        rows = f.permute(1, 2, 0).reshape(-1, f.shape[0]).numpy()  # [h*w, D]
+        f = working_features(self.torch.from_numpy(native)[None], size_hw, self.cfg.stride)[0]  # [h, w, D]
+        rows = np.ascontiguousarray(f.reshape(-1, f.shape[-1]).numpy())  # [h*w, D]
         self.timings["resize_normalise"] = self.timings.get("resize_normalise", 0.0) + time.perf_counter() - t0
         return rows
 
@@ -323,6 +323,22 @@ def _read_images(items: list[ImageItem], on_bad: str, skipped: dict, timings: di
             skipped[it.rel] = str(err)
         timings["read"] = timings.get("read", 0.0) + time.perf_counter() - t0
     return out
+
+
+def _prefetched(chunks: list[list[ImageItem]], read):
+    """Yield ``(chunk, read(chunk))``, decoding the next chunk in a thread while the caller works.
+
+    PIL releases the GIL while decoding, so reading overlaps the forward pass.
+    """
+    if not chunks:
+        return
+    with cf.ThreadPoolExecutor(max_workers=1) as reader:
+        nxt = reader.submit(read, chunks[0])
+        for i, chunk in enumerate(chunks):
+            loaded = nxt.result()
+            if i + 1 < len(chunks):
+                nxt = reader.submit(read, chunks[i + 1])
+            yield chunk, loaded
 
 
 def _same_size_groups(loaded: list[tuple[ImageItem, np.ndarray]]) -> list[list[tuple[ImageItem, np.ndarray]]]:
@@ -371,8 +387,10 @@ def _fit(cfg: AuxLabelsConfig, items: list[ImageItem], feats: _Features, num_lab
     fit_rows, calib_rows = [], []
     index_of = {it.rel: i for i, it in enumerate(items)}
     bar = _progress(None, len(fit_items), "auxlabels fit: features", show)
-    for batch in _batches(fit_items, cfg.extractor.batch_size):
-        loaded = _read_images(batch, cfg.on_bad_image, skipped, timings)
+    def read(batch):
+        return _read_images(batch, cfg.on_bad_image, skipped, timings)
+
+    for batch, loaded in _prefetched(_batches(fit_items, cfg.extractor.batch_size), read):
         for group in _same_size_groups(loaded):
             natives = feats.native([img for _, img in group])
             for (it, img), native in zip(group, natives):
@@ -541,8 +559,10 @@ def _run(cfg: AuxLabelsConfig, dist: _Dist, t_start: float) -> dict:
                 finish(pending.popleft().result())
 
         try:
-            for chunk in todo:
-                loaded = _read_images(chunk, cfg.on_bad_image, skipped, timings)
+            def read(chunk):
+                return _read_images(chunk, cfg.on_bad_image, skipped, timings)
+
+            for _chunk, loaded in _prefetched(todo, read):
                 for group in _same_size_groups(loaded):
                     if mode == "superpixel":
                         coarse_maps = [None] * len(group)

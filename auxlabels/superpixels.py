@@ -46,8 +46,17 @@ def compute_superpixels(image: np.ndarray, n_segments: int, compactness: float =
         seg = slic(image, n_segments=n_segments, compactness=compactness, start_label=0)
     else:
         raise ValueError(f"superpixels.method must be 'fast_slic' or 'skimage', got {method!r}")
-    _, seg = np.unique(seg, return_inverse=True)
-    return seg.reshape(image.shape[:2]).astype(np.int32)
+    return compact_ids(np.asarray(seg).reshape(image.shape[:2]))
+
+
+def compact_ids(seg: np.ndarray) -> np.ndarray:
+    """Renumber non-negative segment ids to ``0..S-1`` in order, in O(pixels) (no sort)."""
+    seg = seg.astype(np.int64, copy=False)
+    present = np.bincount(seg.ravel()) > 0
+    if present.all():
+        return seg.astype(np.int32)
+    lut = np.cumsum(present) - 1  # old id -> new id
+    return lut[seg].astype(np.int32)
 
 
 def superpixel_label_bound(n_segments: int, method: str) -> int:

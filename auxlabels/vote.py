@@ -21,8 +21,12 @@ def superpixel_vote(labels: np.ndarray, segments: np.ndarray, num_labels: int, i
         raise ValueError(f"labels {labels.shape} and segments {segments.shape} differ in shape")
     seg = segments.ravel().astype(np.int64)
     lab = labels.ravel().astype(np.int64)
-    _, seg = np.unique(seg, return_inverse=True)  # compact ids 0..S-1
+    if seg.size and seg.min() < 0:
+        raise ValueError("superpixel ids must be non-negative")
     num_segments = int(seg.max()) + 1 if seg.size else 0
+    if num_segments > 4 * seg.size:  # very sparse ids: compact them (sorting is slower, so only then)
+        _, seg = np.unique(seg, return_inverse=True)
+        num_segments = int(seg.max()) + 1
     valid = lab != ignore_index
     if np.any(valid & ((lab < 0) | (lab >= num_labels))):
         raise ValueError(f"labels outside 0..{num_labels - 1} (ignore {ignore_index})")

@@ -51,8 +51,11 @@ def test_torchvision_resnet18_loads_the_weights(tmp_path, drop_fc):
 def test_working_features_are_unit_norm_at_stride():
     feats = torch.randn(2, 16, 3, 4)
     out = working_features(feats, (45, 60), 8)
-    assert out.shape == (2, 16, 6, 8)
-    torch.testing.assert_close(out.norm(dim=1), torch.ones(2, 6, 8))
+    assert out.shape == (2, 6, 8, 16)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2, 6, 8))
+    # same values as the plain NCHW resize + normalise, only laid out pixels-major
+    ref = torch.nn.functional.interpolate(feats, size=(6, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, torch.nn.functional.normalize(ref, dim=1).permute(0, 2, 3, 1))
 
 
 def test_resnet50_file_rejected_as_resnet18(tmp_path):
