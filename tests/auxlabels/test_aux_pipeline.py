@@ -231,3 +231,31 @@ def test_cli_help_and_run(data, tmp_path, capsys):
                f"out_dir={tmp_path / 'cli'}"])
     assert rc == 0 and "PmIoU" in capsys.readouterr().out
     assert main(["auxlabels", str(TINY), "kmeans.bogus=1"]) == 2
+
+
+def test_torchrun_two_ranks_match_single_process(data, tmp_path):
+    # rank 0 fits, both ranks label half the images, rank 0 merges: same labels as one process
+    args = [str(TINY), f"image_dir={data / 'val'}", f"gt_dir={data / 'valannot'}"]
+    single = run(load_config(AuxLabelsConfig, TINY, [*args[1:], f"out_dir={tmp_path / 'one'}"]))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "auxseg.cli", "auxlabels", *args, f"out_dir={tmp_path / 'two'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert two["world_size"] == 2 and two["labels_sha256"] == single["labels_sha256"]
+    assert {p.name for p in (tmp_path / "two").glob("progress*.jsonl")} == {"progress.rank0.jsonl", "progress.rank1.jsonl"}
+
+
+def test_visualize_tool_writes_grid(data, tmp_path):
+    import importlib.util
+
+    run(tiny(data, tmp_path / "aux"))
+    spec = importlib.util.spec_from_file_location("visualize_auxlabels", REPO / "tools" / "visualize_auxlabels.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([str(tmp_path / "aux"), "--n", "3", "--width", "64", "--match"]) == 0
+    grid = np.asarray(Image.open(tmp_path / "aux" / "grid.png"))
+    assert grid.shape[1] == 3 * 64 and grid.shape[0] > 3 * 48  # image | aux | ground truth, 3 rows
