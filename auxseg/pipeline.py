@@ -1,0 +1,261 @@
+"""The semi-supervised loop, from a folder of images and a few labels to a better segmenter.
+
+Supplement Table 7 ("semi-supervised"): train a segmenter on the labelled few,
+use it as the frozen feature extractor for auxiliary labels on all training
+images, pre-train with those labels, fine-tune on the same labelled few. It
+needs no outside weights. :func:`run` does it from one config:
+
+1. ``segmenter``: fine-tune on the labelled subset from ``baseline_init``
+   (one run per seed). With the same schedule and seed this *is* the
+   baseline "fine-tune without pre-training", so it is reused as such.
+2. ``auxlabels``: auxiliary labels for every training image from the seed-0
+   segmenter's decoder features; PmIoU on the validation images.
+3. ``pretrain``: contrastive pre-training on the training images and their
+   auxiliary labels, from the same initialisation as the baseline.
+4. ``finetune``: fine-tune the pre-trained backbone on the same labelled
+   subset, with the same schedule (one run per seed).
+5. ``report``: ``report.md`` with the numbers and PNG figures.
+
+Each step writes into ``<work_dir>/<step>/`` and records ``step.json`` when
+it finishes; a rerun reuses finished steps whose config is unchanged and
+resumes unfinished ones through the stages' own resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from auxlabels.config import AuxLabelsConfig
+from auxseg.config import ConfigError, save_config, to_dict
+from auxseg.io import atomic_write_json, read_json
+from auxseg.synthetic import CLASS_NAMES, IGNORE_INDEX, SyntheticSpec, make_synthetic_dataset
+from finetune.config import FinetuneConfig, InitConfig, SplitConfig, resolve_path
+from pretrain.config import PretrainConfig
+
+STEP_FORMAT = "auxseg.pipeline-step/1"
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in dataset (auxseg.synthetic), generated into ``<work_dir>/data``."""
+
+    num_train: int = 48
+    num_val: int = 16
+    height: int = 96
+    width: int = 128
+    num_classes: int = 6
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """A dataset in the CamVid layout: train/, trainannot/, val/, valannot/ (same file names)."""
+
+    root: str | None = None  # the dataset folder; ignored when `synthetic` is set
+    synthetic: SyntheticConfig | None = None  # generate the built-in dataset instead
+    num_classes: int | None = None  # M (taken from the synthetic spec when synthetic)
+    class_names: list[str] = field(default_factory=list)
+    ignore_values: list[int] = field(default_factory=lambda: [IGNORE_INDEX])  # label values to ignore (CamVid: [11])
+
+
+@dataclass
+class PipelineConfig:
+    """The whole loop. The stage sections are templates: the pipeline fills in paths, inits and splits."""
+
+    work_dir: str = "runs/pipeline"
+    data: DataConfig = field(default_factory=DataConfig)
+    labelled: SplitConfig = field(default_factory=lambda: SplitConfig(fraction=0.1))  # the labelled few
+    baseline_init: InitConfig = field(default_factory=InitConfig)  # init of the segmenter / baseline and of pre-training
+    seeds: list[int] = field(default_factory=lambda: [0])  # fine-tune seeds, for the spread of mIoU
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # steps 1 and 4 (same schedule)
+    auxlabels: AuxLabelsConfig = field(default_factory=AuxLabelsConfig)  # step 2
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # step 3
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------- step bookkeeping
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str | None:
+    """The dotted key of the first difference between two plain-data trees (None if equal)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            diff = _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+            if diff:
+                return diff
+        return None
+    return None if a == b else (where or "<root>")
+
+
+def run_step(name: str, step_dir: Path, stage_cfg: Any, fn: Callable[[], Any]) -> Any:
+    """Run one step unless ``step_dir/step.json`` says it finished with the same config.
+
+    Returns the step's result (a JSON-compatible value), fresh or recorded.
+    """
+    record_path = step_dir / "step.json"
+    config = to_dict(stage_cfg)
+    if record_path.is_file():
+        record = read_json(record_path)
+        diff = _first_difference(record.get("config"), config)
+        if diff is None:
+            print(f"[pipeline] {name}: finished earlier, reusing {step_dir}")
+            return record["result"]
+        raise ConfigError(
+            f"{record_path}: step {name!r} finished with another config (first difference: {diff}). "
+            f"Use a new work_dir, or delete {step_dir} to redo this step and the ones after it."
+        )
+    print(f"[pipeline] {name}: running in {step_dir}")
+    start = time.time()
+    result = fn()
+    atomic_write_json(
+        record_path,
+        {"format": STEP_FORMAT, "step": name, "config": config, "result": result,
+         "elapsed_s": round(time.time() - start, 1)},
+    )
+    return result
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Dataset:
+    root: Path
+    num_classes: int
+    class_names: list[str]
+    ignore_values: list[int]
+
+
+def prepare_data(cfg: PipelineConfig, work_dir: Path) -> Dataset:
+    """Generate the synthetic dataset if asked, and check the folder layout."""
+    data = cfg.data
+    if data.synthetic is not None:
+        root = work_dir / "data"
+        spec = SyntheticSpec(**dataclasses.asdict(data.synthetic))
+        marker = root / "dataset.json"
+        if not marker.is_file() or read_json(marker).get("spec") != spec.__dict__:
+            print(f"[pipeline] generating the built-in dataset in {root}")
+            make_synthetic_dataset(root, spec)
+        names = list(CLASS_NAMES[: spec.num_classes])
+        return Dataset(root, spec.num_classes, names, [IGNORE_INDEX])
+    if not data.root:
+        raise ConfigError("data.root: required (a CamVid-layout folder), or set data.synthetic")
+    root = resolve_path(data.root)
+    for sub in ("train", "trainannot", "val", "valannot"):
+        if not (root / sub).is_dir():
+            raise ConfigError(f"data.root: {root} has no {sub}/ folder (expected the CamVid layout)")
+    if data.num_classes is None:
+        raise ConfigError("data.num_classes: required for a dataset folder")
+    names = data.class_names or [f"class{i}" for i in range(data.num_classes)]
+    return Dataset(root, data.num_classes, names, list(data.ignore_values))
+
+
+def finetune_config(cfg: PipelineConfig, data: Dataset, work_dir: Path, init: InitConfig, seed: int) -> FinetuneConfig:
+    ft = copy.deepcopy(cfg.finetune)
+    ft.data_root = str(data.root)
+    ft.work_dir = str(work_dir)
+    ft.split = copy.deepcopy(cfg.labelled)
+    ft.init = copy.deepcopy(init)
+    ft.seed = seed
+    return ft
+
+
+def last_checkpoint(work_dir: Path) -> Path:
+    """The newest mmengine checkpoint of a fine-tune run (named in its ``last_checkpoint`` file)."""
+    marker = work_dir / "last_checkpoint"
+    if not marker.is_file():
+        raise FileNotFoundError(f"{work_dir}: no last_checkpoint file; did the fine-tune run finish?")
+    path = Path(marker.read_text().strip())
+    return path if path.is_absolute() else work_dir / path.name
+
+
+def auxlabels_config(cfg: PipelineConfig, data: Dataset, out_dir: Path, segmenter_ckpt: Path) -> AuxLabelsConfig:
+    aux = copy.deepcopy(cfg.auxlabels)
+    aux.image_dir = str(data.root / "train")
+    aux.image_list = None
+    aux.gt_dir = None  # ground truth of training images is never looked at
+    aux.eval_image_dir = str(data.root / "val")
+    aux.eval_gt_dir = str(data.root / "valannot")
+    aux.num_classes = data.num_classes
+    aux.class_names = list(data.class_names)
+    aux.gt_ignore_values = list(data.ignore_values)
+    aux.out_dir = str(out_dir)
+    aux.extractor.name = "mmseg"
+    aux.extractor.checkpoint = str(segmenter_ckpt)
+    aux.extractor.random_init = False
+    aux.progress = cfg.progress
+    return aux
+
+
+def pretrain_config(cfg: PipelineConfig, out_dir: Path, labels_dir: Path, segmenter_results: dict) -> PretrainConfig:
+    pre = copy.deepcopy(cfg.pretrain)
+    pre.out_dir = str(out_dir)
+    pre.data.source = "folder"
+    pre.data.labels = str(labels_dir)
+    # the pre-trained backbone must be the fine-tuned one: same depth and stem as the baseline
+    depth = segmenter_results["init"].get("depth")
+    backbone_type = segmenter_results["init"].get("backbone_type")
+    if depth is not None:
+        pre.model.arch = f"resnet{depth}"
+    if backbone_type is not None:
+        pre.model.stem = "deep" if backbone_type == "ResNetV1c" else "plain"
+    pre.model.init = cfg.baseline_init.checkpoint if cfg.baseline_init.type != "random" else "random"
+    pre.train.progress = cfg.progress
+    return pre
+
+
+def run(cfg: PipelineConfig) -> Path:
+    """Run the whole loop; returns the path of the report."""
+    from auxlabels.pipeline import run as run_auxlabels
+    from finetune.run import run as run_finetune
+    from pretrain.train import run as run_pretrain
+
+    if not cfg.seeds:
+        raise ConfigError("seeds: give at least one seed")
+    work_dir = resolve_path(cfg.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, work_dir / "config.yaml")
+    data = prepare_data(cfg, work_dir)
+
+    baseline = {}
+    for seed in cfg.seeds:
+        step_dir = work_dir / f"1_segmenter_seed{seed}"
+        ft = finetune_config(cfg, data, step_dir, cfg.baseline_init, seed)
+        baseline[seed] = run_step(f"segmenter (seed {seed})", step_dir, ft, lambda ft=ft: run_finetune(ft))
+
+    seed0 = cfg.seeds[0]
+    segmenter_ckpt = last_checkpoint(work_dir / f"1_segmenter_seed{seed0}")
+    labels_dir = work_dir / "2_auxlabels"
+    aux = auxlabels_config(cfg, data, labels_dir, segmenter_ckpt)
+    manifest = run_step("auxlabels", labels_dir, aux, lambda: run_auxlabels(aux))
+
+    pre_dir = work_dir / "3_pretrain"
+    pre = pretrain_config(cfg, pre_dir, labels_dir, baseline[seed0])
+    export = run_step("pretrain", pre_dir, pre, lambda: str(run_pretrain(pre)))
+
+    pretrained = {}
+    for seed in cfg.seeds:
+        step_dir = work_dir / f"4_finetune_seed{seed}"
+        ft = finetune_config(cfg, data, step_dir, InitConfig(type="export", checkpoint=export), seed)
+        pretrained[seed] = run_step(f"fine-tune (seed {seed})", step_dir, ft, lambda ft=ft: run_finetune(ft))
+
+    from auxseg.report import write_report
+
+    report = write_report(work_dir, data_root=data.root, class_names=data.class_names,
+                          manifest=manifest, baseline=baseline, pretrained=pretrained, export=export)
+    summary = {
+        "baseline_mIoU": {str(s): r["mIoU"] for s, r in baseline.items()},
+        "pretrained_mIoU": {str(s): r["mIoU"] for s, r in pretrained.items()},
+        "pmiou": (manifest.get("pmiou") or {}),
+        "report": str(report),
+    }
+    atomic_write_json(work_dir / "summary.json", summary)
+    print(json.dumps({k: v for k, v in summary.items() if k != "pmiou"}, indent=2))
+    print(f"[pipeline] report: {report}")
+    return report

@@ -1,0 +1,218 @@
+"""The pipeline's report: a Markdown file with the numbers and PNG figures.
+
+Figures: auxiliary-label overlays on validation images, per-class IoU of the
+baseline vs the pre-trained model, and training curves (pre-training loss,
+fine-tuning loss and validation mIoU).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from auxseg.io import atomic_path, atomic_write_text, read_label, read_rgb  # noqa: E402
+
+
+def palette(n: int, seed: int = 3) -> np.ndarray:
+    """``[n, 3]`` uint8 distinct-ish colours (a fixed random palette)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(40, 256, size=(n, 3), dtype=np.uint8)
+
+
+def colorize(label: np.ndarray, num: int, ignore_values: list[int]) -> np.ndarray:
+    """Colour a label map ``[H, W]``; ignored values are black."""
+    colours = palette(max(num, 1))
+    out = np.zeros((*label.shape, 3), np.uint8)
+    valid = (label < num) & ~np.isin(label, ignore_values)
+    out[valid] = colours[label[valid]]
+    return out
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def overlay_figure(pairs: list[tuple[Path, Path, Path]], num_labels: int, num_classes: int,
+                   ignore_values: list[int], label_ignore: int, path: Path) -> Path:
+    """Rows of image | auxiliary labels | ground truth for (image, aux label, gt) path triples."""
+    fig, axes = plt.subplots(len(pairs), 3, figsize=(9, 2.4 * len(pairs)), squeeze=False)
+    for row, (img_p, aux_p, gt_p) in enumerate(pairs):
+        image = read_rgb(img_p)
+        aux = colorize(read_label(aux_p), num_labels, [label_ignore])
+        gt = colorize(read_label(gt_p), num_classes, ignore_values)
+        for col, (title, arr) in enumerate((("image", image), ("auxiliary labels", aux), ("ground truth", gt))):
+            ax = axes[row][col]
+            ax.imshow(arr if col == 0 else (0.45 * image + 0.55 * arr).astype(np.uint8))
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(title)
+    return _save(fig, path)
+
+
+def per_class_figure(class_names: list[str], baseline: list[dict], pretrained: list[dict], path: Path) -> Path:
+    """Grouped bars of per-class IoU (mean over seeds), baseline vs pre-trained."""
+
+    def mean_iou(results: list[dict], name: str) -> float:
+        values = [r["per_class_iou"].get(name) for r in results]
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else float("nan")
+
+    x = np.arange(len(class_names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(class_names) + 2), 3.5))
+    ax.bar(x - 0.2, [mean_iou(baseline, c) for c in class_names], 0.4, label="fine-tune only (baseline)")
+    ax.bar(x + 0.2, [mean_iou(pretrained, c) for c in class_names], 0.4, label="pre-train + fine-tune")
+    ax.set_xticks(x, class_names, rotation=30, ha="right")
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.set_title("Per-class IoU on the validation set")
+    return _save(fig, path)
+
+
+def read_mmengine_scalars(work_dir: Path) -> list[dict]:
+    """The JSON-lines scalars mmengine's LocalVisBackend wrote under ``work_dir/<timestamp>/vis_data``."""
+    rows: list[dict] = []
+    for scalars in sorted(work_dir.glob("*/vis_data/scalars.json")):
+        rows.extend(read_jsonl(scalars))
+    return rows
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSON-lines log (the pre-training loop writes ``log.jsonl``); [] if absent."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def curves_figure(pretrain_dir: Path, baseline_dirs: list[Path], pretrained_dirs: list[Path], path: Path) -> Path:
+    """Pre-training loss; fine-tuning loss and validation mIoU, baseline vs pre-trained."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    loss = [(r["iter"], r["loss"]) for r in read_jsonl(pretrain_dir / "log.jsonl") if "loss" in r]
+    if loss:
+        axes[0].plot(*zip(*loss), color="tab:purple")
+    axes[0].set_title("pre-training: contrastive loss")
+    axes[0].set_xlabel("iteration")
+    for dirs, label, colour in ((baseline_dirs, "baseline", "tab:blue"), (pretrained_dirs, "pre-trained", "tab:orange")):
+        for i, d in enumerate(dirs):
+            rows = read_mmengine_scalars(d)
+            train = [(r["step"], r["loss"]) for r in rows if "loss" in r and "step" in r]
+            val = [(r["step"], r["mIoU"]) for r in rows if "mIoU" in r and "step" in r]
+            kwargs = {"color": colour, "alpha": 0.8, "label": label if i == 0 else None}
+            if train:
+                axes[1].plot(*zip(*train), **kwargs)
+            if val:
+                axes[2].plot(*zip(*val), marker="o", **kwargs)
+    axes[1].set_title("fine-tuning: training loss")
+    axes[1].set_xlabel("iteration")
+    axes[2].set_title("fine-tuning: validation mIoU (%)")
+    axes[2].set_xlabel("iteration")
+    for ax in axes[1:]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    return _save(fig, path)
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
+
+
+def _eval_label_pairs(manifest: dict, labels_dir: Path, data_root: Path, count: int) -> list[tuple[Path, Path, Path]]:
+    """Up to ``count`` (val image, its auxiliary label, its ground truth) path triples.
+
+    Label PNGs sit at ``labels/<image path relative to the manifest's image_root>.png``.
+    """
+    image_root = Path(manifest["image_root"])
+    pairs = []
+    for image in sorted((data_root / "val").glob("*.png"))[:count]:
+        aux = labels_dir / "labels" / image.relative_to(image_root).with_suffix(".png")
+        if aux.is_file():
+            pairs.append((image, aux, data_root / "valannot" / image.name))
+    return pairs
+
+
+def write_report(work_dir: Path, data_root: Path, class_names: list[str], manifest: dict,
+                 baseline: dict[int, dict], pretrained: dict[int, dict], export: str) -> Path:
+    """Write ``<work_dir>/report.md`` and its figures; returns the report path."""
+    fig_dir = work_dir / "figures"
+    labels_dir = work_dir / "2_auxlabels"
+    figures: list[tuple[str, Path]] = []
+    pairs = _eval_label_pairs(manifest, labels_dir, data_root, count=4)
+    if pairs:
+        figures.append(("Auxiliary labels on validation images (overlay)", overlay_figure(
+            pairs, manifest["num_labels"], len(class_names), manifest.get("gt_ignore_values", [255]),
+            manifest["ignore_index"], fig_dir / "auxlabels_overlay.png")))
+    seeds = sorted(baseline)
+    figures.append(("Per-class IoU, baseline vs pre-trained", per_class_figure(
+        class_names, [baseline[s] for s in seeds], [pretrained[s] for s in seeds], fig_dir / "per_class_iou.png")))
+    figures.append(("Training curves", curves_figure(
+        work_dir / "3_pretrain", [work_dir / f"1_segmenter_seed{s}" for s in seeds],
+        [work_dir / f"4_finetune_seed{s}" for s in seeds], fig_dir / "training_curves.png")))
+
+    pm = manifest.get("pmiou") or {}
+    base_miou = [baseline[s]["mIoU"] for s in seeds]
+    pre_miou = [pretrained[s]["mIoU"] for s in seeds]
+    split = baseline[seeds[0]].get("split", {})
+    lines = [
+        "# Semi-supervised pre-training report",
+        "",
+        f"Labelled training images: {split.get('num_images')} of {split.get('num_available')} "
+        f"({split.get('name') or split.get('mode')}); all training images are used, unlabelled, for "
+        "auxiliary labels and pre-training. Metrics are on the validation images, never seen in training.",
+        "",
+        "| | mIoU (%) on val |",
+        "|---|---|",
+        f"| fine-tune only (baseline) | {_spread(base_miou)} |",
+        f"| pre-train with auxiliary labels + fine-tune | {_spread(pre_miou)} |",
+        f"| difference | {statistics.mean(pre_miou) - statistics.mean(base_miou):+.2f} |",
+        "",
+        "Auxiliary labels (from the seed-0 segmenter's decoder features): "
+        f"K = {manifest.get('num_labels')}, "
+        f"PmIoU (Hungarian, one-to-one) = {_fmt(pm.get('pmiou'))}, "
+        f"many-to-one majority = {_fmt(pm.get('majority_miou'))} (validation images).",
+        "",
+        "## Per-class IoU (%), mean over seeds",
+        "",
+        "| class | baseline | pre-trained |",
+        "|---|---|---|",
+    ]
+    for name in class_names:
+        b = [baseline[s]["per_class_iou"].get(name) for s in seeds]
+        p = [pretrained[s]["per_class_iou"].get(name) for s in seeds]
+        lines.append(f"| {name} | {_mean_or_na(b)} | {_mean_or_na(p)} |")
+    lines += ["", "## Figures", ""]
+    for title, path in figures:
+        lines += [f"### {title}", "", f"![{title}]({path.relative_to(work_dir)})", ""]
+    lines += [
+        "## Artefacts",
+        "",
+        f"- auxiliary labels: `{labels_dir}` (manifest.json)",
+        f"- pre-trained backbone: `{export}`",
+        *[f"- baseline seed {s}: `{baseline[s].get('work_dir')}`" for s in seeds],
+        *[f"- pre-trained seed {s}: `{pretrained[s].get('work_dir')}`" for s in seeds],
+        "",
+    ]
+    report = work_dir / "report.md"
+    atomic_write_text(report, "\n".join(lines))
+    return report
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _mean_or_na(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    return f"{statistics.mean(values):.2f}" if values else "n/a"
