@@ -160,7 +160,8 @@ def supervised_infonce(feats: torch.Tensor, targets: PixelTargets, temperature: 
         temperature: t.
 
     Returns:
-        (scalar loss, stats with ``anchors`` and ``positives_per_anchor``).
+        (scalar loss, stats with ``anchors`` and ``positives_per_anchor``); the loss is 0
+        (with a graph) when no anchor has a positive.
     """
     ids = targets.ids
     n = feats.shape[0]
@@ -173,7 +174,9 @@ def supervised_infonce(feats: torch.Tensor, targets: PixelTargets, temperature: 
     num_pos = pos.sum(1)  # [N]
     has_pos = num_pos > 0
     if not bool(has_pos.any()):
-        raise ValueError("supervised_infonce: no anchor has a positive (every sampled id occurs once)")
+        # nothing to contrast (e.g. a batch that is all ignore/padding): a zero loss that keeps the
+        # graph connected, so every process of a DDP run still reduces (zero) gradients
+        return feats.sum() * 0.0, {"anchors": 0, "positives_per_anchor": 0.0}
     mean_log_prob_pos = log_prob.masked_fill(~pos, 0.0).sum(1)[has_pos] / num_pos[has_pos]
     loss = -mean_log_prob_pos.mean()
     stats = {"anchors": int(has_pos.sum()), "positives_per_anchor": float(num_pos[has_pos].float().mean())}

@@ -93,7 +93,13 @@ class ASPP(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """Two 1x1 convs with a ReLU between, output L2-normalised per pixel: ``[B, C, h, w] -> [B, D, h, w]``."""
+    """Two 1x1 convs with a ReLU between, output L2-normalised per pixel: ``[B, C, h, w] -> [B, D, h, w]``.
+
+    The head is pointwise, so :meth:`rows` applies the same weights to a set of
+    pixel feature vectors; training projects only the sampled pixels that way
+    (the same result as projecting the map and sampling it, at a fraction of
+    the cost on large maps).
+    """
 
     def __init__(self, in_channels: int, hidden: int = 512, out_dim: int = 256):
         super().__init__()
@@ -102,9 +108,20 @@ class ProjectionHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(x), dim=1)
 
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, C] -> [N, D]``, identical to :meth:`forward` at each pixel."""
+        c1, c2 = self.proj[0], self.proj[2]
+        x = F.relu(F.linear(x, c1.weight.flatten(1), c1.bias))
+        return F.normalize(F.linear(x, c2.weight.flatten(1), c2.bias), dim=1)
+
 
 class PretrainNet(nn.Module):
-    """Backbone (+ optional ASPP decoder) + projection head; ``forward(x) -> embeddings [B, D, h, w]``."""
+    """Backbone (+ optional ASPP decoder) + projection head.
+
+    ``forward(x [B, 3, H, W]) -> features [B, C, h, w]`` (the representation being
+    pre-trained); ``head.rows(features at sampled pixels [N, C]) -> embeddings [N, D]``;
+    ``embed(x) -> [B, D, h, w]`` projects the whole map.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -115,13 +132,12 @@ class PretrainNet(nn.Module):
             channels = self.decoder.out_channels
         self.head = ProjectionHead(channels, cfg.head_hidden, cfg.embed_dim)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The representation before the projection head, ``[B, C, h, w]``."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.backbone(x)
         return self.decoder(f) if self.decoder is not None else f
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self(x))
 
 
 def set_frozen_bn(model: nn.Module) -> None:

@@ -91,13 +91,15 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 # ----------------------------------------------------------------------------- one step's pieces
 
 
-def sampled_embeddings(emb: torch.Tensor, ids_local: torch.Tensor, budget: int, min_per_label: int,
-                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sampled_embeddings(features: torch.Tensor, ids_local: torch.Tensor, budget: int, min_per_label: int,
+                       generator: torch.Generator, project=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample pixels over the global batch and return their embeddings and ids, in the same order on every rank.
 
     Args:
-        emb: ``[b*V, D, h, w]`` this process's embeddings (image-major, then view).
+        features: ``[b*V, C, h, w]`` this process's feature maps (image-major, then view).
         ids_local: ``[b, V, h, w]`` int64 target ids, -1 = ignore.
+        project: ``[n, C] -> [n, D]`` applied to this process's sampled rows before the
+            gather (the projection head); None keeps the features.
 
     Returns:
         feats ``[N, D]`` (with gradient, gathered from all processes), ids ``[N]``.
@@ -109,14 +111,16 @@ def sampled_embeddings(emb: torch.Tensor, ids_local: torch.Tensor, budget: int, 
     world = ids_global.numel() // per_rank
     rank = torch.distributed.get_rank() if world > 1 else 0
     mine = sel[owner == rank] - rank * per_rank  # local flat indices (image*V+view, y, x)
-    _, _, h, w = emb.shape
+    _, _, h, w = features.shape
     n_img, yx = mine // (h * w), mine % (h * w)
-    feats_local = emb[n_img, :, yx // w, yx % w]  # [n_r, D] without copying the whole map
+    feats_local = features[n_img, :, yx // w, yx % w]  # [n_r, C] without copying the whole map
+    if project is not None:
+        feats_local = project(feats_local)  # [n_r, D]
     counts = [int((owner == r).sum()) for r in range(world)]
     pieces = gather_rows_with_grad(feats_local, counts)  # per rank, in that rank's sel order
     # back to the order of `sel`: position of each row of cat(pieces) in sel
     where = torch.cat([(owner == r).nonzero().squeeze(1) for r in range(world)])
-    feats = torch.cat(pieces)[torch.argsort(where)]  # [N, D]
+    feats = torch.cat(pieces)[torch.argsort(where)]  # [N, D] in the order of sel
     return feats, ids_global[sel]
 
 
@@ -165,16 +169,18 @@ def train(cfg: PretrainConfig, st: TrainState) -> int:
         # --- forward both views of every image: [b, 2, 3, S, S] -> [b*2, 3, S, S]
         images = batch["image"].to(st.device, non_blocking=True).flatten(0, 1)
         with torch.autocast(st.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            emb = st.model(images)  # [b*2, D, h, w], L2-normalised
+            features = st.model(images)  # [b*2, C, h, w]
         # --- targets at feature resolution, then balanced sampling over the global batch
-        h, w = emb.shape[-2:]
+        h, w = features.shape[-2:]
         ids = targets_at_features(
             lc.mode, batch["label"].to(st.device), batch["coords"].to(st.device), batch["index"].to(st.device),
             batch["size"][:, 1].to(st.device), h=h, w=w, num_labels=st.folder.num_labels,
             ignore_index=st.folder.ignore_index, per_image_ids=per_image_ids, pixel_cell=lc.pixel_cell,
         )  # [b, 2, h, w]
         gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + it)  # same draw on every rank, every run
-        feats, sel_ids = sampled_embeddings(emb, ids, lc.budget, lc.min_per_label, gen)
+        with torch.autocast(st.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            # the pointwise projection head runs on the sampled pixels only: [N, D], L2-normalised
+            feats, sel_ids = sampled_embeddings(features, ids, lc.budget, lc.min_per_label, gen, project=net.head.rows)
         # --- loss, backward, step
         loss, stats = loss_fn(feats, PixelTargets(sel_ids), temperature=lc.temperature)
         if not torch.isfinite(loss):

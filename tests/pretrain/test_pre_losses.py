@@ -56,9 +56,14 @@ def test_infonce_gradient_pulls_positives_together():
     assert after.item() < loss.item()
 
 
-def test_infonce_without_any_positive_raises():
-    with pytest.raises(ValueError, match="no anchor has a positive"):
-        supervised_infonce(torch.eye(3), PixelTargets(torch.tensor([0, 1, 2])))
+def test_infonce_without_any_positive_is_a_connected_zero():
+    feats = torch.eye(3, requires_grad=True)
+    loss, stats = supervised_infonce(feats, PixelTargets(torch.tensor([0, 1, 2])))
+    assert loss.item() == 0.0 and stats["anchors"] == 0
+    loss.backward()  # the graph exists, so DDP still reduces gradients on such a step
+    assert torch.equal(feats.grad, torch.zeros(3, 3))
+    empty, _ = supervised_infonce(torch.zeros(0, 4), PixelTargets(torch.zeros(0, dtype=torch.long)))
+    assert empty.item() == 0.0
 
 
 def test_sample_balanced_respects_budget_ignore_and_balance():

@@ -30,11 +30,11 @@ def fixed_batch_loss(cfg, state_dict, folder) -> float:
     keys = StepSampler(len(ds), 4, seed=123, start_iter=0, max_iters=1).batch_keys(0)
     batch = collate([ds[k] for k in keys])
     with torch.no_grad():
-        emb = net(batch["image"].flatten(0, 1))
+        emb = net(batch["image"].flatten(0, 1))  # features; the head runs on the sampled rows
         ids = targets_at_features("aux", batch["label"], batch["coords"], batch["index"], batch["size"][:, 1],
                                   h=emb.shape[2], w=emb.shape[3], num_labels=folder.num_labels,
                                   ignore_index=folder.ignore_index, per_image_ids=False)
-        feats, sel_ids = sampled_embeddings(emb, ids, 512, 2, torch.Generator().manual_seed(0))
+        feats, sel_ids = sampled_embeddings(emb, ids, 512, 2, torch.Generator().manual_seed(0), net.head.rows)
         return losses.supervised_infonce(feats, PixelTargets(sel_ids), temperature=0.1)[0].item()
 
 
