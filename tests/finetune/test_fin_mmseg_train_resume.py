@@ -3,16 +3,13 @@ backbones train two iterations, validate with IoUMetric, save a checkpoint and r
 
 from __future__ import annotations
 
-from pathlib import Path
+import shutil
 
 import pytest
 import torch
+from fin_helpers import TINY_DEEPLAB, TINY_PSP, train_tiny
 
-from auxseg.checkpoint_io import allow_mmengine_checkpoints, load_checkpoint
-
-TINY = Path(__file__).resolve().parents[2] / "configs/finetune/mmseg/tiny"
-TINY_DEEPLAB = TINY / "deeplabv3_r18-d8_tiny.py"
-TINY_PSP = TINY / "pspnet_r18-d8_tiny.py"
+from auxseg.checkpoint_io import load_checkpoint
 
 
 @pytest.mark.parametrize(
@@ -20,51 +17,30 @@ TINY_PSP = TINY / "pspnet_r18-d8_tiny.py"
     [(TINY_DEEPLAB, "ResNetV1c", "ASPPHead"), (TINY_PSP, "ResNet", "PSPHead")],
     ids=["deeplabv3-ResNetV1c", "pspnet-ResNet"],
 )
-def test_train_validate_checkpoint_resume(tmp_path, synthetic_root, make_tiny_cfg, config, backbone_type, head_type):
+def test_train_validate_checkpoint_resume(tmp_path, synthetic_root, trained_deeplab, config, backbone_type,
+                                          head_type):
     from mmengine.hooks import Hook
-    from mmengine.runner import Runner
 
-    allow_mmengine_checkpoints()  # mmengine's resume uses torch.load(weights_only=True) itself
-    work_dir = tmp_path / "work"
+    class CheckModel(Hook):
+        def before_train(self, runner):
+            assert type(runner.model.decode_head).__name__ == head_type
+            assert type(runner.model.backbone).__name__ == backbone_type
 
-    class Count(Hook):
-        def __init__(self):
-            self.train_iters = 0
-            self.val_metrics = []
-
-        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-            self.train_iters += 1
-            assert torch.isfinite(outputs["loss"]) if "loss" in outputs else True
-
-        def after_val_epoch(self, runner, metrics=None):
-            self.val_metrics.append(dict(metrics))
-
-    cfg = make_tiny_cfg(config, synthetic_root, work_dir, max_iters=2)
-    cfg.model.backbone.type = backbone_type
-    cfg.val_evaluator = dict(type="IoUMetric", iou_metrics=["mIoU"])  # mmseg's own metric
-    counter = Count()
-    runner = Runner.from_cfg(cfg)
-    runner.register_hook(counter)
-    assert type(runner.model.decode_head).__name__ == head_type
-    assert type(runner.model.backbone).__name__ == backbone_type
-    runner.train()
-    assert counter.train_iters == 2
-    assert len(counter.val_metrics) == 1 and 0.0 <= counter.val_metrics[0]["mIoU"] <= 100.0
-    ckpt_path = work_dir / "iter_2.pth"
-    assert ckpt_path.is_file() and (work_dir / "last_checkpoint").is_file()
+    if config == TINY_DEEPLAB:  # trained once per session (the safe-load tests read it too)
+        first = trained_deeplab
+    else:
+        first = train_tiny(config, synthetic_root, tmp_path / "first" / "work", backbone_type, hooks=[CheckModel()])
+    assert first.train_iters == 2
+    assert len(first.val_metrics) == 1 and 0.0 <= first.val_metrics[0]["mIoU"] <= 100.0
+    ckpt_path = first.work_dir / "iter_2.pth"
+    assert ckpt_path.is_file() and (first.work_dir / "last_checkpoint").is_file()
     saved = load_checkpoint(ckpt_path)
     assert saved["meta"]["iter"] == 2 and "message_hub" in saved and "optimizer" in saved
 
-    # resume: a new Runner in the same work_dir continues at iteration 2 with the saved weights
-    cfg2 = make_tiny_cfg(config, synthetic_root, work_dir, max_iters=3)
-    cfg2.model.backbone.type = backbone_type
-    cfg2.val_evaluator = dict(type="IoUMetric", iou_metrics=["mIoU"])
-    cfg2.param_scheduler[0].end = 2  # the restored scheduler state is what counts (environment.md)
-    cfg2.resume = True
-    cfg2.experiment_name = "resumed"
-    counter2 = Count()
-    runner2 = Runner.from_cfg(cfg2)
-    runner2.register_hook(counter2)
+    # resume: a new Runner in (a copy of) the work_dir continues at iteration 2 with the saved weights
+    work_dir = tmp_path / "resume" / "work"
+    shutil.copytree(first.work_dir, work_dir)
+    (work_dir / "last_checkpoint").write_text(str(work_dir / "iter_2.pth"))
 
     class CheckResumedWeights(Hook):
         def before_train(self, runner):
@@ -73,8 +49,8 @@ def test_train_validate_checkpoint_resume(tmp_path, synthetic_root, make_tiny_cf
             for key, value in saved["state_dict"].items():
                 assert torch.equal(model_sd[key].cpu(), value.cpu()), key
 
-    runner2.register_hook(CheckResumedWeights())
-    runner2.train()
-    assert counter2.train_iters == 1 and runner2.iter == 3
-    assert len(counter2.val_metrics) == 1  # validated at the last iteration
+    second = train_tiny(config, synthetic_root, work_dir, backbone_type, max_iters=3, resume=True,
+                        hooks=[CheckModel(), CheckResumedWeights()])
+    assert second.train_iters == 1
+    assert len(second.val_metrics) == 1  # validated at the last iteration
     assert (work_dir / "iter_3.pth").is_file()

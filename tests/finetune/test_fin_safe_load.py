@@ -4,31 +4,28 @@ from __future__ import annotations
 
 import os
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
 
 from auxseg.checkpoint_io import CheckpointError, allow_mmengine_checkpoints, load_checkpoint
 
-TINY_DEEPLAB = Path(__file__).resolve().parents[2] / "configs/finetune/mmseg/tiny/deeplabv3_r18-d8_tiny.py"
 
-
-@pytest.fixture(scope="module")
-def runner_checkpoint(tmp_path_factory, synthetic_root, make_tiny_cfg):
+@pytest.fixture
+def runner_checkpoint(trained_deeplab):
     """A checkpoint written by mmengine's Runner (tiny mmseg model, 2 iterations): message hub, optimizer, ..."""
-    from mmengine.runner import Runner
-
-    root = tmp_path_factory.mktemp("safe_load")
-    cfg = make_tiny_cfg(TINY_DEEPLAB, synthetic_root, root / "work", max_iters=2)
-    Runner.from_cfg(cfg).train()
-    return root / "work" / "iter_2.pth"
+    return trained_deeplab.work_dir / "iter_2.pth"
 
 
 def test_plain_weights_only_load_refuses_mmengine_checkpoint(runner_checkpoint):
     # why the allow-list exists: torch's default refuses mmengine's own checkpoints
-    with pytest.raises(pickle.UnpicklingError, match="HistoryBuffer|getattr|numpy"):
-        torch.load(runner_checkpoint, weights_only=True)
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()  # as in a fresh process (other tests allowed mmengine's types)
+    try:
+        with pytest.raises(pickle.UnpicklingError, match="HistoryBuffer|getattr|numpy"):
+            torch.load(runner_checkpoint, weights_only=True)
+    finally:
+        torch.serialization.add_safe_globals(before)
 
 
 def test_load_checkpoint_reads_runner_checkpoint(runner_checkpoint):
