@@ -108,3 +108,16 @@ def test_camvid_short_cpu_run(tmp_path, camvid):
     assert rc == 0
     results = json.loads((work / "results.json").read_text())
     assert len(results["per_class_iou"]) == 11 and results["split"]["num_images"] == 37
+
+
+@pytest.mark.gpu
+def test_tiny_preset_on_cuda_with_bf16(tmp_path, synthetic_root, make_export):
+    """The CUDA path: model on the GPU, bf16 autocast through AmpOptimWrapper, same outputs on disk."""
+    export = make_export(tmp_path / "backbone.pth", deep=True)
+    work = tmp_path / "work"
+    rc = auxseg_main(["finetune", str(TINY_YAML), f"data_root={synthetic_root}", f"work_dir={work}",
+                      "device=cuda", "amp=true", "init.type=export", f"init.checkpoint={export}"])
+    assert rc == 0
+    results = json.loads((work / "results.json").read_text())
+    assert results["init"]["verified_tensors"] > 100 and results["iteration"] == 4
+    assert "AmpOptimWrapper" in (work / "mmseg_config.py").read_text()
