@@ -160,7 +160,6 @@ def load_backbone_weights(init_type: str, path: str | Path) -> BackboneWeights:
         sd = _strip_prefix(raw, "backbone.") if any(k.startswith("backbone.") for k in raw) else dict(raw)
     else:
         sd = {k: v for k, v in raw.items() if not k.startswith("fc.")}
-    sd = {k: v for k, v in sd.items()}
     depth, stem = infer_resnet(sd, path)
     if init_type in ("torchvision", "moco") and stem != "plain":
         raise CheckpointError(f"{path}: a {init_type} checkpoint must have the plain stem, found the deep stem")

@@ -262,10 +262,7 @@ def run(cfg: FinetuneConfig) -> dict:
 
     report_path = work_dir / "init_report.json"
     init_ckpt = str(resolve_path(cfg.init.checkpoint)) if cfg.init.checkpoint else None
-    try:
-        report = prepare_init(cfg.init.type, init_ckpt, mmcfg, work_dir)
-    except CheckpointError:
-        raise  # nothing trained yet; the message names the checkpoint
+    report = prepare_init(cfg.init.type, init_ckpt, mmcfg, work_dir)  # raises before any training
     report["verified_tensors"] = None
     previous = read_json(report_path) if report_path.is_file() and mmcfg.resume else None
     if previous and previous.get("checkpoint_sha256") != report.get("checkpoint_sha256"):
