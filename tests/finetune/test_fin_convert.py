@@ -138,3 +138,22 @@ def test_random_init_clears_pretrained():
     report = prepare_init("random", None, cfg, Path("/nonexistent"))
     assert cfg.model.pretrained is None and cfg.model.backbone.init_cfg is None
     assert report["type"] == "random" and report["checkpoint"] is None
+
+
+@pytest.mark.parametrize("stem", ["plain", "deep"])
+def test_real_pretrain_export_initialises_backbone(tmp_path, stem):
+    """The files `pretrain` itself exports (every key format) load with zero missing/unexpected keys."""
+    export_mod = pytest.importorskip("pretrain.export")
+    from pretrain.model import DilatedResNet
+
+    paths = export_mod.export_backbone(DilatedResNet("resnet18", stem), tmp_path / "export", config={}, iteration=1,
+                                       auxlabels_sha256=None, auxlabels_manifest=None)
+    assert paths
+    for key_format, path in paths.items():
+        cfg = tiny_cfg()
+        report = prepare_init("export", str(path), cfg, tmp_path / key_format)
+        assert report["missing_keys"] == [] and report["unexpected_keys"] == [], key_format
+        assert cfg.model.backbone.type == {"plain": "ResNet", "deep": "ResNetV1c"}[stem]
+        backbone = build_backbone(cfg)
+        backbone.init_weights()
+        assert verify_loaded(backbone, report["converted"]) == report["num_tensors"]
