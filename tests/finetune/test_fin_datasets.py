@@ -156,3 +156,14 @@ def test_ade20k_layout_reduce_zero_label_and_jpg_split(tmp_path):
     ds = build({**ds_cfg, "pipeline": [LOAD[0], train_load[0], LOAD[2]]})
     assert len(ds) == 2 and len(ds.metainfo["classes"]) == 150
     np.testing.assert_array_equal(loaded_labels(ds)[0], np.array([[255, 0, 1], [149, 148, 255]]))
+
+
+@pytest.mark.realdata
+def test_real_camvid_loads_through_mmseg(camvid):
+    ds = build(dict(type="CamVidDataset", data_root=str(camvid), data_prefix=dict(img_path="val", seg_map_path="valannot"),
+                    pipeline=LOAD))
+    assert len(ds) == 101
+    raw = read_label(Path(ds.get_data_info(0)["seg_map_path"]))
+    got = ds[0]["data_samples"].gt_sem_seg.data[0].numpy()
+    assert got.shape == (360, 480) and raw.max() <= 11
+    np.testing.assert_array_equal(got, np.where(raw == 11, 255, raw))
