@@ -88,6 +88,19 @@ def test_config_schema_rejects_bad_values(tmp_path):
     assert auxseg_main(["finetune", str(TINY_YAML), "--print-config"]) == 0
 
 
+def test_cuda_requested_without_gpu_is_a_clear_error(tmp_path, synthetic_root):
+    import torch
+
+    from finetune.run import run
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    cfg = load_config(FinetuneConfig, TINY_YAML, [f"data_root={synthetic_root}", f"work_dir={tmp_path}", "device=cuda"])
+    with pytest.raises(ConfigError, match="device=cuda but no CUDA device"):
+        run(cfg)
+    assert not list(tmp_path.glob("iter_*.pth"))
+
+
 def test_shipped_yaml_presets_load():
     for path in sorted((REPO_ROOT / "configs/finetune").glob("*.yaml")):
         cfg = load_config(FinetuneConfig, path)
