@@ -86,6 +86,7 @@ class AuxLabelsConfig:
     gt_dir: str | None = None  # optional ground truth for image_dir images (same relative stem, .png)
     eval_image_dir: str | None = None  # optional extra (validation) images labelled in the same run
     eval_gt_dir: str | None = None  # ground truth for eval_image_dir
+    fit_on_eval_images: bool = False  # also sample eval_image_dir images for the K-means/DBSCAN fit
     num_classes: int | None = None  # M, for K = round(1.5 M) and PmIoU
     class_names: list[str] = field(default_factory=list)
     gt_ignore_values: list[int] = field(default_factory=lambda: [255])

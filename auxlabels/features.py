@@ -167,16 +167,23 @@ def build_torchvision_resnet(cfg: ExtractorConfig, arch: str) -> FeatureExtracto
 
 def build_vgg19(cfg: ExtractorConfig) -> FeatureExtractor:
     """ImageNet VGG-19 from a torchvision ``state_dict`` file (``features.*`` and ``classifier.*``)."""
+    from torchvision.models.vgg import cfgs, make_layers
+
     path = _require_checkpoint(cfg)
-    model = torchvision.models.vgg19(weights=None)
+    # only the convolutional part is built: the 120M-parameter classifier is never used, and
+    # initialising it would take seconds; its key names are still checked exactly
+    features = make_layers(cfgs["E"], batch_norm=False)
     if path is not None:
         state = _plain_state_dict(load_checkpoint(path), path)
-        has_classifier = any(k.startswith("classifier.") for k in state)
-        _load_exact(model, state, path, "torchvision vgg19", ignore_prefix=None if has_classifier else "classifier.")
+        expected = {f"features.{k}" for k in features.state_dict()}
+        if any(k.startswith("classifier.") for k in state):
+            expected |= {f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")}
+        check_keys(expected, set(state), path, "torchvision vgg19")
+        features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
     if cfg.layer not in VGG19_LAYERS:
         raise ValueError(f"extractor.layer: {cfg.layer!r} is not one of {list(VGG19_LAYERS)} for VGG-19")
     end, _ = VGG19_LAYERS[cfg.layer]
-    return FeatureExtractor(model.features[:end], description={"arch": "vgg19"})
+    return FeatureExtractor(features[:end], description={"arch": "vgg19"})
 
 
 MOCO_PREFIX = "module.encoder_q."

@@ -49,6 +49,11 @@ def init_worker() -> None:
         os.environ[var] = "1"
 
 
+def warm_up() -> bool:
+    """A no-op task: submitting it starts the workers (and their imports) while the fit runs."""
+    return True
+
+
 def upsample_nearest(coarse: np.ndarray, size_hw: tuple[int, int], stride: int) -> np.ndarray:
     """Full-resolution ``[H, W]`` map from a working-stride map: pixel (y, x) takes cell (y // s, x // s)."""
     h, w = size_hw

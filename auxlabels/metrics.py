@@ -13,7 +13,6 @@ and is reported as a diagnostic.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 
 def confusion(
@@ -61,6 +60,8 @@ def pmiou(conf: np.ndarray, class_names: list[str] | None = None) -> dict:
     ``majority_per_class_iou`` (many-to-one diagnostic), ``num_pixels``, and
     ``ignored_aux_share`` (share of evaluated pixels labelled ignore).
     """
+    from scipy.optimize import linear_sum_assignment  # imported here: workers import this module too
+
     k = conf.shape[0] - 1
     m = conf.shape[1]
     names = list(class_names) if class_names else [str(i) for i in range(m)]

@@ -48,7 +48,7 @@ from auxseg.io import (
 
 from .config import AuxLabelsConfig, resolve_k, validate
 from .features import working_size
-from .labelling import LabelJob, init_worker, label_image
+from .labelling import LabelJob, init_worker, label_image, warm_up
 from .metrics import format_report, pmiou
 from .superpixels import superpixel_label_bound
 
@@ -64,6 +64,7 @@ class ImageItem:
     rel: str
     path: Path
     gt_path: Path | None
+    is_eval: bool = False  # from eval_image_dir: labelled and evaluated, not fitted on by default
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -90,12 +91,12 @@ def collect_images(cfg: AuxLabelsConfig) -> tuple[Path, list[ImageItem]]:
     relative paths stay unique (``train/x.png``, ``val/y.png``).
     """
     image_dir = Path(cfg.image_dir).resolve()
-    groups = [(image_dir, cfg.image_list, cfg.gt_dir)]
+    groups = [(image_dir, cfg.image_list, cfg.gt_dir, False)]
     if cfg.eval_image_dir is not None:
-        groups.append((Path(cfg.eval_image_dir).resolve(), None, cfg.eval_gt_dir))
+        groups.append((Path(cfg.eval_image_dir).resolve(), None, cfg.eval_gt_dir, True))
     root = Path(os.path.commonpath([g[0] for g in groups])) if len(groups) > 1 else image_dir
     items: dict[str, ImageItem] = {}
-    for folder, list_file, gt_dir in groups:
+    for folder, list_file, gt_dir, is_eval in groups:
         rels = _read_list(Path(list_file), folder) if list_file else list_images(folder)
         if not rels:
             raise FileNotFoundError(f"no images found in {folder}" + (f" (list {list_file})" if list_file else ""))
@@ -109,7 +110,7 @@ def collect_images(cfg: AuxLabelsConfig) -> tuple[Path, list[ImageItem]]:
                 # images without ground truth are labelled but not evaluated
                 gt_path = cand if cand.is_file() else None
             key = (folder / rel).relative_to(root).as_posix()
-            items[key] = ImageItem(key, folder / rel, gt_path)
+            items[key] = ImageItem(key, folder / rel, gt_path, is_eval)
     has_gt = cfg.gt_dir is not None or cfg.eval_gt_dir is not None
     if has_gt and not any(it.gt_path for it in items.values()):
         raise FileNotFoundError(
@@ -181,32 +182,18 @@ def _verified(out: Path, records: dict[str, dict]) -> dict[str, dict]:
 
 
 def _versions() -> dict:
-    import faiss
-    import PIL
-    import scipy
-    import sklearn
-    import torch
-    import torchvision
+    """Versions of everything that shapes the labels (from package metadata: no slow imports)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     from auxseg import __version__ as auxseg_version
 
-    versions = {
-        "python": platform.python_version(),
-        "auxseg": auxseg_version,
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "faiss": faiss.__version__,
-        "scikit-learn": sklearn.__version__,
-        "scipy": scipy.__version__,
-        "pillow": PIL.__version__,
-    }
-    try:
-        from importlib.metadata import version
-
-        versions["fast-slic"] = version("fast-slic")
-    except Exception:  # not installed: the skimage method still works
-        versions["fast-slic"] = None
+    versions = {"python": platform.python_version(), "auxseg": auxseg_version}
+    for dist_name in ("numpy", "torch", "torchvision", "faiss-cpu", "faiss-gpu", "fast-slic", "scikit-learn",
+                      "scikit-image", "scipy", "pillow", "mmsegmentation", "mmengine"):
+        try:
+            versions[dist_name] = version(dist_name)
+        except PackageNotFoundError:
+            continue
     return versions
 
 
@@ -378,9 +365,11 @@ def _fit(cfg: AuxLabelsConfig, items: list[ImageItem], feats: _Features, num_lab
 
     kind = cfg.clusterer
     seed = cfg.kmeans.seed if kind == "kmeans" else cfg.dbscan.seed
-    n_fit = min(cfg.kmeans.n_fit, len(items))
-    order = np.random.default_rng(seed).permutation(len(items))[:n_fit]
-    fit_items = [items[i] for i in sorted(order)]
+    # the fit sees image_dir's images only, unless asked: eval images are labelled, not learned from
+    pool_items = [it for it in items if cfg.fit_on_eval_images or not it.is_eval]
+    n_fit = min(cfg.kmeans.n_fit, len(pool_items))
+    order = np.random.default_rng(seed).permutation(len(pool_items))[:n_fit]
+    fit_items = [pool_items[i] for i in sorted(order)]
     budget = cfg.kmeans.fit_pixels if kind == "kmeans" else cfg.dbscan.num_samples
     per_image = math.ceil(budget / n_fit)
     calib_per_image = math.ceil(per_image * cfg.kmeans.calib_fraction) if cfg.outliers.enabled else 0
@@ -453,13 +442,20 @@ def run(cfg: AuxLabelsConfig) -> dict:
     validate(cfg)
     t_start = time.perf_counter()
     dist = _Dist()
+    pool, warm = None, []
+    if cfg.num_workers > 0:
+        # started first so that spawning the workers overlaps the fit instead of stalling the first images
+        pool = cf.ProcessPoolExecutor(cfg.num_workers, mp_context=mp.get_context("spawn"), initializer=init_worker)
+        warm = [pool.submit(warm_up) for _ in range(cfg.num_workers)]
     try:
-        return _run(cfg, dist, t_start)
+        return _run(cfg, dist, t_start, pool, warm)
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         dist.close()
 
 
-def _run(cfg: AuxLabelsConfig, dist: _Dist, t_start: float) -> dict:
+def _run(cfg: AuxLabelsConfig, dist: _Dist, t_start: float, pool, warm: list) -> dict:
     out = Path(cfg.out_dir).resolve()
     show = cfg.progress and dist.rank == 0
     root, items = collect_images(cfg)
@@ -498,6 +494,8 @@ def _run(cfg: AuxLabelsConfig, dist: _Dist, t_start: float) -> dict:
     fit: dict | None = None
     if mode != "superpixel":
         feats = _Features(cfg, cache_dir, timings)
+    timings["setup"] = time.perf_counter() - t_start  # inputs, fingerprint, building the extractor
+    if mode != "superpixel":
         if state_path.is_file():
             with np.load(state_path) as z:
                 fit = {k: z[k] for k in z.files}
@@ -521,7 +519,8 @@ def _run(cfg: AuxLabelsConfig, dist: _Dist, t_start: float) -> dict:
     ignore_index = 255 if dtype == "uint8" else 65535
 
     # ---- assignment pass
-    done = _verified(out, _read_journal(out)) if cfg.resume else {}
+    # only the names are kept in memory: the records are re-read from the journal at the end
+    done = set(_verified(out, _read_journal(out))) if cfg.resume else set()
     chunks = _batches(items, cfg.extractor.batch_size)
     # a chunk is redone whole if any member is missing, so batches (and thus features) are identical
     todo = [c for i, c in enumerate(chunks) if i % dist.world == dist.rank and any(it.rel not in done for it in c)]
@@ -534,20 +533,19 @@ def _run(cfg: AuxLabelsConfig, dist: _Dist, t_start: float) -> dict:
     n_todo = sum(sum(it.rel not in done for it in c) for c in todo)
     print(f"[auxlabels] {len(items)} images, {len(done)} already labelled, {n_todo} to label"
           + (f" on rank {dist.rank}/{dist.world}" if dist.world > 1 else ""), file=sys.stderr)
-    pool = None
-    if cfg.num_workers > 0:
-        pool = cf.ProcessPoolExecutor(cfg.num_workers, mp_context=mp.get_context("spawn"), initializer=init_worker)
-    pending: deque = deque()
+    pending: deque = deque(warm)
     cpu_time = {"superpixels": 0.0, "vote": 0.0, "write": 0.0, "cpu_total": 0.0}
     bar = _progress(None, n_todo, "auxlabels assign", show)
     with open(journal, "a") as jf:
 
-        def finish(result: dict) -> None:
+        def finish(result: dict | bool) -> None:
+            if result is True:  # a warm-up task
+                return
             for k, v in result.pop("timings").items():
                 cpu_time[k] = cpu_time.get(k, 0.0) + v
             jf.write(json.dumps(result) + "\n")
             jf.flush()  # one line per finished image: a kill loses at most the unfinished ones
-            done[result["rel"]] = result
+            done.add(result["rel"])
             bar.update(1)
 
         def submit(job: LabelJob) -> None:
@@ -555,8 +553,14 @@ def _run(cfg: AuxLabelsConfig, dist: _Dist, t_start: float) -> dict:
                 finish(label_image(job))
                 return
             pending.append(pool.submit(label_image, job))
-            while len(pending) > 2 * cfg.num_workers:  # bounded queue: memory stays flat
-                finish(pending.popleft().result())
+            while len(pending) > 4 * cfg.num_workers:  # bounded queue: memory stays flat
+                finish(wait(pending.popleft()))
+
+        def wait(future):
+            t0 = time.perf_counter()
+            result = future.result()
+            timings["wait_workers"] = timings.get("wait_workers", 0.0) + time.perf_counter() - t0
+            return result
 
         try:
             def read(chunk):
@@ -594,13 +598,11 @@ def _run(cfg: AuxLabelsConfig, dist: _Dist, t_start: float) -> dict:
                             num_classes=cfg.num_classes, gt_ignore=tuple(cfg.gt_ignore_values),
                         ))
             while pending:
-                finish(pending.popleft().result())
+                finish(wait(pending.popleft()))
         finally:
             bar.close()
-            if pool is not None:
-                for fut in pending:
-                    fut.cancel()
-                pool.shutdown(wait=True, cancel_futures=True)
+            for fut in pending:  # on error: unstarted jobs are dropped, running ones finish their atomic write
+                fut.cancel()
     for k, v in cpu_time.items():
         timings[k] = timings.get(k, 0.0) + v
     timings_path = out / f"timings.rank{dist.rank}.json"
@@ -617,6 +619,7 @@ def _run(cfg: AuxLabelsConfig, dist: _Dist, t_start: float) -> dict:
 
 def _finish(cfg, out, root, items, fingerprint, num_labels, ignore_index, dtype, fit, feats, world, t_start, previous) -> dict:
     """Merge the journals, compute PmIoU, write pmiou.json and the complete manifest."""
+    t_finish = time.perf_counter()
     records = _read_journal(out)
     timings: dict = {}
     skipped: dict = {}
@@ -651,6 +654,7 @@ def _finish(cfg, out, root, items, fingerprint, num_labels, ignore_index, dtype,
         atomic_write_json(out / "pmiou.json", report)
         print(format_report(report), file=sys.stderr)
     pairs = [(label_rel(it.rel), records[it.rel]["sha256"]) for it in labelled]
+    timings["finish"] = time.perf_counter() - t_finish
     timings["total_wall"] = time.perf_counter() - t_start
     manifest = {
         "format": MANIFEST_FORMAT,

@@ -228,18 +228,29 @@ def test_auxseg_export_mmseg_v1c(tmp_path):
         build_extractor(ExtractorConfig(name="auxseg_export", checkpoint=str(tmp_path / "export_wrongstem.pth")))
 
 
-def test_vgg19(tmp_path):
+@pytest.mark.parametrize("with_classifier", [False, True])
+def test_vgg19(tmp_path, with_classifier):
+    from torchvision.models.vgg import cfgs, make_layers
+
     torch.manual_seed(0)
-    model = torchvision.models.vgg19(weights=None).eval()
+    features = make_layers(cfgs["E"]).eval()  # torchvision's VGG-19 `features`, same key names
+    state = {f"features.{k}": v for k, v in features.state_dict().items()}
+    if with_classifier:  # the full ImageNet file also holds classifier.0/3/6 (small stand-ins here)
+        for i in (0, 3, 6):
+            state[f"classifier.{i}.weight"] = torch.zeros(2, 2)
+            state[f"classifier.{i}.bias"] = torch.zeros(2)
     path = tmp_path / "vgg19.pth"
-    torch.save({k: v for k, v in model.state_dict().items() if k.startswith("features.")}, path)
+    torch.save(state, path)
     ex = build_extractor(ExtractorConfig(name="vgg19", checkpoint=str(path), layer="conv4"))
     assert ex.stride == 8 and ex.dim == 512
     x = (IMG.float() - torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)) / torch.tensor(
         [58.395, 57.12, 57.375]
     ).view(1, 3, 1, 1)
     with torch.no_grad():
-        torch.testing.assert_close(ex(IMG), model.features[:27](x))
+        torch.testing.assert_close(ex(IMG), features[:27](x))
+    with torch.device("meta"):  # key names of the real torchvision model, without initialising 143M weights
+        real_keys = set(torchvision.models.vgg19(weights=None).state_dict())
+    assert set(state) <= real_keys and (not with_classifier or set(state) == real_keys)
     resnet_path = tmp_path / "r18_for_vgg.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), resnet_path)
     with pytest.raises(CheckpointError, match="r18_for_vgg.pth"):
