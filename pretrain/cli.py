@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def main(args: argparse.Namespace) -> int:
             return 2
         cfg = load_config(PretrainConfig, args.config, args.overrides)
         path = run(cfg)
-        print(f"done: {path}")
+        if os.environ.get("RANK", "0") == "0":  # one line per job, not per torchrun process
+            print(f"done: {path}")
         return 0
     except (ConfigError, CheckpointError, LabelFolderError, NonFiniteLossError) as err:
         print(f"auxseg pretrain: error: {err}", file=sys.stderr)

@@ -41,6 +41,17 @@ class AugmentConfig:
     out_size: int = 321  # choice: every crop window is resized to this side so views batch together
     flip_p: float = 0.5
 
+    def __post_init__(self) -> None:
+        for name in ("cutout", "scale", "rotation", "crop"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: the range {[lo, hi]} is empty (min > max)")
+        for name in ("color_jitter_p", "grayscale_p", "flip_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: a probability must be in [0, 1], got {getattr(self, name)}")
+        if self.scale[0] <= 0 or self.crop[0] < 1 or self.out_size < 8:
+            raise ValueError("scale must be > 0, crop >= 1 px and out_size >= 8 px")
+
 
 @dataclass
 class ModelConfig:
@@ -69,6 +80,14 @@ class LossConfig:
     budget: int = 2048  # sampled pixels per step over the whole batch, both views (method.md: 1-4k)
     min_per_label: int = 2  # a label is only sampled with at least this many pixels (>= 2: a positive)
     pixel_cell: int = 8  # baseline #1: original pixels in the same cell x cell square count as "the same"
+
+    def __post_init__(self) -> None:
+        if self.min_per_label < 2:
+            raise ValueError(f"min_per_label must be >= 2 (an anchor needs a positive), got {self.min_per_label}")
+        if self.budget < self.min_per_label:
+            raise ValueError(f"budget ({self.budget}) must be >= min_per_label ({self.min_per_label})")
+        if self.temperature <= 0 or self.pixel_cell < 1:
+            raise ValueError("temperature must be > 0 and pixel_cell >= 1")
 
 
 @dataclass

@@ -96,3 +96,19 @@ def test_sampler_ranks_split_the_single_process_batch_and_resume_in_place():
     assert sorted(first_epoch) == list(range(7))
     with pytest.raises(ValueError, match="not divisible"):
         StepSampler(7, 3, 0, 0, 6, rank=0, world_size=2)
+
+
+def test_config_rejects_empty_ranges_and_bad_values(repo_dir):
+    from auxseg.config import ConfigError, load_config
+    from pretrain.config import PretrainConfig
+
+    tiny = repo_dir / "configs/pretrain/tiny.yaml"
+    load_config(PretrainConfig, tiny)
+    with pytest.raises(ConfigError, match="augment.*crop.*empty"):
+        load_config(PretrainConfig, tiny, ["augment.crop=[400,300]"])
+    with pytest.raises(ConfigError, match="flip_p"):
+        load_config(PretrainConfig, tiny, ["augment.flip_p=1.5"])
+    with pytest.raises(ConfigError, match="min_per_label"):
+        load_config(PretrainConfig, tiny, ["loss.min_per_label=1"])
+    with pytest.raises(ConfigError, match="loss.mode.*'aux'"):
+        load_config(PretrainConfig, tiny, ["loss.mode=auxx"])
