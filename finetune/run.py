@@ -280,7 +280,11 @@ def run(cfg: FinetuneConfig) -> dict:
 
     verify_hook, record_hook = _make_hooks(report_path, report)
     with _device(cfg.device):
-        mmcfg.experiment_name = f"finetune_{uuid.uuid4().hex[:6]}"  # unique mmengine instance names per run
+        # mmengine keeps one logger / message hub / visualizer per name for the whole process; mmseg's
+        # runtime config names its visualizer "visualizer", so a second run in the same process would
+        # write its logs and TensorBoard events into the first run's folder. Unique names per run:
+        mmcfg.experiment_name = f"finetune_{uuid.uuid4().hex[:8]}"
+        mmcfg.visualizer.name = mmcfg.experiment_name
         runner = Runner.from_cfg(mmcfg)
         runner.register_hook(verify_hook)
         runner.register_hook(record_hook)

@@ -49,6 +49,9 @@ def test_cli_tiny_preset_from_pretrain_export(tmp_path, synthetic_root, make_exp
     saved = yaml.safe_load((work / "config.yaml").read_text())
     assert saved["init"]["type"] == "export" and saved["split"]["fraction"] == 0.5
 
+    log_dirs = [d for d in work.iterdir() if d.is_dir()]
+    assert len(log_dirs) == 1 and list(log_dirs[0].glob("vis_data/events.out.tfevents.*"))  # TensorBoard
+
     # same command again: resumes at the end, trains nothing more, re-evaluates, same split
     rc = auxseg_main([
         "finetune", str(TINY_YAML), f"data_root={synthetic_root}", f"work_dir={work}",
@@ -57,6 +60,8 @@ def test_cli_tiny_preset_from_pretrain_export(tmp_path, synthetic_root, make_exp
     assert rc == 0
     again = json.loads((work / "results.json").read_text())
     assert again["iteration"] == 4 and again["mIoU"] == pytest.approx(results["mIoU"], abs=1e-6)
+    # the second run logged into its own folder, not into the first run's (one process, two Runners)
+    assert len(list(log_dirs[0].glob("vis_data/*.json"))) == 2  # scalars.json + the first run's own log
 
 
 def test_cli_refuses_wrong_checkpoint_before_training(tmp_path, synthetic_root, make_export, capsys):
