@@ -143,7 +143,6 @@ def _fingerprint(cfg: AuxLabelsConfig, items: list[ImageItem]) -> str:
     data = to_dict(cfg)
     for key in _NOT_FINGERPRINTED:
         data.pop(key, None)
-    data["extractor"].pop("batch_size", None)
     ckpt = cfg.extractor.checkpoint
     if ckpt and Path(ckpt).is_file():
         from auxseg.io import sha256_file
@@ -623,7 +622,10 @@ def _finish(cfg, out, root, items, fingerprint, num_labels, ignore_index, dtype,
     records = _read_journal(out)
     timings: dict = {}
     skipped: dict = {}
-    for path in sorted(out.glob("timings.rank*.json")):
+    for rank in range(world):  # files of an earlier run with more ranks are not this run's
+        path = out / f"timings.rank{rank}.json"
+        if not path.is_file():
+            continue
         data = read_json(path)
         for k, v in data["timings"].items():
             timings[k] = timings.get(k, 0.0) + v
