@@ -39,25 +39,25 @@ def fixed_batch_loss(cfg, state_dict, folder) -> float:
 
 
 def test_tiny_run_lowers_the_loss_and_writes_a_valid_export(gt_label_folder, tmp_path, tiny_config):
-    cfg = tiny_config(tmp_path / "run", gt_label_folder, "train.max_iters=30", "train.checkpoint_every=30",
-                      "optim.lr=0.05", "train.tensorboard=true", "train.log_every=10", "train.histogram_every=10")
+    cfg = tiny_config(tmp_path / "run", gt_label_folder, "train.max_iters=12", "train.checkpoint_every=12",
+                      "optim.lr=0.05", "train.tensorboard=true", "train.log_every=4", "train.histogram_every=4")
     folder = read_label_folder(gt_label_folder)
     torch.manual_seed(cfg.train.seed)
     initial = PretrainNet(cfg.model).state_dict()  # run() seeds the same way before building the model
     path = run(cfg)
     assert path == tmp_path / "run" / "backbone_mmseg.pth"
-    final = load_checkpoint(tmp_path / "run" / "checkpoints" / "iter_0000030.pth")
+    final = load_checkpoint(tmp_path / "run" / "checkpoints" / "iter_0000012.pth")
     before, after = fixed_batch_loss(cfg, initial, folder), fixed_batch_loss(cfg, final["model"], folder)
-    assert after < before - 0.3, (before, after)
+    assert after < before - 0.3, (before, after)  # measured: 5.78 -> 5.22
     state, meta = load_backbone_export(path)
-    assert meta["auxlabels_sha256"] == folder.labels_sha256 and meta["iteration"] == 30
+    assert meta["auxlabels_sha256"] == folder.labels_sha256 and meta["iteration"] == 12
     assert meta["config"]["model"]["arch"] == "resnet18"
     torch.testing.assert_close(state["conv1.weight"], final["model"]["backbone.conv1.weight"])
     assert (tmp_path / "run" / "backbone_torchvision.pth").is_file()
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert any((tmp_path / "run" / "tensorboard").iterdir())
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in log] == [10, 20, 30] and all(r["positives_per_anchor"] > 1 for r in log)
+    assert [r["iter"] for r in log] == [4, 8, 12] and all(r["positives_per_anchor"] > 1 for r in log)
 
 
 @pytest.mark.parametrize("mode", ["pixel", "superpixel"])
