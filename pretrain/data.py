@@ -10,6 +10,7 @@ split the very batch a single process would draw.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -169,9 +170,12 @@ class TwoViewDataset(Dataset):
         }
 
 
+@functools.lru_cache(maxsize=4)
 def image_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The permutation of the ``n`` images in one epoch."""
-    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+    """The permutation of the ``n`` images in one epoch (cached: every slot of a batch asks for it)."""
+    order = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+    order.flags.writeable = False
+    return order
 
 
 class StepSampler(Sampler):
