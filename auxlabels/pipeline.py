@@ -462,14 +462,17 @@ def _run(cfg: AuxLabelsConfig, dist: _Dist, t_start: float, pool, warm: list) ->
     manifest_path = out / "manifest.json"
     state_path = out / "fit_state.npz"
     previous = None
+    has_work = state_path.is_file() or any(out.glob("progress*.jsonl"))
     if manifest_path.is_file():
         previous = read_json(manifest_path)
-        if previous.get("fingerprint") != fingerprint:
+        if previous.get("fingerprint") != fingerprint and not has_work:
+            previous = None  # a run that failed before producing anything: start afresh
+        elif previous.get("fingerprint") != fingerprint:
             raise ConfigError(
                 f"{manifest_path}: this folder holds labels made with other settings or images; "
                 "choose another out_dir (nothing was changed)"
             )
-        if not cfg.resume:
+        if previous is not None and not cfg.resume:
             raise ConfigError(f"{manifest_path}: out_dir already holds this run; set resume=true to reuse it")
     timings: dict = {}
     skipped: dict[str, str] = {}
@@ -482,17 +485,16 @@ def _run(cfg: AuxLabelsConfig, dist: _Dist, t_start: float, pool, warm: list) ->
     else:
         num_labels = None  # DBSCAN decides
 
+    cache_dir = out / "cache"
+    # built before anything is written: a wrong checkpoint leaves no half-made folder behind
+    feats = _Features(cfg, cache_dir, timings) if mode != "superpixel" else None
     if dist.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         if previous is None:
             atomic_write_json(manifest_path, {"format": MANIFEST_FORMAT, "complete": False, "fingerprint": fingerprint,
                                               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    cache_dir = out / "cache"
-    feats = None
     fit: dict | None = None
-    if mode != "superpixel":
-        feats = _Features(cfg, cache_dir, timings)
     timings["setup"] = time.perf_counter() - t_start  # inputs, fingerprint, building the extractor
     if mode != "superpixel":
         if state_path.is_file():

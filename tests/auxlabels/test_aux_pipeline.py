@@ -275,3 +275,19 @@ def test_cuda_amp_channels_last_matches_cpu_closely(data, tmp_path):
                    "extractor.device=cuda", "extractor.amp=true", "kmeans.gpu=true"))
     assert gpu["complete"] and gpu["num_labels"] == cpu["num_labels"]
     assert gpu["pmiou"]["pmiou"] == pytest.approx(cpu["pmiou"]["pmiou"], abs=10.0)
+
+
+def test_wrong_checkpoint_leaves_nothing_and_fix_runs(data, tmp_path):
+    bad = tmp_path / "notes.pth"
+    bad.write_text("not weights")
+    out = tmp_path / "aux"
+    from auxseg.checkpoint_io import CheckpointError
+
+    with pytest.raises(CheckpointError, match="notes.pth"):
+        run(tiny(data, out, "extractor.random_init=false", f"extractor.checkpoint={bad}"))
+    assert not out.exists()
+    # a run that failed before labelling anything does not block the corrected settings
+    (out).mkdir()
+    (out / "manifest.json").write_text(json.dumps({"format": "auxseg.auxlabels/1", "complete": False,
+                                                   "fingerprint": "from-an-earlier-attempt"}))
+    assert run(tiny(data, out))["complete"]
