@@ -372,7 +372,9 @@ def _fit(cfg: AuxLabelsConfig, items: list[ImageItem], feats: _Features, num_lab
     budget = cfg.kmeans.fit_pixels if kind == "kmeans" else cfg.dbscan.num_samples
     per_image = math.ceil(budget / n_fit)
     calib_per_image = math.ceil(per_image * cfg.kmeans.calib_fraction) if cfg.outliers.enabled else 0
-    fit_rows, calib_rows = [], []
+    # filled in place: a list of per-image arrays plus a concatenation would hold the sample twice
+    sample = calib = None
+    n_sample = n_calib = 0
     index_of = {it.rel: i for i, it in enumerate(items)}
     bar = _progress(None, len(fit_items), "auxlabels fit: features", show)
     def read(batch):
@@ -385,14 +387,18 @@ def _fit(cfg: AuxLabelsConfig, items: list[ImageItem], feats: _Features, num_lab
                 feats.store(it.rel, native)
                 rows = feats.working(native, img.shape[:2])
                 fi, ci = _sample_indices(len(rows), per_image, calib_per_image, seed, index_of[it.rel])
-                fit_rows.append(rows[fi])
-                calib_rows.append(rows[ci])
+                if sample is None:
+                    sample = np.empty((len(fit_items) * per_image, rows.shape[1]), np.float32)
+                    calib = np.empty((len(fit_items) * calib_per_image, rows.shape[1]), np.float32)
+                sample[n_sample : n_sample + len(fi)] = rows[fi]
+                calib[n_calib : n_calib + len(ci)] = rows[ci]
+                n_sample += len(fi)
+                n_calib += len(ci)
         bar.update(len(batch))
     bar.close()
-    if not fit_rows:
+    if sample is None:
         raise ValueError("no readable image to fit on (every fit image was skipped)")
-    sample = np.concatenate(fit_rows)
-    calib = np.concatenate(calib_rows) if calib_rows else np.zeros((0, sample.shape[1]), np.float32)
+    sample, calib = sample[:n_sample], calib[:n_calib]
     t0 = time.perf_counter()
     info: dict = {"n_fit_images": len(fit_items) - sum(it.rel in skipped for it in fit_items),
                   "fit_pixels": int(len(sample)), "calib_pixels": int(len(calib)), "pixels_per_image": per_image}
