@@ -291,3 +291,10 @@ def test_wrong_checkpoint_leaves_nothing_and_fix_runs(data, tmp_path):
     (out / "manifest.json").write_text(json.dumps({"format": "auxseg.auxlabels/1", "complete": False,
                                                    "fingerprint": "from-an-earlier-attempt"}))
     assert run(tiny(data, out))["complete"]
+
+
+def test_max_side_downscales_extraction_only(data, tmp_path):
+    m = run(tiny(data, tmp_path / "small", "extractor.max_side=32", "extractor.stride=8"))
+    label = read_label(tmp_path / "small" / "labels" / m["images"][0])
+    assert label.shape == (48, 64)  # labels keep the image size
+    assert m["working_stride"] == 8 and m["complete"]
