@@ -52,12 +52,14 @@ def fit_kmeans(
 class NearestCentroid:
     """Exact nearest-centroid search (faiss flat L2 index), the assignment step for every pixel."""
 
-    def __init__(self, centroids: np.ndarray, gpu: bool = False):
+    def __init__(self, centroids: np.ndarray, gpu: bool = False, gpu_id: int | None = None):
+        """Args: centroids ``[K, D]``; gpu: search on a GPU when faiss has one (``gpu_id``, default 0)."""
         centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.k, self.dim = centroids.shape
         index = faiss.IndexFlatL2(self.dim)
         if gpu and faiss_gpu_available():
-            index = faiss.index_cpu_to_all_gpus(index)
+            self._resources = faiss.StandardGpuResources()  # must outlive the GPU index
+            index = faiss.index_cpu_to_gpu(self._resources, gpu_id or 0, index)
         index.add(centroids)
         self.index = index
 

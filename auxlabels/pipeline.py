@@ -237,6 +237,9 @@ class _Features:
         self.torch = torch
         self.cfg = cfg.extractor
         self.device = torch.device(cfg.extractor.device)
+        if self.device.type == "cuda" and self.device.index is None and "LOCAL_RANK" in os.environ:
+            # under torchrun each rank drives its own GPU
+            self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         self.model = build_extractor(cfg.extractor).to(self.device)
         self.on_cuda = self.device.type == "cuda"
         if self.on_cuda and cfg.extractor.channels_last:
@@ -536,7 +539,8 @@ def _run(cfg: AuxLabelsConfig, dist: _Dist, t_start: float, pool, warm: list) ->
     if fit is not None:
         from .kmeans import NearestCentroid
 
-        nearest = NearestCentroid(fit["refs"], gpu=cfg.kmeans.gpu)
+        gpu_id = int(os.environ.get("LOCAL_RANK", "0")) if cfg.kmeans.gpu else None
+        nearest = NearestCentroid(fit["refs"], gpu=cfg.kmeans.gpu, gpu_id=gpu_id)
     n_todo = sum(sum(it.rel not in done for it in c) for c in todo)
     print(f"[auxlabels] {len(items)} images, {len(done)} already labelled, {n_todo} to label"
           + (f" on rank {dist.rank}/{dist.world}" if dist.world > 1 else ""), file=sys.stderr)
