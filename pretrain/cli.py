@@ -52,7 +52,7 @@ def export_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None
     from auxseg.checkpoint_io import load_checkpoint
     from pretrain.checkpoint import STATE_FORMAT
     from pretrain.data import read_label_folder
-    from pretrain.export import export_backbone
+    from pretrain.export import export_backbone, export_decoder
     from pretrain.model import PretrainNet
 
     ckpt = load_checkpoint(checkpoint)
@@ -68,8 +68,12 @@ def export_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None
         sha, manifest = folder.labels_sha256, str(folder.manifest_path)
     except (ValueError, OSError) as err:
         print(f"warning: label folder not readable ({err}); the export meta will not name it", file=sys.stderr)
-    return export_backbone(model.backbone, out or cfg.out_dir, config=ckpt["config"], iteration=ckpt["iteration"],
-                           auxlabels_sha256=sha, auxlabels_manifest=manifest)
+    provenance = dict(config=ckpt["config"], iteration=ckpt["iteration"], auxlabels_sha256=sha,
+                      auxlabels_manifest=manifest)
+    paths = export_backbone(model.backbone, out or cfg.out_dir, **provenance)
+    if model.decoder is not None:
+        paths["decoder"] = export_decoder(model.decoder, out or cfg.out_dir, **provenance)
+    return paths
 
 
 def main(args: argparse.Namespace) -> int:

@@ -59,6 +59,45 @@ def export_backbone(backbone: DilatedResNet, out_dir: str | Path, *, config: dic
     return paths
 
 
+DECODER_FORMAT = "auxseg.decoder/1"
+DECODER_FILENAME = "decoder_mmseg.pth"
+
+
+def export_decoder(decoder, out_dir: str | Path, *, config: dict, iteration: int,
+                   auxlabels_sha256: str | None, auxlabels_manifest: str | None) -> Path:
+    """Write a pre-trained ASPP decoder in mmseg ``ASPPHead`` key format (no ``conv_seg``, no ``decode_head.``)."""
+    state = {k: v.detach().cpu().clone() for k, v in decoder.state_dict().items()}
+    meta = {
+        "format": DECODER_FORMAT,
+        "mmseg_type": "ASPPHead",
+        "in_channels": decoder.in_channels,
+        "channels": decoder.out_channels,
+        "dilations": list(decoder.dilations),
+        "config": config,
+        "auxlabels_sha256": auxlabels_sha256,
+        "auxlabels_manifest": auxlabels_manifest,
+        "iteration": int(iteration),
+        "versions": {"torch": str(torch.__version__), "auxseg": str(auxseg.__version__)},
+    }
+    return save_checkpoint({"state_dict": state, "meta": meta}, Path(out_dir) / DECODER_FILENAME)
+
+
+def load_decoder_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load and validate a decoder export; returns (state_dict, meta). Raises CheckpointError naming the file."""
+    from pretrain.model import ASPP
+
+    ckpt = load_checkpoint(path)
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != DECODER_FORMAT:
+        raise CheckpointError(f"{path}: not an auxseg decoder export (format {DECODER_FORMAT!r})")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: decoder export has no state_dict")
+    expected = ASPP(int(meta["in_channels"]), int(meta["channels"]), tuple(meta["dilations"])).state_dict().keys()
+    check_keys(expected, state.keys(), path, "ASPP decoder")
+    return state, meta
+
+
 def validate_export(ckpt: Any, path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Check a loaded export object against the contract; returns (state_dict, meta)."""
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("meta"), dict):

@@ -69,27 +69,38 @@ def _dilate_basic(layer: nn.Sequential, dilation: int) -> None:
         block.conv1.dilation, block.conv1.padding = (d, d), (d, d)
 
 
-class ASPP(nn.Module):
-    """DeepLabV3 atrous spatial pyramid pooling (rates 12/24/36 at stride 8, as mmseg's DeepLabV3)."""
+class ConvBNReLU(nn.Module):
+    """conv -> BN -> ReLU, with mmcv ``ConvModule``'s attribute names (``conv``, ``bn``) so keys match mmseg."""
 
-    def __init__(self, in_channels: int, channels: int = 512, rates: tuple[int, ...] = (12, 24, 36)):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, dilation: int = 1):
         super().__init__()
+        pad = 0 if kernel == 1 else dilation
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel, padding=pad, dilation=dilation, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.activate = nn.ReLU(inplace=True)
 
-        def block(k: int, rate: int = 1) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(in_channels, channels, k, padding=0 if k == 1 else rate, dilation=rate,
-                                           bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.bn(self.conv(x)))
 
-        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), *block(1))
-        self.branches = nn.ModuleList([block(1)] + [block(3, r) for r in rates])
-        self.bottleneck = nn.Sequential(
-            nn.Conv2d(channels * (len(rates) + 2), channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-        )
-        self.out_channels = channels
+
+class ASPP(nn.Module):
+    """DeepLabV3 atrous spatial pyramid pooling, laid out as mmseg's ``ASPPHead`` without its classifier.
+
+    Dilations (1, 12, 24, 36) at stride 8 as mmseg's DeepLabV3 configs; the
+    state_dict keys (``image_pool.1.*``, ``aspp_modules.N.*``, ``bottleneck.*``)
+    are those of ``ASPPHead``, so the pre-trained decoder can initialise it.
+    """
+
+    def __init__(self, in_channels: int, channels: int = 512, dilations: tuple[int, ...] = (1, 12, 24, 36)):
+        super().__init__()
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBNReLU(in_channels, channels, 1))
+        self.aspp_modules = nn.ModuleList([ConvBNReLU(in_channels, channels, 1 if d == 1 else 3, d) for d in dilations])
+        self.bottleneck = ConvBNReLU(channels * (len(dilations) + 1), channels, 3)
+        self.in_channels, self.out_channels, self.dilations = in_channels, channels, tuple(dilations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = F.interpolate(self.image_pool(x), size=x.shape[2:], mode="bilinear", align_corners=False)
-        return self.bottleneck(torch.cat([pooled] + [b(x) for b in self.branches], dim=1))
+        return self.bottleneck(torch.cat([pooled] + [m(x) for m in self.aspp_modules], dim=1))
 
 
 class ProjectionHead(nn.Module):

@@ -50,7 +50,7 @@ from pretrain.distributed import (
     gather_rows_with_grad,
     init_distributed,
 )
-from pretrain.export import export_backbone
+from pretrain.export import export_backbone, export_decoder
 from pretrain.losses import LOSSES, PixelTargets, sample_balanced, targets_at_features
 from pretrain.model import PretrainNet, set_frozen_bn
 
@@ -324,7 +324,10 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
         return checkpoint_path(out, it)
     paths = {}
     if dist.is_main:
-        paths = export_backbone(model.backbone, out, config=to_dict(cfg), iteration=it,
-                                auxlabels_sha256=folder.labels_sha256, auxlabels_manifest=str(folder.manifest_path))
+        provenance = dict(config=to_dict(cfg), iteration=it, auxlabels_sha256=folder.labels_sha256,
+                          auxlabels_manifest=str(folder.manifest_path))
+        paths = export_backbone(model.backbone, out, **provenance)
+        if model.decoder is not None:
+            export_decoder(model.decoder, out, **provenance)
     barrier()
     return paths.get("mmseg", out / "backbone_mmseg.pth")

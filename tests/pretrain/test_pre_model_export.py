@@ -138,3 +138,26 @@ def test_projecting_sampled_rows_equals_projecting_the_map():
     assert dense.shape == (2, 16, 5, 5)
     torch.testing.assert_close(dense.norm(dim=1), torch.ones(2, 5, 5))
     torch.testing.assert_close(rows, dense.permute(0, 2, 3, 1).reshape(-1, 16), rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_export_loads_into_mmseg_aspp_head(tmp_path):
+    from finetune.mmcv_compat import import_mmseg
+    from pretrain.export import export_decoder, load_decoder_export
+    from pretrain.model import ASPP
+
+    import_mmseg()
+    from mmseg.models.decode_heads import ASPPHead
+
+    torch.manual_seed(0)
+    aspp = ASPP(64, 16)
+    path = export_decoder(aspp, tmp_path, config={}, iteration=3, auxlabels_sha256=None, auxlabels_manifest=None)
+    state, meta = load_decoder_export(path)
+    head = ASPPHead(in_channels=meta["in_channels"], channels=meta["channels"], dilations=tuple(meta["dilations"]),
+                    num_classes=5, norm_cfg=dict(type="BN"))  # as in mmseg DeepLabV3 configs
+    result = head.load_state_dict(state, strict=False)
+    assert result.unexpected_keys == [] and sorted(result.missing_keys) == ["conv_seg.bias", "conv_seg.weight"]
+    head.eval()
+    aspp.eval()
+    x = torch.randn(2, 64, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(head._forward_feature([x]), aspp(x), rtol=1e-4, atol=1e-5)

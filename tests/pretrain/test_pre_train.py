@@ -168,10 +168,15 @@ def test_schedules_are_functions_of_the_iteration():
     assert lr_at(50, cos, 100) == pytest.approx(0.05) and lr_at(100, cos, 100) == pytest.approx(0.0)
 
 
-def test_adamw_and_cosine_run(gt_label_folder, tmp_path, tiny_config):
+def test_adamw_cosine_and_aspp_decoder_run(gt_label_folder, tmp_path, tiny_config):
+    from pretrain.export import load_decoder_export
+
     cfg = tiny_config(tmp_path / "run", gt_label_folder, "optim.name=adamw", "optim.lr=0.001",
-                      "optim.schedule=cosine", "train.max_iters=2", "optim.grad_clip=1.0")
+                      "optim.schedule=cosine", "train.max_iters=2", "optim.grad_clip=1.0",
+                      "model.decoder=aspp", "model.decoder_channels=16")
     assert run(cfg).is_file()
+    state, meta = load_decoder_export(tmp_path / "run" / "decoder_mmseg.pth")
+    assert meta["channels"] == 16 and meta["iteration"] == 2 and "bottleneck.conv.weight" in state
 
 
 def test_cli_help_tiny_preset_and_export(tmp_path, capsys, repo_dir):
