@@ -65,13 +65,18 @@ def _tree_rss_kb(root_pid: int) -> int:
 
 def measure(cmd: list[str], env: dict | None = None) -> dict:
     """Run a command; return its wall time, exit code and peak tree RSS (MiB)."""
+    import resource
+
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0]
+    loads = []
 
     def poll():
         while proc.poll() is None:
             peak[0] = max(peak[0], _tree_rss_kb(proc.pid))
+            loads.append(os.getloadavg()[0])
             time.sleep(0.1)
 
     thread = threading.Thread(target=poll, daemon=True)
@@ -81,7 +86,13 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{out[-3000:]}")
-    return {"wall_s": wall, "peak_rss_mib": peak[0] / 1024, "output": out}
+    # the machine is shared: the 1-minute load average during the run says how contended it was
+    load = sum(loads) / len(loads) if loads else os.getloadavg()[0]
+    # CPU seconds of the whole process tree (workers included once they are joined): far less
+    # sensitive than wall time to other jobs on the machine
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak[0] / 1024, "load": load, "output": out}
 
 
 # ----------------------------------------------------------------------------- the naive pipeline
@@ -190,11 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-variants", action="store_true", help="skip the ablation rows of our pipeline")
     parser.add_argument("--naive-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from <work>/results.json")
     parser.add_argument("--naive-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--stride", type=int, default=8)
+    parser.add_argument("--fine-stride", type=int, default=4, help="second side-by-side comparison (0 to skip)")
     args = parser.parse_args(argv)
     if args.naive_only:
         naive(args.camvid.resolve(), args.naive_out, args.stride, 500, 17, 0)
+        return 0
+    if args.report_only:  # re-render the report from the last results.json
+        results = json.loads((args.work / "results.json").read_text())
+        results["scaling"] = {int(k): v for k, v in results["scaling"].items()}
+        write_report(args, results)
+        print(args.report.read_text())
         return 0
 
     import shutil
@@ -219,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         "single process (num_workers=0)": ["num_workers=0"],
         "skimage SLIC instead of fast-slic": [f"num_workers={args.workers}", "superpixels.method=skimage"],
         "without superpixel vote (outlier share check)": [f"num_workers={args.workers}", "superpixels.enabled=false"],
+        "kmeans.seed=1": [f"num_workers={args.workers}", "kmeans.seed=1"],
+        "kmeans.seed=2": [f"num_workers={args.workers}", "kmeans.seed=2"],
     }
     results["variants"] = {}
     for i, (name, extra) in enumerate(variants.items()):
@@ -228,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         r = measure(ours_cmd(camvid, work / f"variant{i}", *extra, f"extractor.stride={args.stride}",
                              f"kmeans.threads={args.threads}"), env)
         mv = json.loads((work / f"variant{i}" / "manifest.json").read_text())
-        results["variants"][name] = {"wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"], "n": len(mv["images"]),
+        results["variants"][name] = {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "load": r["load"],
+                                     "peak_rss_mib": r["peak_rss_mib"], "n": len(mv["images"]),
                                      "pmiou": mv["pmiou"], "stage_s": mv["timings"]["total_wall"],
                                      "forward_s": mv["timings"]["forward"], "ignored_share": mv["ignored_share"]}
 
@@ -238,6 +260,23 @@ def main(argv: list[str] | None = None) -> int:
         r = measure([sys.executable, str(Path(__file__).resolve()), "--naive-only", "--camvid", str(camvid),
                      "--naive-out", str(nv), "--stride", str(args.stride)], env)
         results["naive"] = {**{k: v for k, v in r.items() if k != "output"}, **json.loads(nv.read_text())}
+
+    results["fine"] = {}
+    if args.fine_stride and not args.skip_naive:
+        fs = args.fine_stride
+        print(f"[bench] ours and naive at stride {fs} ...", file=sys.stderr)
+        r = measure(ours_cmd(camvid, work / f"ours_s{fs}", f"num_workers={args.workers}", f"extractor.stride={fs}",
+                             f"kmeans.threads={args.threads}"), env)
+        mf = json.loads((work / f"ours_s{fs}" / "manifest.json").read_text())
+        nv = work / f"naive_s{fs}.json"
+        rn = measure([sys.executable, str(Path(__file__).resolve()), "--naive-only", "--camvid", str(camvid),
+                      "--naive-out", str(nv), "--stride", str(fs)], env)
+        results["fine"] = {"stride": fs,
+                           "ours": {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "load": r["load"],
+                                    "peak_rss_mib": r["peak_rss_mib"], "pmiou": mf["pmiou"], "timings": mf["timings"]},
+                           "naive": {"wall_s": rn["wall_s"], "cpu_s": rn["cpu_s"], "load": rn["load"],
+                                     "peak_rss_mib": rn["peak_rss_mib"],
+                                     **json.loads(nv.read_text())}}
 
     results["scaling"] = {}
     for n in [int(x) for x in args.scaling.split(",") if x]:
@@ -252,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                f"kmeans.threads={args.threads}", f"extractor.stride={args.stride}"]
         r = measure(cmd, env)
         ms = json.loads((work / f"scale_{n}" / "manifest.json").read_text())
-        results["scaling"][n] = {"wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"],
+        results["scaling"][n] = {"wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"], "load": r["load"],
                                  "stage_s": ms["timings"]["total_wall"], "forward_s": ms["timings"]["forward"]}
     (work / "results.json").write_text(json.dumps(results, indent=2))
     write_report(args, results)
@@ -268,6 +307,8 @@ def write_report(args, res: dict) -> None:
         "# auxlabels benchmark (CamVid, ResNet-18)",
         "",
         f"Machine: {res['machine']}. Threads per process: {res['threads']}; our CPU workers: {res['workers']}.",
+        "The machine is shared with other jobs: `load avg` is the mean 1-minute load during each run",
+        "(2 = both cores busy). Timings taken at different loads are not comparable to the last second.",
         f"Command: `python tools/bench_auxlabels.py --threads {res['threads']} --workers {res['workers']}"
         f" --stride {args.stride}`",
         "",
@@ -278,36 +319,64 @@ def write_report(args, res: dict) -> None:
         "",
         "## Ours vs the naive pipeline, CamVid val (101 images, 480x360)",
         "",
-        "| pipeline | wall (process) | images/s | PmIoU (Hungarian) | majority mIoU | peak RSS |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| pipeline | wall (process) | CPU time (all processes) | images/s | PmIoU (Hungarian) | majority mIoU |"
+        " peak RSS | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         f"| ours (faiss K-means on a 100k-pixel sample, fast-slic, {res['workers']} worker) | {ours['wall_s']:.1f} s |"
+        f" {ours['cpu_s']:.1f} s |"
         f" {ours['n'] / ours['wall_s']:.2f} | {ours['pmiou']['pmiou']:.2f} | {ours['pmiou']['majority_miou']:.2f} |"
-        f" {ours['peak_rss_mib']:.0f} MiB |",
+        f" {ours['peak_rss_mib']:.0f} MiB | {ours['load']:.1f} |",
     ]
     if "naive" in res:
         nv = res["naive"]
         lines.append(
             f"| naive (sklearn KMeans on all {nv['num_pixels_clustered']:,} pixels, skimage SLIC) | {nv['wall_s']:.1f} s |"
+            f" {nv['cpu_s']:.1f} s |"
             f" {nv['num_images'] / nv['wall_s']:.2f} | {nv['pmiou']:.2f} | {nv['majority_miou']:.2f} |"
-            f" {nv['peak_rss_mib']:.0f} MiB |")
+            f" {nv['peak_rss_mib']:.0f} MiB | {nv['load']:.1f} |")
         beyond_ours = stage - t["forward"]
         beyond_naive = nv["timings"]["total"] - nv["timings"]["features"]
         lines += [
             "",
-            f"Speed-up, whole process: **{nv['wall_s'] / ours['wall_s']:.1f}x**. "
+            f"Speed-up, whole process: **{nv['wall_s'] / ours['wall_s']:.1f}x** in wall time, "
+            f"**{nv['cpu_s'] / ours['cpu_s']:.1f}x** in CPU time. "
             f"Everything except feature extraction: ours {beyond_ours:.1f} s vs naive {beyond_naive:.1f} s "
             f"(**{beyond_naive / max(beyond_ours, 1e-9):.1f}x**).",
             "",
             "Naive phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in nv["timings"].items()),
         ]
+    if res.get("fine"):
+        f = res["fine"]
+        o, nv = f["ours"], f["naive"]
+        bo = o["timings"]["total_wall"] - o["timings"]["forward"]
+        bn = nv["timings"]["total"] - nv["timings"]["features"]
+        lines += [
+            "",
+            f"The same comparison at working stride {f['stride']} (4x the pixels: "
+            f"{nv['num_pixels_clustered']:,} for the naive K-means):",
+            "",
+            "| pipeline | wall (process) | CPU time | PmIoU | majority mIoU | peak RSS | beyond feature extraction |"
+            " load avg |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            f"| ours | {o['wall_s']:.1f} s | {o['cpu_s']:.1f} s | {o['pmiou']['pmiou']:.2f} |"
+            f" {o['pmiou']['majority_miou']:.2f} | {o['peak_rss_mib']:.0f} MiB | {bo:.1f} s | {o['load']:.1f} |",
+            f"| naive | {nv['wall_s']:.1f} s | {nv['cpu_s']:.1f} s | {nv['pmiou']:.2f} | {nv['majority_miou']:.2f} |"
+            f" {nv['peak_rss_mib']:.0f} MiB | {bn:.1f} s | {nv['load']:.1f} |",
+            "",
+            f"Speed-up: whole process **{nv['wall_s'] / o['wall_s']:.1f}x** wall, "
+            f"**{nv['cpu_s'] / o['cpu_s']:.1f}x** CPU time; beyond feature extraction "
+            f"**{bn / max(bo, 1e-9):.1f}x**.",
+        ]
     if res.get("variants"):
         lines += ["", "Variants of our pipeline on the same images:", "",
-                  "| variant | wall (process) | stage | forward | PmIoU | majority mIoU | ignored pixels | peak RSS |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| variant | wall (process) | CPU time | stage | forward | PmIoU | majority mIoU | ignored pixels |"
+                  " peak RSS | load avg |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, v in res["variants"].items():
-            lines.append(f"| {name} | {v['wall_s']:.1f} s | {v['stage_s']:.1f} s | {v['forward_s']:.1f} s |"
+            lines.append(f"| {name} | {v['wall_s']:.1f} s | {v['cpu_s']:.1f} s | {v['stage_s']:.1f} s |"
+                         f" {v['forward_s']:.1f} s |"
                          f" {v['pmiou']['pmiou']:.2f} | {v['pmiou']['majority_miou']:.2f} |"
-                         f" {100 * v['ignored_share']:.1f}% | {v['peak_rss_mib']:.0f} MiB |")
+                         f" {100 * v['ignored_share']:.1f}% | {v['peak_rss_mib']:.0f} MiB | {v['load']:.1f} |")
     lines += [
         "",
         "## Where our time goes (CamVid val)",
@@ -322,10 +391,11 @@ def write_report(args, res: dict) -> None:
     ]
     if res["scaling"]:
         lines += ["", "## Memory with the number of images (train+val, no ground truth)", "",
-                  "| images | process wall | stage | forward | peak RSS (main + workers) |", "|---:|---:|---:|---:|---:|"]
+                  "| images | process wall | stage | forward | peak RSS (main + workers) | load avg |",
+                  "|---:|---:|---:|---:|---:|---:|"]
         for n, s in res["scaling"].items():
             lines.append(f"| {n} | {s['wall_s']:.1f} s | {s['stage_s']:.1f} s | {s['forward_s']:.1f} s |"
-                         f" {s['peak_rss_mib']:.0f} MiB |")
+                         f" {s['peak_rss_mib']:.0f} MiB | {s['load']:.1f} |")
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text("\n".join(lines) + "\n")
 
