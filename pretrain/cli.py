@@ -19,7 +19,8 @@ number of labels, ignore value and image folder), trains the backbone with a
 supervised pixel InfoNCE loss over two augmented views of every image, and
 writes to out_dir: config.yaml, log.jsonl, tensorboard/, checkpoints/iter_*.pth
 (resumable; a rerun resumes automatically) and the backbone export
-backbone_mmseg.pth (+ backbone_torchvision.pth for the plain stem).
+backbone_mmseg.pth (+ backbone_torchvision.pth for the plain stem, + decoder_mmseg.pth
+with model.decoder=aspp).
 
 Multi-process: torchrun --nproc_per_node=N -m auxseg.cli pretrain CONFIG ...
 """

@@ -84,7 +84,7 @@ def test_superpixel_mode_refuses_a_global_folder(gt_label_folder, tmp_path, tiny
 
 
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one_exactly(gt_label_folder, tmp_path, tiny_config):
-    common = ["train.max_iters=4", "train.checkpoint_every=1", "optim.warmup_iters=1"]
+    common = ["train.max_iters=4", "train.checkpoint_every=2", "optim.warmup_iters=1"]
     straight = run(tiny_config(tmp_path / "a", gt_label_folder, *common))
     stopped = run(tiny_config(tmp_path / "b", gt_label_folder, *common, "train.stop_at=2"))
     assert stopped.name == "iter_0000002.pth" and not (tmp_path / "b" / "backbone_mmseg.pth").exists()
