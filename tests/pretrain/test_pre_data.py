@@ -112,3 +112,28 @@ def test_config_rejects_empty_ranges_and_bad_values(repo_dir):
         load_config(PretrainConfig, tiny, ["loss.min_per_label=1"])
     with pytest.raises(ConfigError, match="loss.mode.*'aux'"):
         load_config(PretrainConfig, tiny, ["loss.mode=auxx"])
+
+
+@pytest.mark.realdata
+def test_paper_augmentations_on_camvid_keep_labels_on_their_pixels(camvid, tmp_path):
+    """Two CamVid frames, their ground truth as the label folder, Table 8 defaults at 321 px."""
+    from auxseg.io import list_images, read_label
+    from pretrain.data import write_groundtruth_label_folder
+
+    data = tmp_path / "camvid2"
+    for rel in list_images(camvid / "train")[:2]:
+        (data / "train").mkdir(parents=True, exist_ok=True)
+        (data / "train" / rel).symlink_to((camvid / "train" / rel).resolve())
+        lab = read_label(camvid / "trainannot" / rel.with_suffix(".png"))
+        write_label_png(data / "trainannot" / rel.with_suffix(".png"), np.where(lab < 11, lab, 255).astype(np.uint8))
+    folder = read_label_folder(write_groundtruth_label_folder(data, tmp_path / "aux", num_classes=11))
+    ds = TwoViewDataset(folder, AugmentConfig(), seed=0)
+    for it in range(2):
+        sample = ds[(it % 2, it, 0)]
+        assert sample["image"].shape == (2, 3, 321, 321) and sample["size"].tolist() == [360, 480]
+        gt = read_label(folder.label_path(folder.images[it % 2])).reshape(-1).astype(np.int64)
+        for v in range(2):
+            coords, label = sample["coords"][v].numpy(), sample["label"][v].numpy()
+            valid = coords >= 0
+            assert valid.any()
+            np.testing.assert_array_equal(label[valid], gt[coords[valid]])
