@@ -41,7 +41,7 @@ class LabelFolder:
     ignore_index: int
     scope: str  # "global" or "image"
     image_root: Path
-    images: tuple[str, ...]
+    images: tuple[str, ...]  # the training images: the manifest's images less its eval_images
     labels_sha256: str
 
     def label_path(self, rel: str) -> Path:
@@ -92,9 +92,15 @@ def read_label_folder(path: str | Path, image_root: str | Path | None = None, ve
             raise LabelFolderError(f"{manifest_path}: missing key {key!r}")
     if m["scope"] not in ("global", "image"):
         raise LabelFolderError(f"{manifest_path}: scope {m['scope']!r} is not 'global' or 'image'")
-    images = tuple(str(r) for r in m["images"])
+    labelled = tuple(str(r) for r in m["images"])
+    # validation images are labelled only so their PmIoU can be measured: never train on them
+    eval_only = {str(r) for r in m.get("eval_images", [])}
+    images = tuple(r for r in labelled if r not in eval_only)
     if not images:
-        raise LabelFolderError(f"{manifest_path}: the image list is empty")
+        raise LabelFolderError(
+            f"{manifest_path}: no training images (the image list is empty"
+            + (f" once its {len(eval_only)} eval_images are left out)" if eval_only else ")")
+        )
     folder = LabelFolder(
         root=root,
         manifest_path=manifest_path,
@@ -105,7 +111,7 @@ def read_label_folder(path: str | Path, image_root: str | Path | None = None, ve
         images=images,
         labels_sha256=str(m["labels_sha256"]),
     )
-    missing = [r for r in images if not folder.label_path(r).is_file()]
+    missing = [r for r in labelled if not folder.label_path(r).is_file()]
     if missing:
         raise LabelFolderError(f"{root}: {len(missing)} label PNGs missing, e.g. {folder.label_path(missing[0])}")
     if not folder.image_root.is_dir():
@@ -113,7 +119,7 @@ def read_label_folder(path: str | Path, image_root: str | Path | None = None, ve
             f"{manifest_path}: image_root {folder.image_root} does not exist (set data.image_root if the images moved)"
         )
     if verify_hash:
-        digest = compute_labels_sha256(root / "labels", images)
+        digest = compute_labels_sha256(root / "labels", labelled)
         if digest != folder.labels_sha256:
             raise LabelFolderError(
                 f"{manifest_path}: labels_sha256 does not match the label PNGs on disk "

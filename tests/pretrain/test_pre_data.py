@@ -32,6 +32,17 @@ def test_reads_everything_from_the_manifest(gt_label_folder):
     assert f.image_root.is_dir()
 
 
+def test_eval_images_are_never_trained_on(gt_label_folder, tmp_path):
+    folder = copy_folder(gt_label_folder, tmp_path / "labels_copy")
+    images = json.loads((folder / "manifest.json").read_text())["images"]
+    edit_manifest(folder, eval_images=images[:2])
+    f = read_label_folder(folder)  # the hash still covers every label PNG
+    assert f.images == tuple(images[2:])
+    edit_manifest(folder, eval_images=images)
+    with pytest.raises(LabelFolderError, match="no training images"):
+        read_label_folder(folder)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
