@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auxseg.io import atomic_write_bytes, encode_label_png, read_label
+from auxseg.io import atomic_write_bytes, encode_label_png, read_label, read_rgb
 
 from .metrics import confusion
 from .superpixels import compute_superpixels, superpixel_label_bound
@@ -26,7 +26,8 @@ class LabelJob:
     """Everything one image needs after its pixels were assigned (picklable for worker processes)."""
 
     rel: str  # image path relative to the image root
-    image: np.ndarray  # uint8 [H, W, 3]
+    image: np.ndarray | None  # uint8 [H, W, 3]; None: the worker reads image_path itself
+    image_path: str
     coarse: np.ndarray | None  # int [h, w] labels at the working stride (ignore = outliers); None: superpixel mode
     stride: int
     out_path: str  # label PNG path
@@ -75,11 +76,12 @@ def label_image(job: LabelJob) -> dict:
     truth, the sparse confusion counts for PmIoU.
     """
     t0 = time.perf_counter()
-    h, w = job.image.shape[:2]
+    image = job.image if job.image is not None else read_rgb(job.image_path)
+    h, w = image.shape[:2]
     dtype = np.uint8 if job.dtype == "uint8" else np.uint16
     timings = {}
     if job.mode == "superpixel":
-        seg = compute_superpixels(job.image, job.sp_segments, job.sp_compactness, job.sp_method)
+        seg = compute_superpixels(image, job.sp_segments, job.sp_compactness, job.sp_method)
         if seg.max() >= superpixel_label_bound(job.sp_segments, job.sp_method):
             raise ValueError(f"{job.rel}: {seg.max() + 1} superpixels exceed the bound {job.num_labels}")
         label = seg.astype(dtype)
@@ -88,7 +90,7 @@ def label_image(job: LabelJob) -> dict:
         label = upsample_nearest(job.coarse, (h, w), job.stride).astype(dtype)
         if job.superpixels:
             t1 = time.perf_counter()
-            seg = compute_superpixels(job.image, job.sp_segments, job.sp_compactness, job.sp_method)
+            seg = compute_superpixels(image, job.sp_segments, job.sp_compactness, job.sp_method)
             timings["superpixels"] = time.perf_counter() - t1
             t1 = time.perf_counter()
             label = superpixel_vote(label, seg, job.num_labels, job.ignore_index)

@@ -593,13 +593,15 @@ def _run(cfg: AuxLabelsConfig, dist: _Dist, t_start: float, pool, warm: list) ->
                             lab = fit["ref_labels"][idx]
                             if cfg.outliers.enabled:
                                 lab = np.where(dist_ > fit["thresholds"][lab], ignore_index, lab)
-                            coarse_maps.append(lab.reshape(working_size(img.shape[:2], cfg.extractor.stride)))
+                            coarse = lab.reshape(working_size(img.shape[:2], cfg.extractor.stride))
+                            coarse_maps.append(coarse.astype(np.uint8 if dtype == "uint8" else np.uint16))
                             timings["assign"] = timings.get("assign", 0.0) + time.perf_counter() - t0
                     for (it, img), coarse in zip(group, coarse_maps):
                         if it.rel in done:
                             continue
                         submit(LabelJob(
-                            rel=it.rel, image=img, coarse=coarse, stride=cfg.extractor.stride,
+                            rel=it.rel, image=img, image_path=str(it.path),
+                            coarse=coarse, stride=cfg.extractor.stride,
                             out_path=str(out / "labels" / label_rel(it.rel)),
                             gt_path=str(it.gt_path) if it.gt_path else None,
                             mode="superpixel" if mode == "superpixel" else "cluster",

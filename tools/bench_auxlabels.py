@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_auxlabels")
     parser.add_argument("--report", type=Path, default=REPO / "bench" / "results" / "auxlabels.md")
     parser.add_argument("--threads", type=int, default=1, help="OMP/torch threads of every process")
-    parser.add_argument("--workers", type=int, default=1, help="num_workers of our pipeline")
+    parser.add_argument("--workers", type=int, default=2, help="num_workers of our pipeline")
     parser.add_argument("--scaling", default="100,400", help="image counts for the memory check ('' to skip)")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-variants", action="store_true", help="skip the ablation rows of our pipeline")
