@@ -680,6 +680,8 @@ def _finish(cfg, out, root, items, fingerprint, num_labels, ignore_index, dtype,
         "scope": "image" if cfg.clusterer == "superpixel" else "global",
         "image_root": str(root),
         "images": [it.rel for it in labelled],
+        # labelled only to measure PmIoU; consumers that train must leave them out (contracts section 1)
+        "eval_images": [it.rel for it in labelled if it.is_eval],
         "labels_sha256": labels_digest(pairs),
         "complete": True,
         "clusterer": cfg.clusterer,

@@ -171,6 +171,7 @@ def test_train_plus_eval_folders(data, tmp_path):
     assert m["image_root"] == str(data.resolve())
     assert len(m["images"]) == 16 and m["images"][0].startswith("train/") and m["images"][-1].startswith("val/")
     assert m["pmiou"]["num_images"] == 6  # PmIoU on the validation images only
+    assert m["eval_images"] == [p for p in m["images"] if p.startswith("val/")] and len(m["eval_images"]) == 6
     assert m["clustering"]["n_fit_images"] == 8  # tiny's n_fit, drawn from the 10 training images only
     both = run(load_config(AuxLabelsConfig, TINY, [
         f"image_dir={data / 'train'}", "gt_dir=null", f"eval_image_dir={data / 'val'}", "kmeans.n_fit=100",
