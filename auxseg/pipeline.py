@@ -27,9 +27,10 @@ import copy
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from auxlabels.config import AuxLabelsConfig
 from auxseg.config import ConfigError, save_config, to_dict

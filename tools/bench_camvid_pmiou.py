@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -79,6 +80,33 @@ def train_subset(train_dir: Path, count: int, seed: int, path: Path) -> Path:
     return path
 
 
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value >= 0.01 else f"{value:.1e}"
+
+
+def write_results(rows: list[dict], args: argparse.Namespace) -> None:
+    """The Markdown results table, with machine and command."""
+    cmd = " ".join(["python", "tools/bench_camvid_pmiou.py", *sys.argv[1:]])
+    lines = [
+        "# PmIoU ablation on CamVid val (supplement Table 1 shape)",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU. Command: `{cmd}`.",
+        f"Extractor unless stated: the segmenter of `{args.segmenter}` (DeepLabV3 ResNet-18 fine-tuned on the "
+        "labelled 10% of CamVid train, decoder features). K-means fitted on "
+        f"{args.fit_images} seeded training images; PmIoU on all 101 validation images (percent; Hungarian "
+        "one-to-one matching, and the many-to-one majority diagnostic).",
+        "",
+        "| labelling strategy | Table 1 row | K | PmIoU | majority mIoU | time (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['table1']} | {r['k'] or '-'} | {_fmt(r['pmiou'])} | {_fmt(r['majority'])} "
+                     f"| {r['seconds']} |")
+    atomic_write_text(Path(args.results), "\n".join(lines) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--camvid", default=str(REPO.parent / "shared" / "data" / "camvid"))
@@ -89,7 +117,12 @@ def main() -> int:
     parser.add_argument("--results", default=str(REPO / "bench" / "results" / "camvid_pmiou.md"))
     parser.add_argument("--fit-images", type=int, default=120, help="training images the K-means fit samples")
     parser.add_argument("--only", nargs="*", help="run only variants whose name contains one of these")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite --results from <out>/pmiou_ablation.json without running anything")
     args = parser.parse_args()
+    if args.render_only:
+        write_results(json.loads((Path(args.out) / "pmiou_ablation.json").read_text()), args)
+        return 0
 
     camvid = Path(args.camvid)
     if not (camvid / "val").is_dir():
@@ -122,25 +155,7 @@ def main() -> int:
               f"K={manifest['num_labels']}  {rows[-1]['seconds']} s", flush=True)
 
     atomic_write_json(out / "pmiou_ablation.json", rows)
-    cmd = " ".join(["python", "tools/bench_camvid_pmiou.py", *sys.argv[1:]])
-    lines = [
-        "# PmIoU ablation on CamVid val (supplement Table 1 shape)",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPU cores, no GPU. "
-        f"Command: `{cmd}`.",
-        f"Extractor unless stated: the segmenter of `{args.segmenter}` (DeepLabV3 ResNet-18 fine-tuned on the "
-        "labelled 10% of CamVid train, decoder features). K-means fitted on "
-        f"{args.fit_images} seeded training images; PmIoU on all 101 validation images (percent; Hungarian "
-        "one-to-one matching, and the many-to-one majority diagnostic).",
-        "",
-        "| labelling strategy | Table 1 row | K | PmIoU | majority mIoU | time (s) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        fmt = (lambda v: "-" if v is None else f"{v:.2f}")
-        lines.append(f"| {r['name']} | {r['table1']} | {r['k'] or '-'} | {fmt(r['pmiou'])} | {fmt(r['majority'])} "
-                     f"| {r['seconds']} |")
-    atomic_write_text(Path(args.results), "\n".join(lines) + "\n")
+    write_results(rows, args)
     print(f"results: {args.results}")
     return 0
 
