@@ -322,7 +322,7 @@ def write_report(args, res: dict) -> None:
         "| pipeline | wall (process) | CPU time (all processes) | images/s | PmIoU (Hungarian) | majority mIoU |"
         " peak RSS | load avg |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| ours (faiss K-means on a 100k-pixel sample, fast-slic, {res['workers']} worker) | {ours['wall_s']:.1f} s |"
+        f"| ours (faiss K-means on a 100k-pixel sample, fast-slic, {res['workers']} workers) | {ours['wall_s']:.1f} s |"
         f" {ours['cpu_s']:.1f} s |"
         f" {ours['n'] / ours['wall_s']:.2f} | {ours['pmiou']['pmiou']:.2f} | {ours['pmiou']['majority_miou']:.2f} |"
         f" {ours['peak_rss_mib']:.0f} MiB | {ours['load']:.1f} |",
@@ -377,6 +377,43 @@ def write_report(args, res: dict) -> None:
                          f" {v['forward_s']:.1f} s |"
                          f" {v['pmiou']['pmiou']:.2f} | {v['pmiou']['majority_miou']:.2f} |"
                          f" {100 * v['ignored_share']:.1f}% | {v['peak_rss_mib']:.0f} MiB | {v['load']:.1f} |")
+    if "naive" in res:
+        nv = res["naive"]
+        seeds = [ours["pmiou"]["pmiou"]] + [v["pmiou"]["pmiou"] for k, v in res.get("variants", {}).items()
+                                            if k.startswith("kmeans.seed")]
+        bound = nv["timings"]["total"] / max(t["forward"], 1e-9)
+        beyond_share = 100 * (stage - t["forward"]) / stage
+        lines += [
+            "",
+            "## Against the targets",
+            "",
+            "- At least 5x faster than the naive pipeline: "
+            + ("**met**" if nv["wall_s"] / ours["wall_s"] >= 5 else "**not met on this CPU**")
+            + f" at stride {args.stride} "
+            f"({nv['wall_s'] / ours['wall_s']:.1f}x wall, {nv['cpu_s'] / ours['cpu_s']:.1f}x CPU time)"
+            + (f", nor at stride {res['fine']['stride']} ({res['fine']['naive']['wall_s'] / res['fine']['ours']['wall_s']:.1f}x)"
+               if res.get("fine") else "")
+            + ". Both pipelines run the same ResNet-18 forward pass, which alone takes "
+            f"{t['forward']:.0f} s here, so even a free rest would give at most ~{bound:.1f}x over the naive "
+            f"{nv['timings']['total']:.0f} s. Beyond the forward pass ours is "
+            f"{(nv['timings']['total'] - nv['timings']['features']) / max(stage - t['forward'], 1e-9):.1f}x faster; "
+            "with a GPU extractor that part is what remains, and the gap grows with the pixel count (stride 4 row).",
+            f"- Equal or better PmIoU: ours {ours['pmiou']['pmiou']:.2f} vs naive {nv['pmiou']:.2f} at stride "
+            f"{args.stride}; ours over K-means seeds spans {min(seeds):.2f}-{max(seeds):.2f}, so the two are equal "
+            "within seed noise (on random-weight features)."
+            + (f" At stride {res['fine']['stride']}: ours {res['fine']['ours']['pmiou']['pmiou']:.2f} vs naive "
+               f"{res['fine']['naive']['pmiou']:.2f}." if res.get("fine") else ""),
+            f"- Work beyond the forward pass at most 25% of the stage: **{beyond_share:.0f}%** on the 101 val images "
+            + ("(met)" if beyond_share <= 25 else "(not met)")
+            + "; the fixed costs (K-means fit on 100k pixels, set-up) weigh more on a small set"
+            + (", see the 400-image row below." if res.get("scaling") else "."),
+        ]
+        if res.get("scaling") and len(res["scaling"]) >= 2:
+            ns = sorted(res["scaling"])
+            a, b = res["scaling"][ns[0]], res["scaling"][ns[-1]]
+            lines.append(f"- Peak memory flat in the number of images: {a['peak_rss_mib']:.0f} MiB at {ns[0]} images, "
+                         f"{b['peak_rss_mib']:.0f} MiB at {ns[-1]} (the naive pipeline holds every feature: "
+                         f"{nv['peak_rss_mib']:.0f} MiB already at 101 images).")
     lines += [
         "",
         "## Where our time goes (CamVid val)",
@@ -391,10 +428,11 @@ def write_report(args, res: dict) -> None:
     ]
     if res["scaling"]:
         lines += ["", "## Memory with the number of images (train+val, no ground truth)", "",
-                  "| images | process wall | stage | forward | peak RSS (main + workers) | load avg |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+                  "| images | process wall | stage | forward | beyond forward | peak RSS (main + workers) | load avg |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
         for n, s in res["scaling"].items():
             lines.append(f"| {n} | {s['wall_s']:.1f} s | {s['stage_s']:.1f} s | {s['forward_s']:.1f} s |"
+                         f" {100 * (s['stage_s'] - s['forward_s']) / s['stage_s']:.0f}% |"
                          f" {s['peak_rss_mib']:.0f} MiB | {s['load']:.1f} |")
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text("\n".join(lines) + "\n")
