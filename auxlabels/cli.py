@@ -20,6 +20,7 @@ Examples:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``auxlabels`` subcommand to the ``auxseg`` command."""
     parser = subparsers.add_parser(
         "auxlabels",
         help="auxiliary labels: features -> K-means -> outliers -> superpixel vote -> label PNGs + PmIoU",
@@ -35,6 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Load and check the config, run the stage, print a one-line summary; 0 on success, 1 on bad input, 2 on config errors."""
     from auxseg.checkpoint_io import CheckpointError
     from auxseg.config import ConfigError, dump_config, load_config
     from auxseg.io import ImageReadError

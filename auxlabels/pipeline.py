@@ -270,6 +270,7 @@ class _Features:
         return out
 
     def cached(self, rel: str) -> np.ndarray | None:
+        """The fit pass's native features of an image, or None when not cached."""
         path = self._cache_path(rel)
         if path.is_file():
             try:
@@ -279,6 +280,7 @@ class _Features:
         return None
 
     def store(self, rel: str, feats: np.ndarray) -> None:
+        """Cache native features ``[D, h, w]`` on disk (atomically) while within the budget."""
         if self.cache_used + feats.nbytes > self.cache_budget:
             return
         path = self._cache_path(rel)
