@@ -299,3 +299,20 @@ def test_max_side_downscales_extraction_only(data, tmp_path):
     label = read_label(tmp_path / "small" / "labels" / m["images"][0])
     assert label.shape == (48, 64)  # labels keep the image size
     assert m["working_stride"] == 8 and m["complete"]
+
+
+def test_nested_jpeg_mixed_sizes_batched(data, tmp_path):
+    # sub-folders keep their relative path, .jpg becomes .png, different sizes share a batch chunk
+    src = tmp_path / "imgs"
+    for i, p in enumerate(sorted((data / "val").glob("*.png"))[:4]):
+        img = Image.open(p)
+        if i % 2:
+            img = img.resize((80, 40))
+        (src / f"seq{i % 2}").mkdir(parents=True, exist_ok=True)
+        img.save(src / f"seq{i % 2}" / f"{i:04d}.jpg", quality=95)
+    m = run(load_config(AuxLabelsConfig, TINY, [f"image_dir={src}", "gt_dir=null", "extractor.batch_size=4",
+                                                f"out_dir={tmp_path / 'o'}", "kmeans.n_fit=4"]))
+    assert m["images"] == ["seq0/0000.jpg", "seq0/0002.jpg", "seq1/0001.jpg", "seq1/0003.jpg"]
+    assert read_label(tmp_path / "o" / "labels" / "seq1" / "0001.png").shape == (40, 80)
+    assert read_label(tmp_path / "o" / "labels" / "seq0" / "0000.png").shape == (48, 64)
+    assert m["pmiou"] is None and not (tmp_path / "o" / "pmiou.json").exists()
