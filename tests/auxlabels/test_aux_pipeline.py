@@ -316,3 +316,17 @@ def test_nested_jpeg_mixed_sizes_batched(data, tmp_path):
     assert read_label(tmp_path / "o" / "labels" / "seq1" / "0001.png").shape == (40, 80)
     assert read_label(tmp_path / "o" / "labels" / "seq0" / "0000.png").shape == (48, 64)
     assert m["pmiou"] is None and not (tmp_path / "o" / "pmiou.json").exists()
+
+
+def test_exif_rotated_image_gets_label_of_displayed_size(data, tmp_path):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for p in sorted((data / "val").glob("*.png"))[:3]:
+        img = Image.open(p).convert("RGB")
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+        img.save(src / f"{p.stem}.jpg", exif=exif)
+    m = run(load_config(AuxLabelsConfig, TINY, [f"image_dir={src}", "gt_dir=null", f"out_dir={tmp_path / 'o'}",
+                                                "kmeans.n_fit=3"]))
+    # stored 64 wide x 48 high, displayed 48 wide x 64 high: the label follows the display
+    assert read_label(tmp_path / "o" / "labels" / m["images"][0].replace(".jpg", ".png")).shape == (64, 48)
