@@ -49,6 +49,8 @@ VARIANTS = [
     ("#2 same superpixel", "2", ["clusterer=superpixel"]),
     ("K-means, no vote", "3", ["superpixels.enabled=false"]),
     ("K-means + vote (default: K=1.5M, 5% outliers)", "4/9", []),
+    ("K-means + vote (default), K-means seed 1", "noise", ["kmeans.seed=1"]),
+    ("K-means + vote (default), K-means seed 2", "noise", ["kmeans.seed=2"]),
     ("K-means + vote, 0% outliers", "Tab. 4", ["outliers.enabled=false"]),
     ("K-means + vote, 10% outliers", "Tab. 4", ["outliers.fraction=0.10"]),
     ("K-means + vote, K = 1.0 M", "Tab. 2", ["kmeans.k_factor=1.0"]),
@@ -154,7 +156,14 @@ def main() -> int:
         print(f"{name}: PmIoU {pm.get('pmiou'):.2f}  majority {pm.get('majority_miou'):.2f}  "
               f"K={manifest['num_labels']}  {rows[-1]['seconds']} s", flush=True)
 
-    atomic_write_json(out / "pmiou_ablation.json", rows)
+    previous = out / "pmiou_ablation.json"
+    if args.only and previous.is_file():  # keep the rows of variants not rerun, in VARIANTS order
+        fresh = {r["name"]: r for r in rows}
+        kept = {r["name"]: r for r in json.loads(previous.read_text())}
+        kept.update(fresh)
+        order = ["#1 same pixel (bound, not run)", *[v[0] for v in VARIANTS]]
+        rows = [kept[name] for name in order if name in kept]
+    atomic_write_json(previous, rows)
     write_results(rows, args)
     print(f"results: {args.results}")
     return 0
