@@ -24,7 +24,6 @@ resumes unfinished ones through the stages' own resume.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -43,23 +42,11 @@ STEP_FORMAT = "auxseg.pipeline-step/1"
 
 
 @dataclass
-class SyntheticConfig:
-    """The built-in dataset (auxseg.synthetic), generated into ``<work_dir>/data``."""
-
-    num_train: int = 48
-    num_val: int = 16
-    height: int = 96
-    width: int = 128
-    num_classes: int = 6
-    seed: int = 0
-
-
-@dataclass
 class DataConfig:
     """A dataset in the CamVid layout: train/, trainannot/, val/, valannot/ (same file names)."""
 
     root: str | None = None  # the dataset folder; ignored when `synthetic` is set
-    synthetic: SyntheticConfig | None = None  # generate the built-in dataset instead
+    synthetic: SyntheticSpec | None = None  # generate the built-in dataset (auxseg.synthetic) into <work_dir>/data
     num_classes: int | None = None  # M (taken from the synthetic spec when synthetic)
     class_names: list[str] = field(default_factory=list)
     ignore_values: list[int] = field(default_factory=lambda: [IGNORE_INDEX])  # label values to ignore (CamVid: [11])
@@ -138,7 +125,7 @@ def prepare_data(cfg: PipelineConfig, work_dir: Path) -> Dataset:
     data = cfg.data
     if data.synthetic is not None:
         root = work_dir / "data"
-        spec = SyntheticSpec(**dataclasses.asdict(data.synthetic))
+        spec = data.synthetic
         marker = root / "dataset.json"
         if not marker.is_file() or read_json(marker).get("spec") != spec.__dict__:
             print(f"[pipeline] generating the built-in dataset in {root}")
