@@ -1,0 +1,85 @@
+"""The semi-supervised loop end to end on tiny generated data (auxseg.pipeline)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from auxseg.config import ConfigError, load_config
+from auxseg.pipeline import PipelineConfig, run
+from auxseg.pipeline_cli import DEMO_CONFIG
+
+TINY = [
+    "data.synthetic={num_train: 12, num_val: 4, height: 64, width: 80, num_classes: 6, seed: 1}",
+    "labelled.num_images=4",
+    "finetune.max_iters=4",
+    "finetune.val_interval=2",
+    "finetune.checkpoint_interval=4",
+    "finetune.num_workers=0",
+    "auxlabels.kmeans.n_fit=12",
+    "auxlabels.kmeans.fit_pixels=3000",
+    "auxlabels.superpixels.n_segments=40",
+    "pretrain.data.batch_size=2",
+    "pretrain.train.max_iters=3",
+    "pretrain.train.checkpoint_every=3",
+    "progress=false",
+]
+
+
+def tiny_config(tmp_path, *extra):
+    return load_config(PipelineConfig, DEMO_CONFIG, [f"work_dir={tmp_path / 'run'}", *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("pipeline")
+    cfg = tiny_config(tmp_path)
+    report = run(cfg)
+    return tmp_path, cfg, report
+
+
+def test_loop_writes_report_figures_and_summary(finished_run):
+    tmp_path, cfg, report = finished_run
+    work = tmp_path / "run"
+    text = report.read_text()
+    assert "fine-tune only (baseline)" in text and "PmIoU" in text
+    for fig in ("auxlabels_overlay.png", "per_class_iou.png", "training_curves.png"):
+        path = work / "figures" / fig
+        assert path.stat().st_size > 1000 and f"figures/{fig}" in text
+    summary = json.loads((work / "summary.json").read_text())
+    for key in ("baseline_mIoU", "pretrained_mIoU"):
+        assert 0.0 <= summary[key]["0"] <= 100.0
+    # the fine-tune after pre-training really started from the exported backbone
+    init = json.loads((work / "4_finetune_seed0" / "results.json").read_text())["init"]
+    assert init["type"] == "export" and init["verified_tensors"] > 0
+    assert init["checkpoint"].endswith("backbone_mmseg.pth")
+    # both fine-tunes used the same labelled images
+    split = [(work / d / "split.txt").read_text() for d in ("1_segmenter_seed0", "4_finetune_seed0")]
+    assert split[0] == split[1] and len(split[0].split()) == 4
+
+
+def test_pretraining_never_sees_validation_images(finished_run):
+    tmp_path, _, _ = finished_run
+    work = tmp_path / "run"
+    manifest = json.loads((work / "2_auxlabels" / "manifest.json").read_text())
+    val = {p for p in manifest["images"] if p.startswith("val/")}
+    assert len(val) == 4 and set(manifest["eval_images"]) == val  # labelled for PmIoU only
+    from pretrain.data import read_label_folder
+
+    folder = read_label_folder(work / "2_auxlabels")
+    assert len(folder.images) == 12 and all(p.startswith("train/") for p in folder.images)
+
+
+def test_rerun_reuses_finished_steps(finished_run, capsys):
+    tmp_path, cfg, _ = finished_run
+    run(cfg)
+    out = capsys.readouterr().out
+    assert out.count("finished earlier, reusing") == 4
+
+
+def test_changed_step_config_is_refused(finished_run):
+    tmp_path, _, _ = finished_run
+    cfg = tiny_config(tmp_path, "pretrain.loss.temperature=0.2")
+    with pytest.raises(ConfigError, match=r"step 'pretrain'.*loss\.temperature"):
+        run(cfg)
