@@ -28,6 +28,7 @@ import importlib.metadata
 import importlib.util
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import torch
@@ -208,10 +209,15 @@ def import_mmseg():
     Also registers mmseg's modules in mmengine's registries and lets mmengine
     configs name ``mmseg::`` bases (see :func:`patch_package_lookup`).
     """
-    install()
+    compat = install()
     patch_package_lookup()
-    import mmseg
-    from mmseg.utils import register_all_modules
+    with warnings.catch_warnings():
+        if compat:
+            # mmcv's transformer module warns on import that its deformable-attention op needs
+            # compiled mmcv; the compatibility layer already explains missing ops when one is asked for
+            warnings.filterwarnings("ignore", message=".*MultiScaleDeformableAttention.*", category=UserWarning)
+        import mmseg
+        from mmseg.utils import register_all_modules
 
-    register_all_modules(init_default_scope=False)
+        register_all_modules(init_default_scope=False)
     return mmseg
