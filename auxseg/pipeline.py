@@ -140,6 +140,8 @@ def prepare_data(cfg: PipelineConfig, work_dir: Path) -> Dataset:
             raise ConfigError(f"data.root: {root} has no {sub}/ folder (expected the CamVid layout)")
     if data.num_classes is None:
         raise ConfigError("data.num_classes: required for a dataset folder")
+    if data.class_names and len(data.class_names) != data.num_classes:
+        raise ConfigError(f"data.class_names: {len(data.class_names)} names for num_classes={data.num_classes}")
     names = data.class_names or [f"class{i}" for i in range(data.num_classes)]
     return Dataset(root, data.num_classes, names, list(data.ignore_values))
 

@@ -83,3 +83,18 @@ def test_changed_step_config_is_refused(finished_run):
     cfg = tiny_config(tmp_path, "pretrain.loss.temperature=0.2")
     with pytest.raises(ConfigError, match=r"step 'pretrain'.*loss\.temperature"):
         run(cfg)
+
+
+def test_dataset_folder_errors_name_the_key(tmp_path):
+    from auxseg.pipeline import prepare_data
+
+    (tmp_path / "ds" / "train").mkdir(parents=True)
+    cfg = load_config(PipelineConfig, overrides=[f"data.root={tmp_path / 'ds'}", "data.num_classes=2"])
+    with pytest.raises(ConfigError, match="has no trainannot/ folder"):
+        prepare_data(cfg, tmp_path)
+    for sub in ("trainannot", "val", "valannot"):
+        (tmp_path / "ds" / sub).mkdir()
+    cfg = load_config(PipelineConfig, overrides=[f"data.root={tmp_path / 'ds'}", "data.num_classes=2",
+                                                 "data.class_names=[a, b, c]"])
+    with pytest.raises(ConfigError, match="data.class_names: 3 names for num_classes=2"):
+        prepare_data(cfg, tmp_path)
