@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from auxseg.cli import add_config_arguments, load_cli_config
+
 DESCRIPTION = """\
 Turn a folder of images into auxiliary-label PNGs (one per image, same relative
 path) plus manifest.json, centroids.npy and, when ground truth is given,
@@ -27,10 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("config", help="YAML config (see configs/auxlabels/; keys in docs/auxlabels.md)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. kmeans.k=17 extractor.device=cuda num_workers=2")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_config_arguments(parser, "auxlabels", "kmeans.k=17 extractor.device=cuda num_workers=2")
     parser.set_defaults(func=main)
     return parser
 
@@ -38,16 +37,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Load and check the config, run the stage, print a one-line summary; 0 on success, 1 on bad input, 2 on config errors."""
     from auxseg.checkpoint_io import CheckpointError
-    from auxseg.config import ConfigError, dump_config, load_config
+    from auxseg.config import ConfigError, dump_config
     from auxseg.io import ImageReadError
 
     from .config import AuxLabelsConfig, validate
 
-    try:
-        cfg = load_config(AuxLabelsConfig, args.config, args.overrides)
-        validate(cfg)
-    except ConfigError as err:
-        print(f"auxseg auxlabels: config error: {err}", file=sys.stderr)
+    cfg = load_cli_config(AuxLabelsConfig, args, "auxseg auxlabels", validate)
+    if cfg is None:
         return 2
     if args.print_config:
         print(dump_config(cfg), end="")

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
+from typing import Any
 
 # Modules that contribute subcommands, in the order they appear in --help.
 SUBCOMMAND_MODULES = (
@@ -19,6 +21,27 @@ SUBCOMMAND_MODULES = (
     "auxseg.pipeline_cli",
     "auxseg.env_report",
 )
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, stage: str, example: str) -> None:
+    """The arguments every config-driven subcommand takes: CONFIG, key=value overrides, --print-config."""
+    parser.add_argument("config", help=f"YAML config (see configs/{stage}/; keys in docs/{stage}.md)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {example}")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def load_cli_config(schema: type, args: argparse.Namespace, prog: str, check: Callable | None = None) -> Any:
+    """Load ``args.config`` + overrides as ``schema`` (and ``check`` it); None after printing a config error."""
+    from auxseg.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(schema, args.config, args.overrides)
+        if check is not None:
+            check(cfg)
+    except ConfigError as err:
+        print(f"{prog}: config error: {err}", file=sys.stderr)
+        return None
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,34 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from auxseg.config import ConfigError, load_config
+from auxseg.cli import add_config_arguments, load_cli_config
+from auxseg.config import ConfigError
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "demo.yaml"
 
 
-def _run(config: Path, overrides: list[str]) -> int:
+def main_pipeline(args: argparse.Namespace) -> int:
+    from auxseg.config import dump_config
     from auxseg.pipeline import PipelineConfig, run
 
+    cfg = load_cli_config(PipelineConfig, args, f"auxseg {args.command}")
+    if cfg is None:
+        return 2
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
     try:
-        cfg = load_config(PipelineConfig, config, overrides)
         run(cfg)
     except ConfigError as err:
-        print(f"error: {err}")
+        print(f"auxseg {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-def main_pipeline(args: argparse.Namespace) -> int:
-    return _run(Path(args.config), args.overrides)
-
-
-def main_demo(args: argparse.Namespace) -> int:
-    if not DEMO_CONFIG.is_file():
-        print(f"error: the demo config is missing: {DEMO_CONFIG}")
-        return 2
-    return _run(DEMO_CONFIG, args.overrides)
 
 
 def add_parser(subparsers) -> None:
@@ -44,8 +41,7 @@ def add_parser(subparsers) -> None:
             "<work_dir>/report.md. Finished steps of an earlier run with the same config are reused."
         ),
     )
-    p.add_argument("config", help="pipeline YAML config (see configs/pipeline/)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seeds=[0,1]")
+    add_config_arguments(p, "pipeline", "seeds=[0,1]")
     p.set_defaults(func=main_pipeline)
 
     d = subparsers.add_parser(
@@ -58,4 +54,5 @@ def add_parser(subparsers) -> None:
         ),
     )
     d.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. work_dir=runs/demo2")
-    d.set_defaults(func=main_demo)
+    d.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    d.set_defaults(func=main_pipeline, config=str(DEMO_CONFIG))

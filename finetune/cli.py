@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from auxseg.cli import add_config_arguments, load_cli_config
+
 DESCRIPTION = """\
 Fine-tune DeepLabV3 or PSPNet (mmsegmentation, mmengine Runner) on a fixed,
 seeded split of the labelled training images, starting from a backbone
@@ -31,26 +33,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("config", help="YAML config (see configs/finetune/; keys in docs/finetune.md)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. split.fraction=0.1 init.type=export init.checkpoint=F max_iters=2000")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_config_arguments(parser, "finetune", "split.fraction=0.1 init.type=export init.checkpoint=F max_iters=2000")
     parser.set_defaults(func=main)
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     from auxseg.checkpoint_io import CheckpointError
-    from auxseg.config import ConfigError, dump_config, load_config
+    from auxseg.config import ConfigError, dump_config
     from auxseg.io import ImageReadError
 
     from .config import FinetuneConfig
     from .splits import SplitError
 
-    try:
-        cfg = load_config(FinetuneConfig, args.config, args.overrides)
-    except ConfigError as err:
-        print(f"auxseg finetune: config error: {err}", file=sys.stderr)
+    cfg = load_cli_config(FinetuneConfig, args, "auxseg finetune")
+    if cfg is None:
         return 2
     if args.print_config:
         print(dump_config(cfg), end="")
