@@ -18,22 +18,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from auxseg.colours import blend, colourise, palette  # noqa: E402
 from auxseg.io import atomic_path, atomic_write_text, read_label, read_rgb  # noqa: E402
-
-
-def palette(n: int, seed: int = 3) -> np.ndarray:
-    """``[n, 3]`` uint8 distinct-ish colours (a fixed random palette)."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(40, 256, size=(n, 3), dtype=np.uint8)
-
-
-def colorize(label: np.ndarray, num: int, ignore_values: list[int]) -> np.ndarray:
-    """Colour a label map ``[H, W]``; ignored values are black."""
-    colours = palette(max(num, 1))
-    out = np.zeros((*label.shape, 3), np.uint8)
-    valid = (label < num) & ~np.isin(label, ignore_values)
-    out[valid] = colours[label[valid]]
-    return out
 
 
 def _save(fig, path: Path) -> Path:
@@ -49,11 +35,11 @@ def overlay_figure(pairs: list[tuple[Path, Path, Path]], num_labels: int, num_cl
     fig, axes = plt.subplots(len(pairs), 3, figsize=(9, 2.4 * len(pairs)), squeeze=False)
     for row, (img_p, aux_p, gt_p) in enumerate(pairs):
         image = read_rgb(img_p)
-        aux = colorize(read_label(aux_p), num_labels, [label_ignore])
-        gt = colorize(read_label(gt_p), num_classes, ignore_values)
+        aux = colourise(read_label(aux_p), palette(max(num_labels, 1), seed=3), [label_ignore])
+        gt = colourise(read_label(gt_p), palette(max(num_classes, 1), seed=3), ignore_values)
         for col, (title, arr) in enumerate((("image", image), ("auxiliary labels", aux), ("ground truth", gt))):
             ax = axes[row][col]
-            ax.imshow(arr if col == 0 else (0.45 * image + 0.55 * arr).astype(np.uint8))
+            ax.imshow(arr if col == 0 else blend(image, arr, 0.55))
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(title)

@@ -19,25 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from auxseg.colours import blend, colourise, palette
 from auxseg.io import read_label, read_rgb, write_rgb_png
-
-
-def palette(n: int, seed: int = 0) -> np.ndarray:
-    """``[n, 3]`` uint8 distinct-ish colours (seeded), stable across runs."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(40, 256, size=(n, 3), dtype=np.uint8)
-
-
-def colourise(label: np.ndarray, colours: np.ndarray, ignore: set[int]) -> np.ndarray:
-    """``[H, W, 3]`` colours of a label map; ignore values (and ids beyond the palette) are black."""
-    out = np.zeros((*label.shape, 3), dtype=np.uint8)
-    valid = (label < len(colours)) & ~np.isin(label, list(ignore))
-    out[valid] = colours[label[valid]]
-    return out
-
-
-def blend(image: np.ndarray, colour: np.ndarray, alpha: float) -> np.ndarray:
-    return (image.astype(np.float32) * (1 - alpha) + colour.astype(np.float32) * alpha).astype(np.uint8)
 
 
 def _resize(img: np.ndarray, width: int, nearest: bool = False) -> np.ndarray:
