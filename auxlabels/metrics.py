@@ -12,6 +12,8 @@ and is reported as a diagnostic.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -97,6 +99,24 @@ def pmiou(conf: np.ndarray, class_names: list[str] | None = None) -> dict:
         "num_pixels": int(conf.sum()),
         "ignored_aux_share": float(conf[k].sum() / max(1, conf.sum())),
     }
+
+
+def same_pixel_bound(gt_dir: str | Path, ignore: list[int], num_classes: int) -> float:
+    """PmIoU upper bound (percent) of labelling strategy #1, one label per pixel, on the label PNGs in ``gt_dir``.
+
+    With one-to-one matching each class matches a single pixel, so its IoU is at
+    most ``1 / n_c``; the bound is the mean of that over the classes present.
+    """
+    from auxseg.io import list_images, read_label
+
+    gt_dir = Path(gt_dir)
+    counts = np.zeros(num_classes, np.int64)
+    for rel in list_images(gt_dir):
+        gt = read_label(gt_dir / rel)
+        valid = ~np.isin(gt, ignore) & (gt < num_classes)
+        counts += np.bincount(gt[valid], minlength=num_classes)[:num_classes]
+    present = counts > 0
+    return float(100.0 * np.mean(1.0 / counts[present]))
 
 
 def format_report(report: dict) -> str:

@@ -98,3 +98,31 @@ def test_dataset_folder_errors_name_the_key(tmp_path):
                                                  "data.class_names=[a, b, c]"])
     with pytest.raises(ConfigError, match="data.class_names: 3 names for num_classes=2"):
         prepare_data(cfg, tmp_path)
+
+
+def test_strategy_benchmark_pretrains_and_finetunes_other_labellings(finished_run):
+    """tools/bench_camvid_strategies.py: #1 and #2 get their own pre-training and fine-tune."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tmp_path, _, _ = finished_run
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_camvid_strategies.py"
+    out, results = tmp_path / "strategies", tmp_path / "strategies.md"
+    proc = subprocess.run(
+        [sys.executable, str(tool), str(tmp_path / "run"), "--out", str(out), "--results", str(results),
+         "--strategies", "pixel", "superpixel"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "superpixel" / "labels" / "manifest.json").read_text())
+    assert manifest["scope"] == "image" and manifest["num_labels"] > 20  # one label per superpixel
+    for key, mode in (("pixel", "pixel"), ("superpixel", "superpixel")):
+        step = json.loads((out / key / "pretrain" / "step.json").read_text())
+        assert step["config"]["loss"]["mode"] == mode
+        init = json.loads((out / key / "finetune_seed0" / "results.json").read_text())["init"]
+        assert init["checkpoint"] == str(out / key / "pretrain" / "backbone_mmseg.pth")
+    rows = json.loads((out / "strategies.json").read_text())["rows"]
+    assert [r["key"] for r in rows] == ["default", "pixel", "superpixel"]
+    assert all(0.0 <= r["miou"]["0"] <= 100.0 for r in rows)
+    assert rows[1]["pmiou"] < 1.0 < rows[2]["pmiou"]  # the #1 bound; superpixels of 4 small images
+    text = results.read_text()
+    assert "#1 same pixel" in text and "(upper bound)" in text and "Spearman rank correlation over 3 strategies" in text

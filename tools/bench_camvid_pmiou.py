@@ -36,9 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from auxlabels.config import AuxLabelsConfig  # noqa: E402
+from auxlabels.metrics import same_pixel_bound  # noqa: E402
 from auxlabels.pipeline import run as run_auxlabels  # noqa: E402
 from auxseg.config import load_config  # noqa: E402
-from auxseg.io import atomic_write_json, atomic_write_text, list_images, read_label  # noqa: E402
+from auxseg.io import atomic_write_json, atomic_write_text, list_images  # noqa: E402
 from auxseg.pipeline import last_checkpoint  # noqa: E402
 
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Sidewalk", "Tree", "SignSymbol", "Fence", "Car",
@@ -60,17 +61,6 @@ VARIANTS = [
         "extractor.name=resnet18", "extractor.random_init=true", "extractor.checkpoint=null",
         "extractor.layer=layer4"]),
 ]
-
-
-def same_pixel_bound(gt_dir: Path, ignore: list[int], num_classes: int) -> float:
-    """Upper bound of PmIoU (percent) for one-label-per-pixel: mean over classes of 1 / pixels of the class."""
-    counts = np.zeros(num_classes, np.int64)
-    for rel in list_images(gt_dir):
-        gt = read_label(gt_dir / rel)
-        valid = ~np.isin(gt, ignore) & (gt < num_classes)
-        counts += np.bincount(gt[valid], minlength=num_classes)[:num_classes]
-    present = counts > 0
-    return float(100.0 * np.mean(1.0 / counts[present]))
 
 
 def train_subset(train_dir: Path, count: int, seed: int, path: Path) -> Path:

@@ -8,7 +8,7 @@ import pytest
 from auxlabels.config import AuxLabelsConfig, KMeansConfig, resolve_k
 from auxlabels.kmeans import NearestCentroid, fit_kmeans
 from auxlabels.labelling import upsample_nearest
-from auxlabels.metrics import confusion, iou_matrix, pmiou
+from auxlabels.metrics import confusion, iou_matrix, pmiou, same_pixel_bound
 from auxlabels.outliers import outlier_mask, outlier_thresholds
 from auxlabels.superpixels import compute_superpixels
 from auxlabels.vote import superpixel_vote
@@ -130,6 +130,20 @@ def test_pmiou_absent_class_not_averaged():
     rep = pmiou(confusion(gt, gt, 2, 3, IGN, [IGN]))
     assert rep["pmiou"] == pytest.approx(100.0)
     assert rep["per_class_iou"]["1"] is None and rep["classes_present"] == 1
+
+
+def test_same_pixel_bound_matches_one_label_per_pixel(tmp_path):
+    from auxseg.io import write_label_png
+
+    gt = np.zeros((4, 5), np.uint8)
+    gt[:, 3:] = 1  # class 0: 12 pixels, class 1: 8
+    gt[0, 0] = 11  # ignored
+    write_label_png(tmp_path / "a.png", gt)
+    bound = same_pixel_bound(tmp_path, [11], 3)  # class 2 is absent and not averaged
+    assert bound == pytest.approx(100.0 * (1 / 11 + 1 / 8) / 2)
+    # the bound is what PmIoU gives one-label-per-pixel labels
+    aux = np.arange(gt.size).reshape(gt.shape)
+    assert pmiou(confusion(aux, gt, gt.size, 3, -1, [11]))["pmiou"] == pytest.approx(bound)
 
 
 def test_kmeans_finds_separated_blobs_and_is_seeded():
