@@ -146,6 +146,21 @@ def prepare_data(cfg: PipelineConfig, work_dir: Path) -> Dataset:
     return Dataset(root, data.num_classes, names, list(data.ignore_values))
 
 
+def check_head_classes(cfg: PipelineConfig, data: Dataset) -> None:
+    """The fine-tune model's heads must predict the dataset's classes; say so before any training."""
+    from finetune.run import load_mmseg_config
+
+    model = load_mmseg_config(cfg.finetune.mmseg_config).get("model", {})
+    for head in ("decode_head", "auxiliary_head"):
+        heads = model.get(head) or []
+        for one in heads if isinstance(heads, list) else [heads]:
+            found = one.get("num_classes")
+            if found is not None and found != data.num_classes:
+                raise ConfigError(
+                    f"finetune.mmseg_config: {cfg.finetune.mmseg_config} has model.{head}.num_classes={found}, "
+                    f"but the dataset has {data.num_classes} classes (data.num_classes)")
+
+
 def finetune_config(cfg: PipelineConfig, data: Dataset, work_dir: Path, init: InitConfig, seed: int) -> FinetuneConfig:
     ft = copy.deepcopy(cfg.finetune)
     ft.data_root = str(data.root)
@@ -212,6 +227,7 @@ def run(cfg: PipelineConfig) -> Path:
     work_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, work_dir / "config.yaml")
     data = prepare_data(cfg, work_dir)
+    check_head_classes(cfg, data)
 
     baseline = {}
     for seed in cfg.seeds:

@@ -85,6 +85,13 @@ def test_changed_step_config_is_refused(finished_run):
         run(cfg)
 
 
+def test_head_classes_must_match_the_dataset(tmp_path):
+    cfg = tiny_config(tmp_path, "data.synthetic.num_classes=5")
+    with pytest.raises(ConfigError, match=r"decode_head.num_classes=6, but the dataset has 5 classes"):
+        run(cfg)
+    assert not (tmp_path / "run" / "1_segmenter_seed0").exists()  # stopped before any training
+
+
 def test_dataset_folder_errors_name_the_key(tmp_path):
     from auxseg.pipeline import prepare_data
 
