@@ -84,9 +84,14 @@ def read_jsonl(path: Path) -> list[dict]:
 def curves_figure(pretrain_dir: Path, baseline_dirs: list[Path], pretrained_dirs: list[Path], path: Path) -> Path:
     """Pre-training loss; fine-tuning loss and validation mIoU, baseline vs pre-trained."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    loss = [(r["iter"], r["loss"]) for r in read_jsonl(pretrain_dir / "log.jsonl") if "loss" in r]
-    if loss:
-        axes[0].plot(*zip(*loss), color="tab:purple")
+    log = [r for r in read_jsonl(pretrain_dir / "log.jsonl") if "loss" in r]
+    if log:
+        axes[0].plot([r["iter"] for r in log], [r["loss"] for r in log], color="tab:purple", label="loss")
+        # reference levels logged with the loss (pretrain.losses): chance and the lower bound
+        for key, style, label in (("loss_chance", ":", "chance"), ("loss_floor", "--", "floor")):
+            if all(key in r for r in log):
+                axes[0].plot([r["iter"] for r in log], [r[key] for r in log], "k" + style, lw=1, label=label)
+        axes[0].legend(fontsize=7)
     axes[0].set_title("pre-training: contrastive loss")
     axes[0].set_xlabel("iteration")
     for dirs, label, colour in ((baseline_dirs, "baseline", "tab:blue"), (pretrained_dirs, "pre-trained", "tab:orange")):

@@ -16,6 +16,7 @@ Pipeline in one step (``pretrain.train``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -160,8 +161,11 @@ def supervised_infonce(feats: torch.Tensor, targets: PixelTargets, temperature: 
         temperature: t.
 
     Returns:
-        (scalar loss, stats with ``anchors`` and ``positives_per_anchor``); the loss is 0
-        (with a graph) when no anchor has a positive.
+        (scalar loss, stats); the loss is 0 (with a graph) when no anchor has a positive.
+        Stats: ``anchors``, ``positives_per_anchor``, and two reference levels for
+        reading the loss: ``loss_chance`` = log(N - 1), its value when all
+        similarities are equal, and ``loss_floor`` = mean of log |P(i)|, a lower
+        bound reached only when every positive outscores every negative by far.
     """
     ids = targets.ids
     n = feats.shape[0]
@@ -176,10 +180,12 @@ def supervised_infonce(feats: torch.Tensor, targets: PixelTargets, temperature: 
     if not bool(has_pos.any()):
         # nothing to contrast (e.g. a batch that is all ignore/padding): a zero loss that keeps the
         # graph connected, so every process of a DDP run still reduces (zero) gradients
-        return feats.sum() * 0.0, {"anchors": 0, "positives_per_anchor": 0.0}
+        return feats.sum() * 0.0, {"anchors": 0, "positives_per_anchor": 0.0, "loss_chance": 0.0, "loss_floor": 0.0}
     mean_log_prob_pos = log_prob.masked_fill(~pos, 0.0).sum(1)[has_pos] / num_pos[has_pos]
     loss = -mean_log_prob_pos.mean()
-    stats = {"anchors": int(has_pos.sum()), "positives_per_anchor": float(num_pos[has_pos].float().mean())}
+    pos_counts = num_pos[has_pos].float()
+    stats = {"anchors": int(has_pos.sum()), "positives_per_anchor": float(pos_counts.mean()),
+             "loss_chance": math.log(n - 1), "loss_floor": float(pos_counts.log().mean())}
     return loss, stats
 
 

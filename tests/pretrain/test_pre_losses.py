@@ -27,7 +27,8 @@ def test_infonce_matches_hand_computed_value():
     l1 = -math.log(0.5)
     loss, stats = supervised_infonce(feats, PixelTargets(ids), temperature=t)
     assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
-    assert stats == {"anchors": 2, "positives_per_anchor": 1.0}
+    assert stats == {"anchors": 2, "positives_per_anchor": 1.0, "loss_chance": pytest.approx(math.log(2)),
+                     "loss_floor": 0.0}
 
 
 def test_infonce_averages_over_all_positives():
@@ -43,6 +44,14 @@ def test_infonce_averages_over_all_positives():
         expected.append(-torch.stack([sim[i, p] - denom for p in pos]).mean())
     assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
     assert stats["positives_per_anchor"] == pytest.approx((2 * 3 + 1 * 2) / 5)
+    assert stats["loss_chance"] == pytest.approx(math.log(5))
+    assert stats["loss_floor"] == pytest.approx((3 * math.log(2) + 2 * math.log(1)) / 5)
+    # the reference levels bracket the loss: equal similarities give chance, separated groups approach the floor
+    same = torch.nn.functional.normalize(torch.ones(6, 4), dim=1)
+    assert supervised_infonce(same, PixelTargets(ids), temperature=0.1)[0].item() == pytest.approx(math.log(5), rel=1e-5)
+    apart = torch.eye(4)[[0, 0, 0, 1, 1, 2]]
+    tight = supervised_infonce(apart, PixelTargets(ids), temperature=0.01)[0].item()
+    assert tight == pytest.approx(stats["loss_floor"], abs=1e-4)
 
 
 def test_infonce_gradient_pulls_positives_together():

@@ -58,6 +58,7 @@ def test_tiny_run_lowers_the_loss_and_writes_a_valid_export(gt_label_folder, tmp
     assert any((tmp_path / "run" / "tensorboard").iterdir())
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in log] == [4, 8, 12] and all(r["positives_per_anchor"] > 1 for r in log)
+    assert all(r["loss_floor"] <= r["loss"] and r["loss_floor"] < r["loss_chance"] for r in log)
 
 
 @pytest.mark.parametrize("mode", ["pixel", "superpixel"])
