@@ -74,31 +74,14 @@ def _mean_spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def _ranks(values: list[float]) -> list[float]:
-    """Ranks (1 = largest), ties sharing their mean rank."""
-    order = sorted(range(len(values)), key=lambda i: -values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman rank correlation (Pearson on ranks); None for fewer than 3 points or a constant."""
+    """Spearman rank correlation; None for fewer than 3 points or a constant."""
+    from scipy.stats import spearmanr
+
     if len(x) < 3:
         return None
-    rx, ry = _ranks(x), _ranks(y)
-    mx, my = statistics.mean(rx), statistics.mean(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sxx = sum((a - mx) ** 2 for a in rx)
-    syy = sum((b - my) ** 2 for b in ry)
-    return None if sxx == 0 or syy == 0 else sxy / (sxx * syy) ** 0.5
+    rho = float(spearmanr(x, y).statistic)
+    return None if rho != rho else rho
 
 
 def write_results(rows: list[dict], baseline: dict, args: argparse.Namespace, pipeline_dir: Path) -> None:
