@@ -84,13 +84,13 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return None if rho != rho else rho
 
 
-def write_results(rows: list[dict], baseline: dict, args: argparse.Namespace, pipeline_dir: Path) -> None:
+def write_results(rows: list[dict], baseline: dict, args: argparse.Namespace) -> None:
     cmd = " ".join(["python", "tools/bench_camvid_strategies.py", *sys.argv[1:]])
     lines = [
         "# Labelling strategies on CamVid: PmIoU against downstream mIoU (CPU protocol)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU. Command: `{cmd}`, after "
-        f"`auxseg pipeline configs/pipeline/camvid_cpu.yaml \"seeds=[0,1]\"` wrote `{pipeline_dir}`.",
+        f"`auxseg pipeline configs/pipeline/camvid_cpu.yaml \"seeds=[0,1]\"` wrote `{args.pipeline}`.",
         "Every strategy labels all 367 training images, pre-trains with the pipeline's pre-training config "
         "(only `loss.mode` differs for #1 and #2) and is fine-tuned on the same 37 labelled images with the same "
         "schedule and seeds. PmIoU is on the 101 validation images; mIoU is CamVid val (percent). One label set "
@@ -169,7 +169,7 @@ def main() -> int:
         result = run_step(f"{row['key']}: fine-tune (seed {seed})", step_dir, ft, lambda: run_finetune(ft))
         row["miou"][str(seed)] = result["mIoU"]
         atomic_write_json(out / "strategies.json", {"baseline": baseline, "rows": rows})
-        write_results(rows, baseline, args, pipeline_dir)
+        write_results(rows, baseline, args)
         print(f"{row['key']} seed {seed}: mIoU {result['mIoU']:.2f}", flush=True)
 
     for key in args.strategies:
@@ -193,7 +193,7 @@ def main() -> int:
         for row in rows[1:]:
             finetune(row, seed)
     atomic_write_json(out / "strategies.json", {"baseline": baseline, "rows": rows})
-    write_results(rows, baseline, args, pipeline_dir)
+    write_results(rows, baseline, args)
     print(f"results: {args.results}")
     return 0
 
