@@ -46,7 +46,7 @@ def add_parser(subparsers) -> None:
 
     d = subparsers.add_parser(
         "demo",
-        help="the pipeline on a dataset the project generates itself (CPU, no downloads, ~10 min)",
+        help="the pipeline on a dataset the project generates itself (CPU, no downloads, a few minutes)",
         description=(
             f"Run the pipeline with {DEMO_CONFIG.relative_to(DEMO_CONFIG.parents[2])}: a synthetic dataset "
             "whose classes look alike across images, ResNet-18 DeepLabV3 at small resolution, on the CPU. "
