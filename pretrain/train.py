@@ -205,7 +205,8 @@ def train(cfg: PretrainConfig, st: TrainState) -> int:
                 f.write(json.dumps(record) + "\n")
             if writer is not None:
                 for key in ("loss", "loss_chance", "loss_floor", "lr", "positives_per_anchor", "anchors", "data_time"):
-                    writer.add_scalar(f"train/{key}", record[key], it)
+                    if key in record:  # a loss in LOSSES may report fewer stats
+                        writer.add_scalar(f"train/{key}", record[key], it)
         if writer is not None and (it % tc.histogram_every == 0 or it == st.start_iter + 1):
             valid = ids[ids >= 0]
             if lc.mode == "aux" and valid.numel():
