@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from auxlabels.config import AuxLabelsConfig  # noqa: E402
 from auxlabels.metrics import same_pixel_bound  # noqa: E402
 from auxseg.config import apply_overrides, from_dict, load_config, to_dict  # noqa: E402
-from auxseg.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
+from auxseg.io import atomic_write_json, atomic_write_text, list_images, read_json  # noqa: E402
 from auxseg.pipeline import (  # noqa: E402
     PipelineConfig,
     auxlabels_config,
@@ -84,17 +84,17 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return None if rho != rho else rho
 
 
-def write_results(rows: list[dict], baseline: dict, args: argparse.Namespace) -> None:
+def write_results(rows: list[dict], baseline: dict, counts: dict, args: argparse.Namespace) -> None:
     cmd = " ".join(["python", "tools/bench_camvid_strategies.py", *sys.argv[1:]])
     lines = [
         "# Labelling strategies on CamVid: PmIoU against downstream mIoU (CPU protocol)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU. Command: `{cmd}`, after "
         f"`auxseg pipeline configs/pipeline/camvid_cpu.yaml \"seeds=[0,1]\"` wrote `{args.pipeline}`.",
-        "Every strategy labels all 367 training images, pre-trains with the pipeline's pre-training config "
-        "(only `loss.mode` differs for #1 and #2) and is fine-tuned on the same 37 labelled images with the same "
-        "schedule and seeds. PmIoU is on the 101 validation images; mIoU is CamVid val (percent). One label set "
-        "and one pre-training per strategy; the spread is over fine-tune seeds only.",
+        f"Every strategy labels all {counts['train']} training images, pre-trains with the pipeline's pre-training "
+        f"config (only `loss.mode` differs for #1 and #2) and is fine-tuned on the same {counts['labelled']} labelled "
+        f"images with the same schedule and seeds. PmIoU and mIoU (percent) are on the {counts['val']} validation "
+        "images. One label set and one pre-training per strategy; the spread is over fine-tune seeds only.",
         "",
         "| labelling strategy | Table 1 row | PmIoU (val) | mIoU per fine-tune seed | mIoU mean ± sd |",
         "|---|---|---|---|---|",
@@ -152,6 +152,9 @@ def main() -> int:
     baseline = {str(s): recorded(f"1_segmenter_seed{s}")["mIoU"] for s in cfg.seeds}
     segmenter = recorded(f"1_segmenter_seed{seed0}")
     pipeline_labels = pipeline_dir / "2_auxlabels"
+    split = (pipeline_dir / f"1_segmenter_seed{seed0}" / "split.txt").read_text().split()
+    counts = {"train": len(list_images(data.root / "train")), "val": len(list_images(data.root / "val")),
+              "labelled": len(split)}
     rows = [{
         "key": "default", "name": DEFAULT, "table1": "4/9",
         "pmiou": (recorded("2_auxlabels").get("pmiou") or {}).get("pmiou"),
@@ -169,7 +172,7 @@ def main() -> int:
         result = run_step(f"{row['key']}: fine-tune (seed {seed})", step_dir, ft, lambda: run_finetune(ft))
         row["miou"][str(seed)] = result["mIoU"]
         atomic_write_json(out / "strategies.json", {"baseline": baseline, "rows": rows})
-        write_results(rows, baseline, args)
+        write_results(rows, baseline, counts, args)
         print(f"{row['key']} seed {seed}: mIoU {result['mIoU']:.2f}", flush=True)
 
     for key in args.strategies:
@@ -193,7 +196,7 @@ def main() -> int:
         for row in rows[1:]:
             finetune(row, seed)
     atomic_write_json(out / "strategies.json", {"baseline": baseline, "rows": rows})
-    write_results(rows, baseline, args)
+    write_results(rows, baseline, counts, args)
     print(f"results: {args.results}")
     return 0
 
