@@ -16,8 +16,7 @@ from auxseg.config import ConfigError
 class ExtractorConfig:
     """The frozen feature extractor (see ``auxlabels.features.EXTRACTORS``)."""
 
-    # resnet18 | resnet50 | vgg19 | moco_resnet18 | moco_resnet50 | mmseg | auxseg_export
-    name: str = "resnet50"
+    name: str = "resnet50"  # a name registered in auxlabels.features.EXTRACTORS (`auxseg auxlabels --help` lists them)
     checkpoint: str | None = None  # weights file; null only together with random_init: true
     random_init: bool = False  # explicit opt-in to random weights (ablations, tests)
     config: str | None = None  # mmseg model config (.py) when the checkpoint carries no meta.cfg
@@ -125,6 +124,15 @@ def validate(cfg: AuxLabelsConfig) -> None:
         raise ConfigError(f"kmeans.k: must be >= 2, got {cfg.kmeans.k}")
     if not 0.0 <= cfg.outliers.fraction < 1.0:
         raise ConfigError(f"outliers.fraction: must be in [0, 1), got {cfg.outliers.fraction}")
+    if cfg.clusterer != "superpixel":
+        from .features import EXTRACTORS  # the one list of names
+
+        if cfg.extractor.name not in EXTRACTORS:
+            import difflib
+
+            near = difflib.get_close_matches(cfg.extractor.name, list(EXTRACTORS), n=1)
+            raise ConfigError(f"extractor.name: {cfg.extractor.name!r} is not a registered extractor"
+                              + (f" (did you mean {near[0]!r}?)" if near else "") + f"; known: {', '.join(EXTRACTORS)}")
     if cfg.extractor.stride < 1:
         raise ConfigError(f"extractor.stride: must be >= 1, got {cfg.extractor.stride}")
     if cfg.clusterer != "superpixel" and cfg.extractor.checkpoint is None and not cfg.extractor.random_init:

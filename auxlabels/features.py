@@ -22,12 +22,33 @@ import torch.nn.functional as F
 import torchvision
 
 from auxseg.checkpoint_io import CheckpointError, check_keys, load_checkpoint, state_dict_of
+from auxseg.config import ConfigError
+from auxseg.contracts.backbone import read_backbone_weights
+from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD
 from auxseg.io import sha256_file
+from auxseg.mmseg_compat import build_in_mmseg_scope, import_mmseg
 
 from .config import ExtractorConfig
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 scale
-IMAGENET_STD = (58.395, 57.12, 57.375)
+Builder = Callable[[ExtractorConfig], "FeatureExtractor"]
+EXTRACTORS: dict[str, Builder] = {}
+"""Extractor builders by name: the one list of valid ``extractor.name`` values (config
+validation, ``auxseg auxlabels --help`` and docs/auxlabels.md read it)."""
+EXTRACTOR_HELP: dict[str, str] = {}
+
+
+def register_extractor(name: str, help: str) -> Callable[[Builder], Builder]:
+    """Register ``fn(cfg: ExtractorConfig) -> FeatureExtractor`` as extractor ``name``; adding one is this."""
+
+    def add(fn: Builder) -> Builder:
+        if name in EXTRACTORS:
+            raise ValueError(f"extractor {name!r} is registered twice")
+        EXTRACTORS[name], EXTRACTOR_HELP[name] = fn, help
+        return fn
+
+    return add
+
+
 RESNET_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 # VGG-19 `features` prefix lengths ending after the last ReLU of a block, and their strides
 VGG19_LAYERS = {"conv3": (18, 4), "conv4": (27, 8), "conv5": (36, 16)}
@@ -108,7 +129,7 @@ class _ResNetTrunk(nn.Module):
     def __init__(self, resnet: nn.Module, layer: str):
         super().__init__()
         if layer not in RESNET_LAYERS:
-            raise ValueError(f"extractor.layer: {layer!r} is not one of {list(RESNET_LAYERS)} for a ResNet")
+            raise ConfigError(f"extractor.layer: {layer!r} is not one of {list(RESNET_LAYERS)} for a ResNet")
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
         n = RESNET_LAYERS.index(layer) + 1
         self.stages = nn.Sequential(*[getattr(resnet, name) for name in RESNET_LAYERS[:n]])
@@ -119,7 +140,7 @@ class _ResNetTrunk(nn.Module):
 
 def _torchvision_resnet(arch: str) -> nn.Module:
     if arch not in ("resnet18", "resnet34", "resnet50", "resnet101"):
-        raise ValueError(f"unsupported ResNet architecture {arch!r}")
+        raise ConfigError(f"extractor.name: unsupported ResNet architecture {arch!r}")
     return getattr(torchvision.models, arch)(weights=None)
 
 
@@ -129,7 +150,10 @@ def _load_exact(model: nn.Module, state: dict, path: str | Path, what: str, igno
     if ignore_prefix is not None:
         expected = {k for k in expected if not k.startswith(ignore_prefix)}
     check_keys(expected, set(state), path, what)
-    model.load_state_dict(state, strict=ignore_prefix is None)
+    try:
+        model.load_state_dict(state, strict=ignore_prefix is None)
+    except RuntimeError as err:  # the right keys with the wrong shapes
+        raise CheckpointError(f"{path}: {what} weights do not fit the model: {str(err).splitlines()[-1].strip()}") from err
 
 
 def _require_checkpoint(cfg: ExtractorConfig) -> Path | None:
@@ -159,12 +183,29 @@ def build_torchvision_resnet(cfg: ExtractorConfig, arch: str) -> FeatureExtracto
     path = _require_checkpoint(cfg)
     model = _torchvision_resnet(arch)
     if path is not None:
-        state = _plain_state_dict(load_checkpoint(path), path)
-        has_fc = any(k.startswith("fc.") for k in state)
-        _load_exact(model, state, path, f"torchvision {arch}", ignore_prefix=None if has_fc else "fc.")
+        weights = read_backbone_weights(path, "torchvision")
+        _load_exact(model, weights.state_dict, path, f"torchvision {arch}", ignore_prefix="fc.")
     return FeatureExtractor(_ResNetTrunk(model, cfg.layer), description={"arch": arch})
 
 
+def build_moco_resnet(cfg: ExtractorConfig, arch: str) -> FeatureExtractor:
+    """MoCo v1/v2 checkpoint: ``(module.)encoder_q.*`` keys; the fc (MLP) head, the key encoder and the queue are dropped."""
+    path = _require_checkpoint(cfg)
+    model = _torchvision_resnet(arch)
+    if path is not None:
+        weights = read_backbone_weights(path, "moco")
+        _load_exact(model, weights.state_dict, path, f"MoCo {arch} encoder_q", ignore_prefix="fc.")
+    return FeatureExtractor(_ResNetTrunk(model, cfg.layer), description={"arch": arch})
+
+
+for _arch in ("resnet18", "resnet50"):
+    register_extractor(_arch, f"ImageNet {_arch} from a torchvision state_dict (layer: layer1..layer4)")(
+        lambda cfg, arch=_arch: build_torchvision_resnet(cfg, arch))
+    register_extractor(f"moco_{_arch}", f"MoCo v1/v2 {_arch} checkpoint (layer: layer1..layer4)")(
+        lambda cfg, arch=_arch: build_moco_resnet(cfg, arch))
+
+
+@register_extractor("vgg19", "ImageNet VGG-19 from a torchvision state_dict (layer: conv3|conv4|conv5)")
 def build_vgg19(cfg: ExtractorConfig) -> FeatureExtractor:
     """ImageNet VGG-19 from a torchvision ``state_dict`` file (``features.*`` and ``classifier.*``)."""
     from torchvision.models.vgg import cfgs, make_layers
@@ -181,40 +222,15 @@ def build_vgg19(cfg: ExtractorConfig) -> FeatureExtractor:
         check_keys(expected, set(state), path, "torchvision vgg19")
         features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
     if cfg.layer not in VGG19_LAYERS:
-        raise ValueError(f"extractor.layer: {cfg.layer!r} is not one of {list(VGG19_LAYERS)} for VGG-19")
+        raise ConfigError(f"extractor.layer: {cfg.layer!r} is not one of {list(VGG19_LAYERS)} for VGG-19")
     end, _ = VGG19_LAYERS[cfg.layer]
     return FeatureExtractor(features[:end], description={"arch": "vgg19"})
-
-
-MOCO_PREFIX = "module.encoder_q."
-
-
-def build_moco_resnet(cfg: ExtractorConfig, arch: str) -> FeatureExtractor:
-    """MoCo v2 checkpoint: ``state_dict`` with ``module.encoder_q.*`` keys; the fc (MLP) head is dropped.
-
-    ``module.encoder_k.*`` and the queue belong to the momentum encoder and are ignored.
-    """
-    path = _require_checkpoint(cfg)
-    model = _torchvision_resnet(arch)
-    if path is not None:
-        ckpt = load_checkpoint(path)
-        state = _plain_state_dict(ckpt, path)
-        query = {k[len(MOCO_PREFIX):]: v for k, v in state.items() if k.startswith(MOCO_PREFIX)}
-        if not query:
-            raise CheckpointError(
-                f"{path}: not a MoCo checkpoint: no '{MOCO_PREFIX}*' keys (first keys: {', '.join(list(state)[:4])})"
-            )
-        body = {k: v for k, v in query.items() if not k.startswith("fc.")}
-        _load_exact(model, body, path, f"MoCo {arch} encoder_q", ignore_prefix="fc.")
-    return FeatureExtractor(_ResNetTrunk(model, cfg.layer), description={"arch": arch})
 
 
 # ----------------------------------------------------------------------------- mmseg
 
 
 def _mmseg_model_from_config(model_cfg) -> nn.Module:
-    from finetune.mmcv_compat import import_mmseg
-
     import_mmseg()
     from mmseg.registry import MODELS
 
@@ -238,22 +254,13 @@ def _mmseg_model_from_config(model_cfg) -> nn.Module:
     return build_in_mmseg_scope(MODELS, model_cfg)
 
 
-def build_in_mmseg_scope(registry, cfg: dict) -> nn.Module:
-    """Build from mmseg's registry with 'mmseg' as the default scope (nested types such as
-    SegDataPreProcessor are then found), without changing the process-wide scope."""
-    from mmengine.registry import DefaultScope
-
-    with DefaultScope.overwrite_default_scope("mmseg"):
-        return registry.build(cfg)
-
-
 class _MMSegDecoderFeature(nn.Module):
     """An mmseg EncoderDecoder up to the decode head's feature before ``cls_seg``."""
 
     def __init__(self, model: nn.Module, layer: str):
         super().__init__()
         if layer not in ("decoder", "backbone"):
-            raise ValueError(f"extractor.layer: {layer!r} must be 'decoder' or 'backbone' for mmseg")
+            raise ConfigError(f"extractor.layer: {layer!r} must be 'decoder' or 'backbone' for mmseg")
         if layer == "decoder" and not hasattr(model.decode_head, "_forward_feature"):
             raise ValueError(f"decode head {type(model.decode_head).__name__} has no _forward_feature")
         self.backbone = model.backbone
@@ -270,37 +277,37 @@ class _MMSegDecoderFeature(nn.Module):
         return self.decode_head._forward_feature(feats)
 
 
+@register_extractor("mmseg", "mmseg EncoderDecoder checkpoint + extractor.config (layer: decoder|backbone)")
 def build_mmseg(cfg: ExtractorConfig) -> FeatureExtractor:
     """mmseg EncoderDecoder (DeepLabV3 ASPPHead or PSPHead) from an mmengine checkpoint.
 
-    The model config is the checkpoint's ``meta['cfg']`` text when present, else
-    ``extractor.config``. Features: the decode head's ``_forward_feature`` output
-    (before the classifier), or the last backbone stage with ``layer: backbone``.
+    The model definition comes from ``extractor.config``, a config file the user
+    names (``auxseg finetune`` writes the one that ran as ``mmseg_config.py``).
+    The config text mmengine stores in a checkpoint's ``meta['cfg']`` is Python
+    and is never executed: a checkpoint is data. Features: the decode head's
+    ``_forward_feature`` output (before the classifier), or the last backbone
+    stage with ``layer: backbone``.
     """
-    from finetune.mmcv_compat import import_mmseg
-
     import_mmseg()
     from mmengine.config import Config
 
     path = _require_checkpoint(cfg)
-    ckpt = load_checkpoint(path) if path is not None else None
-    cfg_text = None
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("meta"), dict):
-        cfg_text = ckpt["meta"].get("cfg")
-    if cfg.config is not None:
-        model_cfg = Config.fromfile(cfg.config)
-    elif isinstance(cfg_text, str):
-        try:
-            model_cfg = Config.fromstring(cfg_text, ".py")
-        except Exception as err:
-            raise CheckpointError(f"{path}: meta['cfg'] is not a valid mmengine config: {err}") from err
-    else:
+    if cfg.config is None:
         raise CheckpointError(
-            f"{path or 'extractor'}: no model config: the checkpoint has no meta['cfg'] text; "
-            "set extractor.config to the mmseg config file"
+            f"{path or 'extractor'}: extractor.config is required for extractor.name=mmseg: name the mmseg "
+            "config file of this model (a fine-tune run writes it as <work_dir>/mmseg_config.py); the "
+            "config text stored inside a checkpoint is never executed"
         )
+    ckpt = load_checkpoint(path) if path is not None else None
+    config_path = Path(cfg.config)
+    if not config_path.is_file():
+        raise FileNotFoundError(f"extractor.config: {config_path} does not exist")
+    try:
+        model_cfg = Config.fromfile(str(config_path))
+    except Exception as err:  # a config file that does not parse: name it
+        raise CheckpointError(f"{config_path}: not a valid mmengine config: {err}") from err
     if "model" not in model_cfg:
-        raise CheckpointError(f"{path}: the mmseg config has no 'model' entry")
+        raise CheckpointError(f"{config_path}: the mmseg config has no 'model' entry")
     model = _mmseg_model_from_config(model_cfg.model.to_dict())
     if ckpt is not None:
         state = _plain_state_dict(ckpt, path)
@@ -319,8 +326,6 @@ def build_mmseg(cfg: ExtractorConfig) -> FeatureExtractor:
 
 # ----------------------------------------------------------------------------- our pretrain export
 
-EXPORT_FORMAT = "auxseg.backbone/1"
-
 
 class _MMSegBackboneStage(nn.Module):
     """An mmseg ResNet/ResNetV1c backbone returning one of its stage outputs."""
@@ -334,69 +339,39 @@ class _MMSegBackboneStage(nn.Module):
         return self.backbone(x)[self.index]
 
 
+@register_extractor("auxseg_export", "a backbone exported by `auxseg pretrain` (layer: layer1..layer4)")
 def build_auxseg_export(cfg: ExtractorConfig) -> FeatureExtractor:
-    """A backbone exported by our ``pretrain`` stage (docs/contracts.md section 2)."""
+    """A backbone exported by our ``pretrain`` stage (docs/contracts.md section 2), validated by the contract."""
     path = _require_checkpoint(cfg)
     if path is None:
         raise CheckpointError("extractor auxseg_export needs a checkpoint (random_init is meaningless here)")
-    ckpt = load_checkpoint(path)
-    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise CheckpointError(f"{path}: not an auxseg backbone export (meta.format={found!r}, expected {EXPORT_FORMAT!r})")
-    state = ckpt.get("state_dict")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: backbone export has no state_dict")
-    arch = meta.get("arch")
     if cfg.layer not in RESNET_LAYERS:
-        raise ValueError(f"extractor.layer: {cfg.layer!r} is not one of {list(RESNET_LAYERS)}")
-    mean = tuple(meta.get("mean", IMAGENET_MEAN))
-    std = tuple(meta.get("std", IMAGENET_STD))
-    if meta.get("channel_order", "rgb") != "rgb":
-        raise CheckpointError(f"{path}: channel_order {meta.get('channel_order')!r} is not supported (rgb only)")
-    key_format = meta.get("key_format")
-    desc = {"arch": arch, "key_format": key_format, "stem": meta.get("stem")}
-    if key_format == "torchvision":
-        model = _torchvision_resnet(str(arch))
-        _load_exact(model, state, path, f"torchvision {arch} backbone export", ignore_prefix="fc.")
+        raise ConfigError(f"extractor.layer: {cfg.layer!r} is not one of {list(RESNET_LAYERS)}")
+    weights = read_backbone_weights(path, "export")
+    meta, arch = weights.meta, weights.arch
+    mean, std = tuple(weights.mean), tuple(weights.std)
+    desc = {"arch": arch, "key_format": meta["key_format"], "stem": weights.stem}
+    if meta["key_format"] == "torchvision":
+        model = _torchvision_resnet(arch)
+        _load_exact(model, weights.state_dict, path, f"torchvision {arch} backbone export", ignore_prefix="fc.")
         return FeatureExtractor(_ResNetTrunk(model, cfg.layer), mean=mean, std=std, description=desc)
-    if key_format == "mmseg":
-        from finetune.mmcv_compat import import_mmseg
+    import_mmseg()
+    from mmseg.registry import MODELS
 
-        import_mmseg()
-        from mmseg.registry import MODELS
-
-        mmseg_type = meta.get("mmseg_type") or ("ResNetV1c" if meta.get("stem") == "deep" else "ResNet")
-        try:
-            depth = int(str(arch).replace("resnet", ""))
-        except ValueError as err:
-            raise CheckpointError(f"{path}: meta.arch {arch!r} is not resnetNN") from err
-        backbone = build_in_mmseg_scope(
-            MODELS,
-            dict(type=mmseg_type, depth=depth, out_indices=(0, 1, 2, 3), norm_cfg=dict(type="BN", requires_grad=False)),
-        )
-        _load_exact(backbone, state, path, f"mmseg {mmseg_type}-{depth} backbone export")
-        index = RESNET_LAYERS.index(cfg.layer)
-        return FeatureExtractor(_MMSegBackboneStage(backbone, index), mean=mean, std=std, description=desc)
-    raise CheckpointError(f"{path}: meta.key_format {key_format!r} is not 'torchvision' or 'mmseg'")
-
-
-EXTRACTORS: dict[str, Callable[[ExtractorConfig], FeatureExtractor]] = {
-    "resnet18": lambda cfg: build_torchvision_resnet(cfg, "resnet18"),
-    "resnet50": lambda cfg: build_torchvision_resnet(cfg, "resnet50"),
-    "vgg19": build_vgg19,
-    "moco_resnet18": lambda cfg: build_moco_resnet(cfg, "resnet18"),
-    "moco_resnet50": lambda cfg: build_moco_resnet(cfg, "resnet50"),
-    "mmseg": build_mmseg,
-    "auxseg_export": build_auxseg_export,
-}
-"""Extractor builders by name; each is a plain function of the extractor config."""
+    backbone = build_in_mmseg_scope(
+        MODELS,
+        dict(type=weights.mmseg_type, depth=weights.depth, out_indices=(0, 1, 2, 3),
+             norm_cfg=dict(type="BN", requires_grad=False)),
+    )
+    _load_exact(backbone, weights.state_dict, path, f"mmseg {weights.mmseg_type}-{weights.depth} backbone export")
+    index = RESNET_LAYERS.index(cfg.layer)
+    return FeatureExtractor(_MMSegBackboneStage(backbone, index), mean=mean, std=std, description=desc)
 
 
 def build_extractor(cfg: ExtractorConfig) -> FeatureExtractor:
     """Build the configured extractor, frozen and in eval mode, with a description for the manifest."""
     if cfg.name not in EXTRACTORS:
-        raise ValueError(f"extractor.name: {cfg.name!r} is not one of {sorted(EXTRACTORS)}")
+        raise ConfigError(f"extractor.name: {cfg.name!r} is not one of {sorted(EXTRACTORS)}")
     extractor = EXTRACTORS[cfg.name](cfg)
     extractor.description.update(
         name=cfg.name,

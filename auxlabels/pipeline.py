@@ -26,7 +26,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import platform
 import sys
 import time
 from collections import deque
@@ -37,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from auxseg.config import ConfigError, save_config, to_dict
+from auxseg.contracts.common import versions
+from auxseg.contracts.label_folder import MANIFEST_FORMAT, label_rel, labels_digest
 from auxseg.io import (
     ImageReadError,
     atomic_path,
@@ -52,7 +53,6 @@ from .labelling import LabelJob, init_worker, label_image, warm_up
 from .metrics import format_report, pmiou
 from .superpixels import superpixel_label_bound
 
-MANIFEST_FORMAT = "auxseg.auxlabels/1"
 # settings that do not change the labels; everything else must match to resume
 _NOT_FINGERPRINTED = ("num_workers", "progress", "resume", "keep_cache", "out_dir", "on_bad_image")
 
@@ -120,22 +120,6 @@ def collect_images(cfg: AuxLabelsConfig) -> tuple[Path, list[ImageItem]]:
     return root, [items[k] for k in sorted(items)]
 
 
-def label_rel(rel: str) -> str:
-    """Label PNG path (relative to ``labels/``) of an image path: the suffix becomes ``.png``."""
-    return Path(rel).with_suffix(".png").as_posix()
-
-
-def labels_digest(pairs: list[tuple[str, str]]) -> str:
-    """``labels_sha256``: SHA-256 over the sorted ``"<label rel path>\\t<file sha256>\\n"`` lines.
-
-    The label path is relative to ``labels/`` (``seq01/0001.png``).
-    """
-    h = hashlib.sha256()
-    for rel, digest in sorted(pairs):
-        h.update(f"{rel}\t{digest}\n".encode())
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- run state
 
 
@@ -178,22 +162,6 @@ def _verified(out: Path, records: dict[str, dict]) -> dict[str, dict]:
         if png.is_file() and sha256_file(png) == rec["sha256"]:
             good[rel] = rec
     return good
-
-
-def _versions() -> dict:
-    """Versions of everything that shapes the labels (from package metadata: no slow imports)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from auxseg import __version__ as auxseg_version
-
-    versions = {"python": platform.python_version(), "auxseg": auxseg_version}
-    for dist_name in ("numpy", "torch", "torchvision", "faiss-cpu", "faiss-gpu", "fast-slic", "scikit-learn",
-                      "scikit-image", "scipy", "pillow", "mmsegmentation", "mmengine"):
-        try:
-            versions[dist_name] = version(dist_name)
-        except PackageNotFoundError:
-            continue
-    return versions
 
 
 class _Dist:
@@ -712,7 +680,7 @@ def _finish(cfg, out, root, items, fingerprint, num_labels, ignore_index, dtype,
                                               "num_images": n_eval, "file": "pmiou.json"},
         "timings": timings,
         "world_size": world,
-        "versions": _versions(),
+        "versions": versions(),
         "config": _config_summary(cfg),
         "fingerprint": fingerprint,
         "created": (previous or {}).get("created", datetime.now(timezone.utc).isoformat(timespec="seconds")),

@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from auxseg.errors import AuxsegError
 from auxseg.io import atomic_path
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(AuxsegError, RuntimeError):
     """A checkpoint that is missing, corrupt, unsafe or of the wrong format; names the file."""
 
 

@@ -1,39 +1,40 @@
-"""The ``auxseg`` command: one subcommand per stage, plus ``env``.
+"""What every ``auxseg`` subcommand shares: config arguments, config loading and error handling.
 
-Each stage package provides ``<stage>/cli.py`` with ``add_parser(subparsers)``,
-which adds its subcommand and sets ``func`` to a ``main(args) -> int``.
+The ``auxseg`` command itself (the list of subcommands) lives one floor up,
+in :mod:`loop.cli`; each stage's ``<stage>/cli.py`` adds its subcommand with
+``add_parser(subparsers)`` and runs it through :func:`run_config_command`, so
+every stage prints errors and exits the same way:
+
+- exit 2: a config error (unknown key, wrong type, invalid value);
+- exit 1: any other error caused by the input (:class:`~auxseg.errors.AuxsegError`:
+  a missing or malformed file, a checkpoint that does not fit, ...);
+- exit 0: success, after one summary line.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import sys
 from collections.abc import Callable
 from typing import Any
 
-# Modules that contribute subcommands, in the order they appear in --help.
-SUBCOMMAND_MODULES = (
-    "auxlabels.cli",
-    "pretrain.cli",
-    "finetune.cli",
-    "auxseg.pipeline_cli",
-    "auxseg.env_report",
-)
+from auxseg.config import ConfigError, dump_config, load_config
+from auxseg.errors import AuxsegError
+
+EXIT_INPUT_ERROR = 1
+EXIT_CONFIG_ERROR = 2
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, stage: str, example: str) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, stage: str, example: str, optional: bool = False) -> None:
     """The arguments every config-driven subcommand takes: CONFIG, key=value overrides, --print-config."""
-    parser.add_argument("config", help=f"YAML config (see configs/{stage}/; keys in docs/{stage}.md)")
+    parser.add_argument("config", nargs="?" if optional else None,
+                        help=f"YAML config (see configs/{stage}/; keys in docs/{stage}.md)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {example}")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
 def load_cli_config(schema: type, args: argparse.Namespace, prog: str, check: Callable | None = None) -> Any:
     """Load ``args.config`` + overrides as ``schema`` (and ``check`` it); None after printing a config error."""
-    from auxseg.config import ConfigError, load_config
-
     try:
         cfg = load_config(schema, args.config, args.overrides)
         if check is not None:
@@ -44,31 +45,42 @@ def load_cli_config(schema: type, args: argparse.Namespace, prog: str, check: Ca
     return cfg
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="auxseg",
-        description=(
-            "Contrastive pre-training of semantic segmentation networks with auxiliary labels: "
-            "auxiliary labels from a frozen network (auxlabels), pixel contrastive pre-training "
-            "(pretrain), mmsegmentation fine-tuning (finetune)."
-        ),
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue  # a stage not installed in this checkout
-        importlib.import_module(name).add_parser(subparsers)
-    return parser
+def report_error(prog: str, err: BaseException) -> int:
+    """Print an input error as one line and return its exit code (2 for config errors, else 1)."""
+    if isinstance(err, ConfigError):
+        print(f"{prog}: config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(f"{prog}: error: {err}", file=sys.stderr)
+    return EXIT_INPUT_ERROR
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+def run_config_command(
+    args: argparse.Namespace,
+    *,
+    prog: str,
+    schema: type,
+    run: Callable[[Any], Any],
+    summary: Callable[[Any, Any], str | None] | None = None,
+    check: Callable[[Any], None] | None = None,
+) -> int:
+    """Load the config, honour ``--print-config``, run, print the summary line; return the exit code.
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    ``run(cfg)`` does the work; ``summary(cfg, result)`` turns its result into
+    the line printed on success (None prints nothing). Errors that the input
+    caused (:class:`~auxseg.errors.AuxsegError`, and ``FileNotFoundError`` for
+    a path that does not exist) become one line on stderr.
+    """
+    cfg = load_cli_config(schema, args, prog, check)
+    if cfg is None:
+        return EXIT_CONFIG_ERROR
+    if getattr(args, "print_config", False):
+        print(dump_config(cfg), end="")
+        return 0
+    try:
+        result = run(cfg)
+    except (AuxsegError, FileNotFoundError) as err:
+        return report_error(prog, err)
+    line = summary(cfg, result) if summary is not None else None
+    if line:
+        print(line)
+    return 0

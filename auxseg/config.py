@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from auxseg.errors import AuxsegError
 from auxseg.io import atomic_write_text
 
 T = TypeVar("T")
@@ -32,7 +33,7 @@ T = TypeVar("T")
 BASE_KEY = "_base_"
 
 
-class ConfigError(ValueError):
+class ConfigError(AuxsegError, ValueError):
     """A config file, key or value that does not match its schema."""
 
 

@@ -69,7 +69,7 @@ def _cpu_has_avx2() -> bool | None:
 
 
 def _mmcv_ops() -> dict:
-    from finetune import mmcv_compat
+    from auxseg import mmseg_compat as mmcv_compat
 
     return {
         "compiled": mmcv_compat.has_compiled_ops(),
@@ -79,7 +79,7 @@ def _mmcv_ops() -> dict:
 
 
 def _mmseg_import() -> object:
-    from finetune.mmcv_compat import import_mmseg
+    from auxseg.mmseg_compat import import_mmseg
 
     import_mmseg()
     importlib.import_module("mmseg.models")

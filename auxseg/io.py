@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from auxseg.errors import AuxsegError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class ImageReadError(OSError):
+class ImageReadError(AuxsegError, OSError):
     """An image file that cannot be read or decoded; the message names the file."""
 
 

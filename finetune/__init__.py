@@ -4,5 +4,5 @@
 - ``finetune.convert``: checkpoint -> mmseg backbone weights with exact key checks.
 - ``finetune.splits``: deterministic seeded subsets of the training images.
 - ``finetune.datasets``: CamVid, NYUv2-40 and folder datasets for mmseg; Cityscapes label ids.
-- ``finetune.mmcv_compat.import_mmseg()``: call before importing mmseg anywhere.
+- ``auxseg.mmseg_compat.import_mmseg()``: call before importing mmseg anywhere.
 """

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from auxseg.cli import add_config_arguments, load_cli_config
+from auxseg.cli import add_config_arguments, run_config_command
 
 DESCRIPTION = """\
 Fine-tune DeepLabV3 or PSPNet (mmsegmentation, mmengine Runner) on a fixed,
@@ -38,30 +37,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> int:
-    from auxseg.checkpoint_io import CheckpointError
-    from auxseg.config import ConfigError, dump_config
-    from auxseg.io import ImageReadError
-
-    from .config import FinetuneConfig
-    from .splits import SplitError
-
-    cfg = load_cli_config(FinetuneConfig, args, "auxseg finetune")
-    if cfg is None:
-        return 2
-    if args.print_config:
-        print(dump_config(cfg), end="")
-        return 0
-    from .run import run
-
-    try:
-        results = run(cfg)
-    except (ConfigError, CheckpointError, SplitError, ImageReadError, FileNotFoundError) as err:
-        print(f"auxseg finetune: error: {err}", file=sys.stderr)
-        return 1
-    print(
+def _summary(cfg, results: dict) -> str:
+    return (
         f"mIoU {results['mIoU']:.2f} (aAcc {results['aAcc']:.2f}) on {results['evaluated_on']['num_images']} "
         f"validation images after {results['iteration']} iterations, {results['split']['num_images']} training "
         f"images; results in {results['work_dir']}/results.json"
     )
-    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the stage from the config; exit 0 on success, 1 on bad input, 2 on config errors (auxseg.cli)."""
+    from .config import FinetuneConfig
+    from .run import run
+
+    return run_config_command(args, prog="auxseg finetune", schema=FinetuneConfig, run=run, summary=_summary)

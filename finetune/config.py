@@ -11,12 +11,10 @@ are under configs/finetune/.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from auxseg.config import ConfigError
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from auxseg.paths import resolve_path  # noqa: F401  (re-exported: configs name paths relative to the repo)
 
 
 @dataclass
@@ -74,13 +72,3 @@ class FinetuneConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key} must be >= 1, got {value}")
-
-
-def resolve_path(path: str | Path) -> Path:
-    """An absolute path: as given, else relative to the current folder, else to the repo root."""
-    path = Path(path).expanduser()
-    if path.is_absolute():
-        return path
-    if path.exists() or not (REPO_ROOT / path).exists():
-        return path.resolve()
-    return (REPO_ROOT / path).resolve()

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from auxseg.io import read_label, write_label_png
-from finetune.mmcv_compat import import_mmseg
+from auxseg.mmseg_compat import import_mmseg
 
 import_mmseg()
 

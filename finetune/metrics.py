@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from finetune.mmcv_compat import import_mmseg
+from auxseg.mmseg_compat import import_mmseg
 
 import_mmseg()
 

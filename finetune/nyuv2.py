@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from auxseg.errors import AuxsegError
 from auxseg.io import atomic_write_json, sha256_file, write_label_png, write_rgb_png
 
 NUM_RAW_CLASSES = 894
@@ -35,7 +36,7 @@ IGNORE_INDEX = 255
 FORMAT = "auxseg.nyuv2/1"
 
 
-class NYUv2FormatError(ValueError):
+class NYUv2FormatError(AuxsegError, ValueError):
     """An input file that is not in the official layout; names the file."""
 
 

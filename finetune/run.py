@@ -22,9 +22,9 @@ from typing import Any
 from auxseg.checkpoint_io import CheckpointError, allow_mmengine_checkpoints
 from auxseg.config import ConfigError, save_config, to_dict
 from auxseg.io import atomic_write_json, atomic_write_text, read_json, sha256_file
+from auxseg.mmseg_compat import import_mmseg
 from finetune import splits as splits_mod
 from finetune.config import FinetuneConfig, resolve_path
-from finetune.mmcv_compat import import_mmseg
 
 RESULTS_FORMAT = "auxseg.finetune/1"
 

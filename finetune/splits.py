@@ -20,10 +20,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from auxseg.errors import AuxsegError
 from auxseg.io import atomic_write_text
 
 
-class SplitError(ValueError):
+class SplitError(AuxsegError, ValueError):
     """A split spec, split file or image folder that does not fit; names the file or value."""
 
 

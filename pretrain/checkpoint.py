@@ -1,4 +1,4 @@
-"""Training checkpoints (exact resume) and initial weights (ImageNet, MoCo, our export).
+"""Training checkpoints (exact resume) and initial weights (ImageNet, MoCo, mmseg, our export).
 
 A training checkpoint holds only tensors and plain data, so it loads with
 ``torch.load(weights_only=True)``: model, optimizer, AMP scaler, the iteration
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from auxseg.checkpoint_io import CheckpointError, check_keys, load_checkpoint, save_checkpoint, state_dict_of
-from pretrain.export import EXPORT_FORMAT, validate_export
+from auxseg.checkpoint_io import CheckpointError, check_keys, load_checkpoint, save_checkpoint
+from auxseg.contracts.backbone import read_backbone_weights
 
 STATE_FORMAT = "auxseg.pretrain-state/1"
 _CKPT_RE = re.compile(r"iter_(\d+)\.pth$")
@@ -109,28 +109,6 @@ def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
     return int(ckpt["iteration"])
 
 
-def backbone_state_from_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Backbone weights from an init checkpoint and what kind it was.
-
-    Recognises our backbone export (``meta.format``), a MoCo v1/v2 checkpoint
-    (``module.encoder_q.*``; the MLP ``fc`` is dropped), an mmseg/mmengine
-    model checkpoint (``backbone.*``) and a torchvision ImageNet state_dict
-    (``fc`` dropped).
-    """
-    ckpt = load_checkpoint(path)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("meta"), dict) and ckpt["meta"].get("format") == EXPORT_FORMAT:
-        state, _ = validate_export(ckpt, path)
-        return state, "auxseg export"
-    state = state_dict_of(ckpt, path)
-    if any(k.startswith("module.encoder_q.") for k in state):
-        prefix = "module.encoder_q."
-        return {k[len(prefix):]: v for k, v in state.items()
-                if k.startswith(prefix) and not k[len(prefix):].startswith("fc.")}, "moco"
-    if any(k.startswith("backbone.") for k in state):
-        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, "mmseg"
-    return {k: v for k, v in state.items() if not k.startswith("fc.")}, "torchvision"
-
-
 def init_backbone(backbone: nn.Module, init: str) -> str:
     """Initialise the backbone from ``init`` ("random" or a checkpoint path); keys must match exactly.
 
@@ -138,7 +116,8 @@ def init_backbone(backbone: nn.Module, init: str) -> str:
     """
     if init == "random":
         return "random"
-    state, kind = backbone_state_from_checkpoint(init)
+    weights = read_backbone_weights(init)  # our export, MoCo, mmseg or torchvision; detected from the file
+    state, kind = weights.state_dict, weights.kind
     check_keys(backbone.state_dict().keys(), state.keys(), init, f"backbone ({kind} checkpoint)")
     try:
         backbone.load_state_dict(state, strict=True)

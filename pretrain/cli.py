@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from auxseg.checkpoint_io import CheckpointError
-from auxseg.config import ConfigError, from_dict, load_config
+from auxseg.cli import EXIT_CONFIG_ERROR, add_config_arguments, report_error, run_config_command
+from auxseg.config import from_dict
+from auxseg.errors import AuxsegError
 from pretrain.config import PretrainConfig
 
 DESCRIPTION = """\
@@ -22,7 +24,7 @@ writes to out_dir: config.yaml, log.jsonl, tensorboard/, checkpoints/iter_*.pth
 backbone_mmseg.pth (+ backbone_torchvision.pth for the plain stem, + decoder_mmseg.pth
 with model.decoder=aspp).
 
-Multi-process: torchrun --nproc_per_node=N -m auxseg.cli pretrain CONFIG ...
+Multi-process: torchrun --nproc_per_node=N -m loop pretrain CONFIG ...
 """
 
 EPILOG = """\
@@ -39,8 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "pretrain", help="contrastive pre-training on auxiliary labels (stage 2)", description=DESCRIPTION,
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", nargs="?", help="YAML config (configs/pretrain/*.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_iters=100")
+    add_config_arguments(p, "pretrain", "train.max_iters=100", optional=True)
     p.add_argument("--export", metavar="CHECKPOINT",
                    help="do not train: write the backbone export(s) of this training checkpoint")
     p.add_argument("--out", metavar="DIR", help="with --export: output folder (default: the checkpoint's out_dir)")
@@ -77,23 +78,22 @@ def export_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None
     return paths
 
 
-def main(args: argparse.Namespace) -> int:
-    from pretrain.data import LabelFolderError
-    from pretrain.train import NonFiniteLossError, run
+def _summary(cfg, path: Path) -> str | None:
+    return f"done: {path}" if os.environ.get("RANK", "0") == "0" else None  # one line per job, not per process
 
-    try:
-        if args.export:
+
+def main(args: argparse.Namespace) -> int:
+    """Train from the config (or write an export with --export); exit codes as every stage (auxseg.cli)."""
+    from pretrain.train import run
+
+    if args.export:
+        try:
             for key_format, path in export_from_checkpoint(args.export, args.out).items():
                 print(f"export ({key_format}): {path}")
-            return 0
-        if not args.config:
-            print("auxseg pretrain: give a CONFIG (or --export CHECKPOINT)", file=sys.stderr)
-            return 2
-        cfg = load_config(PretrainConfig, args.config, args.overrides)
-        path = run(cfg)
-        if os.environ.get("RANK", "0") == "0":  # one line per job, not per torchrun process
-            print(f"done: {path}")
+        except (AuxsegError, FileNotFoundError) as err:
+            return report_error("auxseg pretrain", err)
         return 0
-    except (ConfigError, CheckpointError, LabelFolderError, NonFiniteLossError) as err:
-        print(f"auxseg pretrain: error: {err}", file=sys.stderr)
-        return 1
+    if not args.config:
+        print("auxseg pretrain: give a CONFIG (or --export CHECKPOINT)", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    return run_config_command(args, prog="auxseg pretrain", schema=PretrainConfig, run=run, summary=_summary)

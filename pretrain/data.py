@@ -11,122 +11,21 @@ split the very batch a single process would draw.
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from auxseg.io import list_images, read_json, read_label, read_rgb, sha256_file
+from auxseg.contracts.label_folder import (  # noqa: F401  (re-exported for the stage's users)
+    LabelFolder,
+    LabelFolderError,
+    read_label_folder,
+    write_groundtruth_label_folder,
+)
+from auxseg.io import read_label, read_rgb
 from pretrain.config import AugmentConfig
 from pretrain.transforms import make_view, sample_view_params
-
-MANIFEST_FORMAT = "auxseg.auxlabels/1"
-
-
-class LabelFolderError(ValueError):
-    """An auxiliary-label folder that is missing, incomplete or inconsistent; names the folder or file."""
-
-
-@dataclass(frozen=True)
-class LabelFolder:
-    """What the pre-training stage needs from an auxiliary-label folder's manifest."""
-
-    root: Path
-    manifest_path: Path
-    num_labels: int
-    ignore_index: int
-    scope: str  # "global" or "image"
-    image_root: Path
-    images: tuple[str, ...]  # the training images: the manifest's images less its eval_images
-    labels_sha256: str
-
-    def label_path(self, rel: str) -> Path:
-        return self.root / "labels" / Path(rel).with_suffix(".png")
-
-
-def compute_labels_sha256(labels_dir: Path, images: list[str] | tuple[str, ...]) -> str:
-    """The ``labels_sha256`` of a label set (docs/contracts.md section 1).
-
-    SHA-256 over the lines ``"<label path relative to labels/>\\t<file sha256>\\n"``
-    (POSIX paths), sorted by path.
-    """
-    pairs = sorted(
-        (Path(rel).with_suffix(".png").as_posix(), sha256_file(labels_dir / Path(rel).with_suffix(".png")))
-        for rel in images
-    )
-    h = hashlib.sha256()
-    for rel, digest in pairs:
-        h.update(f"{rel}\t{digest}\n".encode())
-    return h.hexdigest()
-
-
-def read_label_folder(path: str | Path, image_root: str | Path | None = None, verify_hash: bool = True) -> LabelFolder:
-    """Open an auxiliary-label folder, checking its manifest, and return its description.
-
-    Raises :class:`LabelFolderError` naming the folder when the manifest is
-    missing, of another format, marked incomplete, or when a label PNG is
-    missing or the label hash does not match the manifest.
-    """
-    root = Path(path)
-    manifest_path = root / "manifest.json"
-    if not manifest_path.is_file():
-        raise LabelFolderError(f"{root}: not an auxiliary-label folder (no manifest.json)")
-    try:
-        m = read_json(manifest_path)
-    except ValueError as err:
-        raise LabelFolderError(str(err)) from err
-    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
-        found = m.get("format") if isinstance(m, dict) else None
-        raise LabelFolderError(f"{manifest_path}: format {found!r}, expected {MANIFEST_FORMAT!r}")
-    if m.get("complete") is not True:
-        raise LabelFolderError(
-            f"{manifest_path}: the label folder is incomplete (complete={m.get('complete')!r}); "
-            "the auxlabels run that wrote it did not finish"
-        )
-    for key in ("num_labels", "ignore_index", "scope", "image_root", "images", "labels_sha256"):
-        if key not in m:
-            raise LabelFolderError(f"{manifest_path}: missing key {key!r}")
-    if m["scope"] not in ("global", "image"):
-        raise LabelFolderError(f"{manifest_path}: scope {m['scope']!r} is not 'global' or 'image'")
-    labelled = tuple(str(r) for r in m["images"])
-    # validation images are labelled only so their PmIoU can be measured: never train on them
-    eval_only = {str(r) for r in m.get("eval_images", [])}
-    images = tuple(r for r in labelled if r not in eval_only)
-    if not images:
-        raise LabelFolderError(
-            f"{manifest_path}: no training images (the image list is empty"
-            + (f" once its {len(eval_only)} eval_images are left out)" if eval_only else ")")
-        )
-    folder = LabelFolder(
-        root=root,
-        manifest_path=manifest_path,
-        num_labels=int(m["num_labels"]),
-        ignore_index=int(m["ignore_index"]),
-        scope=str(m["scope"]),
-        image_root=Path(image_root) if image_root else Path(m["image_root"]),
-        images=images,
-        labels_sha256=str(m["labels_sha256"]),
-    )
-    missing = [r for r in labelled if not folder.label_path(r).is_file()]
-    if missing:
-        raise LabelFolderError(f"{root}: {len(missing)} label PNGs missing, e.g. {folder.label_path(missing[0])}")
-    if not folder.image_root.is_dir():
-        raise LabelFolderError(
-            f"{manifest_path}: image_root {folder.image_root} does not exist (set data.image_root if the images moved)"
-        )
-    if verify_hash:
-        digest = compute_labels_sha256(root / "labels", labelled)
-        if digest != folder.labels_sha256:
-            raise LabelFolderError(
-                f"{manifest_path}: labels_sha256 does not match the label PNGs on disk "
-                f"(manifest {folder.labels_sha256[:12]}..., files {digest[:12]}...); the labels changed "
-                "after the manifest was written (data.verify_hash=false skips this check)"
-            )
-    return folder
 
 
 def sample_rng(seed: int, iteration: int, slot: int) -> np.random.Generator:
@@ -222,40 +121,3 @@ class StepSampler(Sampler):
 def collate(samples: list[dict]) -> dict:
     """Stack samples: ``image [B, 2, 3, S, S]``, ``label``/``coords [B, 2, S, S]``, ``index [B]``, ``size [B, 2]``."""
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
-
-
-def write_groundtruth_label_folder(dataset_root: str | Path, out: str | Path, split: str = "train",
-                                   num_classes: int | None = None) -> Path:
-    """Write ground-truth label maps of a CamVid-layout dataset as an auxiliary-label folder.
-
-    Perfectly informative "auxiliary labels" (scope "global"), in the exact
-    format of docs/contracts.md section 1; used by the tiny preset and the tests
-    so this stage runs without the auxlabels stage.
-    """
-    from auxseg.io import atomic_write_json, write_label_png
-
-    dataset_root, out = Path(dataset_root), Path(out)
-    image_root = dataset_root / split
-    images = [p.as_posix() for p in list_images(image_root)]
-    info = read_json(dataset_root / "dataset.json") if (dataset_root / "dataset.json").is_file() else {}
-    k = int(num_classes or info.get("num_classes", 0))
-    if k <= 0:
-        raise ValueError(f"{dataset_root}: give num_classes (no dataset.json with num_classes)")
-    ignore = 255
-    for rel in images:
-        gt = read_label(dataset_root / f"{split}annot" / Path(rel).with_suffix(".png"))
-        lab = np.where(gt < k, gt, ignore).astype(np.uint8)
-        write_label_png(out / "labels" / Path(rel).with_suffix(".png"), lab)
-    atomic_write_json(out / "manifest.json", {
-        "format": MANIFEST_FORMAT,
-        "num_labels": k,
-        "ignore_index": ignore,
-        "dtype": "uint8",
-        "scope": "global",
-        "image_root": str(image_root.resolve()),
-        "images": images,
-        "labels_sha256": compute_labels_sha256(out / "labels", images),
-        "complete": True,
-        "extractor": "ground truth",
-    })
-    return out

@@ -1,6 +1,6 @@
 """Process-group helpers; every function is a no-op (or the identity) in a single process.
 
-Launch with ``torchrun --nproc_per_node=N -m auxseg.cli pretrain CONFIG``: the
+Launch with ``torchrun --nproc_per_node=N -m loop pretrain CONFIG``: the
 group is initialised from the ``env://`` variables torchrun sets (RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), so multi-node runs work the
 same way. gloo on CPU, nccl on CUDA.

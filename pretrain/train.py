@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from auxseg.config import save_config, to_dict
+from auxseg.errors import AuxsegError
 from auxseg.io import atomic_write_text
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 from pretrain.checkpoint import (
@@ -55,7 +56,7 @@ from pretrain.losses import LOSSES, PixelTargets, sample_balanced, targets_at_fe
 from pretrain.model import PretrainNet, set_frozen_bn
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(AuxsegError, FloatingPointError):
     """The loss became NaN or infinite; training stopped without overwriting the last good checkpoint."""
 
 

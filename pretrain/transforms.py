@@ -28,11 +28,10 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD
 from pretrain.config import AugmentConfig
 
-# ImageNet statistics on the 0-255 scale, RGB (also written into the export meta)
-MEAN = (123.675, 116.28, 103.53)
-STD = (58.395, 57.12, 57.375)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD  # RGB, 0-255 scale (the backbone export's meta records them)
 
 
 @dataclass(frozen=True)

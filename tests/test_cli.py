@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from auxseg.cli import build_parser, main
+from loop.cli import build_parser, main
 
 
 def test_top_level_help_lists_subcommands(capsys):
@@ -36,7 +36,7 @@ def test_no_subcommand_prints_help_and_fails(capsys):
 
 def test_env_report_runs_as_a_command():
     out = subprocess.run(
-        [sys.executable, "-m", "auxseg.cli", "env", "--json"],
+        [sys.executable, "-m", "loop", "env", "--json"],
         capture_output=True, text=True, check=True, timeout=300,
     ).stdout
     env = json.loads(out)

@@ -1,4 +1,4 @@
-"""The semi-supervised loop end to end on tiny generated data (auxseg.pipeline)."""
+"""The semi-supervised loop end to end on tiny generated data (loop.pipeline)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 
 from auxseg.config import ConfigError, load_config
-from auxseg.pipeline import PipelineConfig, run
-from auxseg.pipeline_cli import DEMO_CONFIG
+from loop.pipeline import PipelineConfig, run
+from loop.pipeline_cli import DEMO_CONFIG
 
 TINY = [
     "data.synthetic={num_train: 12, num_val: 4, height: 64, width: 80, num_classes: 6, seed: 1}",
@@ -93,7 +93,7 @@ def test_head_classes_must_match_the_dataset(tmp_path):
 
 
 def test_dataset_folder_errors_name_the_key(tmp_path):
-    from auxseg.pipeline import prepare_data
+    from loop.pipeline import prepare_data
 
     (tmp_path / "ds" / "train").mkdir(parents=True)
     cfg = load_config(PipelineConfig, overrides=[f"data.root={tmp_path / 'ds'}", "data.num_classes=2"])

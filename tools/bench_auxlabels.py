@@ -159,7 +159,7 @@ def naive(camvid: Path, out_json: Path, stride: int, n_segments: int, k: int, se
 
 
 def ours_cmd(camvid: Path, out: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "auxseg.cli", "auxlabels", "configs/auxlabels/camvid_r18.yaml",
+    return [sys.executable, "-m", "loop", "auxlabels", "configs/auxlabels/camvid_r18.yaml",
             f"image_dir={camvid / 'val'}", f"gt_dir={camvid / 'valannot'}", "extractor.random_init=true",
             f"out_dir={out}", "progress=false", *overrides]
 
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             f"val/{p.name}" for p in (camvid / "val").glob("*.png"))
         lst = work / f"list_{n}.txt"
         lst.write_text("\n".join(rels[:n]) + "\n")
-        cmd = [sys.executable, "-m", "auxseg.cli", "auxlabels", "configs/auxlabels/camvid_r18.yaml",
+        cmd = [sys.executable, "-m", "loop", "auxlabels", "configs/auxlabels/camvid_r18.yaml",
                f"image_dir={camvid}", f"image_list={lst}", "gt_dir=null", "extractor.random_init=true",
                f"out_dir={work / f'scale_{n}'}", "progress=false", f"num_workers={args.workers}",
                f"kmeans.threads={args.threads}", f"extractor.stride={args.stride}"]

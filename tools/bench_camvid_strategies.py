@@ -39,7 +39,8 @@ from auxlabels.config import AuxLabelsConfig  # noqa: E402
 from auxlabels.metrics import same_pixel_bound  # noqa: E402
 from auxseg.config import apply_overrides, from_dict, load_config, to_dict  # noqa: E402
 from auxseg.io import atomic_write_json, atomic_write_text, list_images, read_json  # noqa: E402
-from auxseg.pipeline import (  # noqa: E402
+from finetune.config import InitConfig  # noqa: E402
+from loop.pipeline import (  # noqa: E402
     PipelineConfig,
     auxlabels_config,
     finetune_config,
@@ -48,7 +49,6 @@ from auxseg.pipeline import (  # noqa: E402
     pretrain_config,
     run_step,
 )
-from finetune.config import InitConfig  # noqa: E402
 from pretrain.config import PretrainConfig  # noqa: E402
 
 # key -> (description, Table 1 row, auxlabels overrides or None to reuse the pipeline's labels, pretrain overrides)

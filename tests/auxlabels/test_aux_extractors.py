@@ -138,7 +138,7 @@ def _mmseg_model_cfg(head: str) -> dict:
 
 
 def _mmseg_checkpoint(tmp_path, head: str, with_cfg: bool = True):
-    from finetune.mmcv_compat import import_mmseg
+    from auxseg.mmseg_compat import import_mmseg
 
     import_mmseg()
     from mmengine.config import Config
@@ -157,8 +157,8 @@ def _mmseg_checkpoint(tmp_path, head: str, with_cfg: bool = True):
 
 @pytest.mark.parametrize("head", ["ASPPHead", "PSPHead"])
 def test_mmseg_decoder_feature(tmp_path, head):
-    model, path, _ = _mmseg_checkpoint(tmp_path, head)
-    ex = build_extractor(ExtractorConfig(name="mmseg", checkpoint=str(path), layer="decoder"))
+    model, path, cfg_path = _mmseg_checkpoint(tmp_path, head)
+    ex = build_extractor(ExtractorConfig(name="mmseg", checkpoint=str(path), config=str(cfg_path), layer="decoder"))
     assert ex.dim == 32 and ex.stride == 8
     x = (IMG.float() - torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)) / torch.tensor(
         [58.395, 57.12, 57.375]
@@ -170,7 +170,7 @@ def test_mmseg_decoder_feature(tmp_path, head):
 
 def test_mmseg_config_file_and_errors(tmp_path):
     model, path, cfg_path = _mmseg_checkpoint(tmp_path, "ASPPHead", with_cfg=False)
-    with pytest.raises(CheckpointError, match="no meta\\['cfg'\\]"):
+    with pytest.raises(CheckpointError, match="extractor.config is required"):
         build_extractor(ExtractorConfig(name="mmseg", checkpoint=str(path)))
     ex = build_extractor(ExtractorConfig(name="mmseg", checkpoint=str(path), config=str(cfg_path), layer="backbone"))
     assert ex.dim == 512
@@ -180,6 +180,19 @@ def test_mmseg_config_file_and_errors(tmp_path):
     torch.save({"meta": {}, "state_dict": state}, broken)
     with pytest.raises(CheckpointError, match=r"deeplab_broken.pth.*missing keys: decode_head.bottleneck"):
         build_extractor(ExtractorConfig(name="mmseg", checkpoint=str(broken), config=str(cfg_path)))
+
+
+def test_mmseg_checkpoint_config_text_is_never_executed(tmp_path):
+    """A checkpoint whose meta['cfg'] holds Python: building the extractor must not run it."""
+    model, path, cfg_path = _mmseg_checkpoint(tmp_path, "ASPPHead")
+    marker = tmp_path / "payload_ran"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["meta"]["cfg"] = f"open({str(marker)!r}, 'w').write('x')\nmodel = dict(type='EncoderDecoder')\n"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="never executed"):
+        build_extractor(ExtractorConfig(name="mmseg", checkpoint=str(path), layer="decoder"))
+    ex = build_extractor(ExtractorConfig(name="mmseg", checkpoint=str(path), config=str(cfg_path), layer="decoder"))
+    assert ex.dim == 32 and not marker.exists()
 
 
 def _export_meta(arch, stem, key_format, mmseg_type):
@@ -205,7 +218,7 @@ def test_auxseg_export_torchvision(tmp_path):
 
 
 def test_auxseg_export_mmseg_v1c(tmp_path):
-    from finetune.mmcv_compat import import_mmseg
+    from auxseg.mmseg_compat import import_mmseg
 
     import_mmseg()
     from mmseg.registry import MODELS

@@ -117,7 +117,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     out = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "auxseg.cli", "auxlabels", str(TINY), *args, f"out_dir={out}"],
+        [sys.executable, "-m", "loop", "auxlabels", str(TINY), *args, f"out_dir={out}"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     journal = out / "progress.jsonl"
@@ -228,7 +228,7 @@ def test_empty_input_and_missing_keys(tmp_path):
 
 
 def test_cli_help_and_run(data, tmp_path, capsys):
-    from auxseg.cli import main
+    from loop.cli import main
 
     with pytest.raises(SystemExit):
         main(["auxlabels", "--help"])
@@ -247,7 +247,7 @@ def test_torchrun_two_ranks_match_single_process(data, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "auxseg.cli", "auxlabels", *args, f"out_dir={tmp_path / 'two'}"],
+        [str(torchrun), "--nproc_per_node", "2", "-m", "loop", "auxlabels", *args, f"out_dir={tmp_path / 'two'}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

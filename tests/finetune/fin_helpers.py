@@ -42,7 +42,7 @@ def resnet18_export(path: Path, deep: bool = False, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     if deep:
-        from finetune.mmcv_compat import import_mmseg
+        from auxseg.mmseg_compat import import_mmseg
 
         import_mmseg()
         from mmseg.models.backbones import ResNetV1c

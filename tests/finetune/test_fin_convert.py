@@ -8,14 +8,9 @@ import pytest
 import torch
 
 from auxseg.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
-from finetune.convert import (
-    IMAGENET_MEAN,
-    infer_resnet,
-    load_backbone_weights,
-    prepare_init,
-    read_backbone_export,
-    verify_loaded,
-)
+from auxseg.contracts.backbone import infer_resnet, load_backbone_export
+from auxseg.contracts.common import IMAGENET_MEAN
+from finetune.convert import load_backbone_weights, prepare_init, verify_loaded
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = REPO_ROOT / "configs/finetune/mmseg/tiny/deeplabv3_r18-d8_tiny.py"
@@ -60,7 +55,7 @@ def test_wrong_checkpoint_fails_loudly_naming_the_file(tmp_path, make_export):
     ckpt = load_checkpoint(deep)
     ckpt["meta"].update(stem="plain", mmseg_type="ResNet", key_format="mmseg")
     save_checkpoint(ckpt, tmp_path / "lying.pth")
-    with pytest.raises(CheckpointError, match="lying.pth.*deep-stem ResNet-18"):
+    with pytest.raises(CheckpointError, match=r"lying.pth: resnet18 plain-stem backbone keys do not match.*unexpected keys: stem.0.weight"):
         prepare_init("export", str(tmp_path / "lying.pth"), tiny_cfg(), tmp_path)
     # a backbone missing one block: exact key check names the file and the missing keys
     ckpt = load_checkpoint(make_export(tmp_path / "plain.pth"))
@@ -81,7 +76,7 @@ def test_depth_mismatch_and_format_errors(tmp_path, make_export):
         prepare_init("torchvision", str(tmp_path / "r50.pth"), tiny_cfg(), tmp_path)
     save_checkpoint({"state_dict": {}, "meta": {"format": "other/9"}}, tmp_path / "fmt.pth")
     with pytest.raises(CheckpointError, match=r"fmt\.pth.*'other/9'"):
-        read_backbone_export(tmp_path / "fmt.pth")
+        load_backbone_export(tmp_path / "fmt.pth")
     with pytest.raises(CheckpointError, match="no init.checkpoint"):
         prepare_init("export", None, tiny_cfg(), tmp_path)
     save_checkpoint({"state_dict": {"head.weight": torch.zeros(2)}}, tmp_path / "nores.pth")
@@ -97,7 +92,7 @@ def test_torchvision_and_moco_checkpoints(tmp_path):
     save_checkpoint(net.state_dict(), tmp_path / "imagenet.pth")  # as torchvision saves it, fc included
     weights = load_backbone_weights("torchvision", tmp_path / "imagenet.pth")
     assert not any(k.startswith("fc.") for k in weights.state_dict)
-    assert (weights.depth, weights.stem, weights.mean) == (18, "plain", IMAGENET_MEAN)
+    assert (weights.depth, weights.stem, weights.mean) == (18, "plain", list(IMAGENET_MEAN))
     cfg = tiny_cfg()
     report = prepare_init("torchvision", str(tmp_path / "imagenet.pth"), cfg, tmp_path)
     assert report["missing_keys"] == [] and cfg.model.backbone.type == "ResNet"
@@ -115,7 +110,7 @@ def test_torchvision_and_moco_checkpoints(tmp_path):
 
 
 def test_mmseg_checkpoint_and_infer_resnet(tmp_path):
-    from finetune.mmcv_compat import import_mmseg
+    from auxseg.mmseg_compat import import_mmseg
 
     import_mmseg()
     from mmseg.models.backbones import ResNetV1c

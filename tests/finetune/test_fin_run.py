@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from auxseg.cli import main as auxseg_main
 from auxseg.config import ConfigError, load_config
 from finetune.config import FinetuneConfig
+from loop.cli import main as auxseg_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_YAML = REPO_ROOT / "configs/finetune/tiny.yaml"

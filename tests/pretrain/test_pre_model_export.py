@@ -7,14 +7,15 @@ import torch
 import torchvision
 
 from auxseg.checkpoint_io import CheckpointError, check_keys, save_checkpoint
+from auxseg.contracts.backbone import load_backbone_export
 from pretrain.checkpoint import init_backbone
 from pretrain.config import ModelConfig
-from pretrain.export import export_backbone, load_backbone_export
+from pretrain.export import export_backbone
 from pretrain.model import DilatedResNet, PretrainNet
 
 
 def mmseg_backbone(mmseg_type: str, depth: int):
-    from finetune.mmcv_compat import import_mmseg
+    from auxseg.mmseg_compat import import_mmseg
 
     import_mmseg()
     from mmseg.models.backbones import ResNet, ResNetV1c
@@ -100,7 +101,7 @@ def test_init_from_torchvision_moco_and_our_export(tmp_path):
         torch.testing.assert_close(backbone.layer4[1].bn2.running_var, tv.layer4[1].bn2.running_var)
     _, paths = export(tmp_path / "exp", "resnet18", "deep")
     deep = DilatedResNet("resnet18", "deep")
-    assert init_backbone(deep, str(paths["mmseg"])).startswith("auxseg export")
+    assert init_backbone(deep, str(paths["mmseg"])).startswith("export:")
 
 
 def test_init_refuses_mismatched_checkpoints(tmp_path):
@@ -141,8 +142,9 @@ def test_projecting_sampled_rows_equals_projecting_the_map():
 
 
 def test_decoder_export_loads_into_mmseg_aspp_head(tmp_path):
-    from finetune.mmcv_compat import import_mmseg
-    from pretrain.export import export_decoder, load_decoder_export
+    from auxseg.contracts.backbone import load_decoder_export
+    from auxseg.mmseg_compat import import_mmseg
+    from pretrain.export import export_decoder
     from pretrain.model import ASPP
 
     import_mmseg()

@@ -11,11 +11,11 @@ import torch
 import torch.multiprocessing as mp
 
 from auxseg.checkpoint_io import load_checkpoint
-from auxseg.cli import main as auxseg_main
+from auxseg.contracts.backbone import load_backbone_export
+from loop.cli import main as auxseg_main
 from pretrain import losses
 from pretrain.config import OptimConfig
 from pretrain.data import StepSampler, TwoViewDataset, collate, read_label_folder
-from pretrain.export import load_backbone_export
 from pretrain.losses import PixelTargets, targets_at_features
 from pretrain.model import PretrainNet
 from pretrain.train import NonFiniteLossError, lr_at, run, sampled_embeddings
@@ -170,7 +170,7 @@ def test_schedules_are_functions_of_the_iteration():
 
 
 def test_adamw_cosine_and_aspp_decoder_run(gt_label_folder, tmp_path, tiny_config):
-    from pretrain.export import load_decoder_export
+    from auxseg.contracts.backbone import load_decoder_export
 
     cfg = tiny_config(tmp_path / "run", gt_label_folder, "optim.name=adamw", "optim.lr=0.001",
                       "optim.schedule=cosine", "train.max_iters=2", "optim.grad_clip=1.0",
@@ -218,7 +218,7 @@ def test_killed_process_resumes_to_the_same_weights(gt_label_folder, tmp_path, t
     cfg_path = save_config(tiny_config(tmp_path / "b", gt_label_folder, *common), tmp_path / "b.yaml")
     # same intra-op thread count as this process: float sums differ bitwise between thread counts
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=str(repo_dir))
-    proc = subprocess.Popen([sys.executable, "-m", "auxseg.cli", "pretrain", str(cfg_path)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "loop", "pretrain", str(cfg_path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not (tmp_path / "b" / "checkpoints" / "iter_0000002.pth").exists() and time.time() < deadline:

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from finetune import mmcv_compat
-from finetune.mmcv_compat import import_mmseg, point_sample, sigmoid_focal_loss
+from auxseg import mmseg_compat as mmcv_compat
+from auxseg.mmseg_compat import import_mmseg, point_sample, sigmoid_focal_loss
 
 
 def reference_bilinear(feat: torch.Tensor, x: float, y: float) -> torch.Tensor:

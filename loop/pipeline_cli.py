@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from auxseg.cli import add_config_arguments, load_cli_config
-from auxseg.config import ConfigError
+from auxseg.cli import add_config_arguments, run_config_command
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "demo.yaml"
 
 
 def main_pipeline(args: argparse.Namespace) -> int:
-    from auxseg.config import dump_config
-    from auxseg.pipeline import PipelineConfig, run
+    from loop.pipeline import PipelineConfig, run
 
-    cfg = load_cli_config(PipelineConfig, args, f"auxseg {args.command}")
-    if cfg is None:
-        return 2
-    if args.print_config:
-        print(dump_config(cfg), end="")
-        return 0
-    try:
-        run(cfg)
-    except ConfigError as err:
-        print(f"auxseg {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_config_command(args, prog=f"auxseg {args.command}", schema=PipelineConfig, run=run)
 
 
 def add_parser(subparsers) -> None:

@@ -24,6 +24,7 @@ resumes unfinished ones through the stages' own resume.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from auxseg.synthetic import CLASS_NAMES, IGNORE_INDEX, SyntheticSpec, make_synt
 from finetune.config import FinetuneConfig, InitConfig, SplitConfig, resolve_path
 from pretrain.config import PretrainConfig
 
-STEP_FORMAT = "auxseg.pipeline-step/1"
+STEP_FORMAT = "loop.pipeline-step/1"
 
 
 @dataclass
@@ -161,6 +162,66 @@ def check_head_classes(cfg: PipelineConfig, data: Dataset) -> None:
                     f"but the dataset has {data.num_classes} classes (data.num_classes)")
 
 
+# Stage-template keys the pipeline sets itself (besides paths and progress bars, which it always
+# fills in): a template that sets one to another value would be silently overruled, so it is an
+# error that says where the setting belongs instead.
+OWNED_KEYS: dict[str, str] = {
+    "finetune.split": "set `labelled` (the labelled subset every fine-tune uses)",
+    "finetune.init": "set `baseline_init` (the segmenter starts from it; step 4 from the pre-trained export)",
+    "finetune.seed": "set `seeds`",
+    "auxlabels.num_classes": "set `data.num_classes`",
+    "auxlabels.class_names": "set `data.class_names`",
+    "auxlabels.gt_ignore_values": "set `data.ignore_values`",
+    "auxlabels.extractor.name": "the pipeline's extractor is always the seed-0 segmenter (mmseg)",
+    "auxlabels.extractor.checkpoint": "the pipeline's extractor is always the seed-0 segmenter's checkpoint",
+    "auxlabels.extractor.random_init": "the pipeline's extractor is always the trained segmenter",
+    "auxlabels.extractor.config": "the segmenter's own mmseg_config.py is used",
+    "pretrain.model.arch": "the backbone follows `finetune.mmseg_config` (choose an r18 or r50 config there)",
+    "pretrain.model.stem": "the stem follows `finetune.mmseg_config` (ResNetV1c = deep, ResNet = plain)",
+    "pretrain.model.init": "set `baseline_init`",
+}
+
+
+def _value(cfg: Any, dotted: str) -> Any:
+    """The plain-data value of a dotted key of a config dataclass."""
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+
+
+def check_owned_keys(cfg: PipelineConfig, filled: dict[str, Any]) -> None:
+    """Refuse a stage template that sets a key of :data:`OWNED_KEYS` to a value the pipeline would overrule.
+
+    ``filled`` maps each section name ("finetune", "auxlabels", "pretrain") to the
+    stage config the pipeline builds from it. A template value counts as set when
+    it differs from the stage schema's default, and conflicts when it also
+    differs from the pipeline's value.
+    """
+    defaults = {"finetune": FinetuneConfig(), "auxlabels": AuxLabelsConfig(), "pretrain": PretrainConfig()}
+    for key, instead in OWNED_KEYS.items():
+        section, rest = key.split(".", 1)
+        given, used = _value(getattr(cfg, section), rest), _value(filled[section], rest)
+        if given != _value(defaults[section], rest) and given != used:
+            raise ConfigError(f"{key}: the pipeline sets this key itself (to {used!r}), so {given!r} would be "
+                              f"ignored; {instead}, and remove it from the {section} section")
+
+
+def planned_backbone(cfg: PipelineConfig) -> tuple[int | None, str | None]:
+    """(depth, mmseg backbone type) the segmenter will have, read before any training.
+
+    The depth is the mmseg config's; the type is the config's for a random
+    init, else the one the init checkpoint's stem implies (as ``finetune`` sets it).
+    """
+    from auxseg.contracts.backbone import read_backbone_weights
+    from finetune.run import load_mmseg_config
+
+    backbone = load_mmseg_config(cfg.finetune.mmseg_config).get("model", {}).get("backbone", {})
+    depth, backbone_type = backbone.get("depth"), backbone.get("type")
+    if cfg.baseline_init.type != "random" and cfg.baseline_init.checkpoint:
+        backbone_type = read_backbone_weights(resolve_path(cfg.baseline_init.checkpoint), cfg.baseline_init.type).mmseg_type
+    return depth, backbone_type
+
+
 def finetune_config(cfg: PipelineConfig, data: Dataset, work_dir: Path, init: InitConfig, seed: int) -> FinetuneConfig:
     ft = copy.deepcopy(cfg.finetune)
     ft.data_root = str(data.root)
@@ -194,18 +255,18 @@ def auxlabels_config(cfg: PipelineConfig, data: Dataset, out_dir: Path, segmente
     aux.extractor.name = "mmseg"
     aux.extractor.checkpoint = str(segmenter_ckpt)
     aux.extractor.random_init = False
+    aux.extractor.config = str(segmenter_ckpt.parent / "mmseg_config.py")  # written by the segmenter's fine-tune
     aux.progress = cfg.progress
     return aux
 
 
-def pretrain_config(cfg: PipelineConfig, out_dir: Path, labels_dir: Path, segmenter_results: dict) -> PretrainConfig:
+def pretrain_config(cfg: PipelineConfig, out_dir: Path, labels_dir: Path, depth: int | None,
+                    backbone_type: str | None) -> PretrainConfig:
+    """The pre-training step's config; the backbone is the fine-tuned one: same depth and stem as the baseline."""
     pre = copy.deepcopy(cfg.pretrain)
     pre.out_dir = str(out_dir)
     pre.data.source = "folder"
     pre.data.labels = str(labels_dir)
-    # the pre-trained backbone must be the fine-tuned one: same depth and stem as the baseline
-    depth = segmenter_results["init"].get("depth")
-    backbone_type = segmenter_results["init"].get("backbone_type")
     if depth is not None:
         pre.model.arch = f"resnet{depth}"
     if backbone_type is not None:
@@ -228,6 +289,14 @@ def run(cfg: PipelineConfig) -> Path:
     save_config(cfg, work_dir / "config.yaml")
     data = prepare_data(cfg, work_dir)
     check_head_classes(cfg, data)
+    seed0 = cfg.seeds[0]
+    labels_dir, pre_dir = work_dir / "2_auxlabels", work_dir / "3_pretrain"
+    segmenter0 = work_dir / f"1_segmenter_seed{seed0}"
+    check_owned_keys(cfg, {  # before any training: a template key that would be overruled is an error
+        "finetune": finetune_config(cfg, data, segmenter0, cfg.baseline_init, seed0),
+        "auxlabels": auxlabels_config(cfg, data, labels_dir, segmenter0 / "iter.pth"),
+        "pretrain": pretrain_config(cfg, pre_dir, labels_dir, *planned_backbone(cfg)),
+    })
 
     baseline = {}
     for seed in cfg.seeds:
@@ -235,14 +304,12 @@ def run(cfg: PipelineConfig) -> Path:
         ft = finetune_config(cfg, data, step_dir, cfg.baseline_init, seed)
         baseline[seed] = run_step(f"segmenter (seed {seed})", step_dir, ft, lambda ft=ft: run_finetune(ft))
 
-    seed0 = cfg.seeds[0]
-    segmenter_ckpt = last_checkpoint(work_dir / f"1_segmenter_seed{seed0}")
-    labels_dir = work_dir / "2_auxlabels"
+    segmenter_ckpt = last_checkpoint(segmenter0)
     aux = auxlabels_config(cfg, data, labels_dir, segmenter_ckpt)
+    init = baseline[seed0]["init"]
+    pre = pretrain_config(cfg, pre_dir, labels_dir, init.get("depth"), init.get("backbone_type"))
     manifest = run_step("auxlabels", labels_dir, aux, lambda: run_auxlabels(aux))
 
-    pre_dir = work_dir / "3_pretrain"
-    pre = pretrain_config(cfg, pre_dir, labels_dir, baseline[seed0])
     export = run_step("pretrain", pre_dir, pre, lambda: str(run_pretrain(pre)))
 
     pretrained = {}
@@ -251,7 +318,7 @@ def run(cfg: PipelineConfig) -> Path:
         ft = finetune_config(cfg, data, step_dir, InitConfig(type="export", checkpoint=export), seed)
         pretrained[seed] = run_step(f"fine-tune (seed {seed})", step_dir, ft, lambda ft=ft: run_finetune(ft))
 
-    from auxseg.report import write_report
+    from loop.report import write_report
 
     report = write_report(work_dir, data_root=data.root, class_names=data.class_names,
                           manifest=manifest, baseline=baseline, pretrained=pretrained, export=export)

@@ -221,3 +221,12 @@ def import_mmseg():
 
         register_all_modules(init_default_scope=False)
     return mmseg
+
+
+def build_in_mmseg_scope(registry, cfg: dict):
+    """Build from mmseg's registry with 'mmseg' as the default scope (nested types such as
+    SegDataPreProcessor are then found), without changing the process-wide scope."""
+    from mmengine.registry import DefaultScope
+
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        return registry.build(cfg)

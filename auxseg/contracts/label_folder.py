@@ -1,0 +1,165 @@
+"""The auxiliary-label folder (docs/contracts.md section 1): one writer, one reader, one definition.
+
+``auxlabels`` writes a folder with :func:`label_rel`, :func:`labels_digest` and
+:data:`MANIFEST_FORMAT`; ``pretrain`` opens it with :func:`read_label_folder`,
+which checks the manifest against the files before any training starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from auxseg.errors import AuxsegError
+from auxseg.io import atomic_write_json, list_images, read_json, read_label, sha256_file, write_label_png
+
+MANIFEST_FORMAT = "auxseg.auxlabels/1"
+MANIFEST_NAME = "manifest.json"
+LABELS_DIR = "labels"
+SCOPES = ("global", "image")  # global: an id means the same in every image; image: only inside one image
+
+
+class LabelFolderError(AuxsegError, ValueError):
+    """An auxiliary-label folder that is missing, incomplete or inconsistent; names the folder or file."""
+
+
+def label_rel(rel: str | Path) -> str:
+    """Label PNG path (relative to ``labels/``) of an image path: the suffix becomes ``.png``."""
+    return Path(rel).with_suffix(".png").as_posix()
+
+
+def labels_digest(pairs: list[tuple[str, str]]) -> str:
+    """``labels_sha256``: SHA-256 over the sorted ``"<label rel path>\\t<file sha256>\\n"`` lines.
+
+    ``pairs`` are (label path relative to ``labels/`` in POSIX form, hex SHA-256 of the file).
+    """
+    h = hashlib.sha256()
+    for rel, digest in sorted(pairs):
+        h.update(f"{rel}\t{digest}\n".encode())
+    return h.hexdigest()
+
+
+def compute_labels_sha256(labels_dir: str | Path, images: list[str] | tuple[str, ...]) -> str:
+    """The ``labels_sha256`` of the label PNGs of ``images`` (image paths) under ``labels_dir``."""
+    labels_dir = Path(labels_dir)
+    return labels_digest([(label_rel(rel), sha256_file(labels_dir / label_rel(rel))) for rel in images])
+
+
+@dataclass(frozen=True)
+class LabelFolder:
+    """What a consumer needs from an auxiliary-label folder's manifest."""
+
+    root: Path
+    manifest_path: Path
+    num_labels: int
+    ignore_index: int
+    scope: str  # "global" or "image"
+    image_root: Path
+    images: tuple[str, ...]  # the training images: the manifest's images less its eval_images
+    labels_sha256: str
+
+    def label_path(self, rel: str) -> Path:
+        return self.root / LABELS_DIR / label_rel(rel)
+
+
+def read_label_folder(path: str | Path, image_root: str | Path | None = None, verify_hash: bool = True) -> LabelFolder:
+    """Open an auxiliary-label folder, checking its manifest, and return its description.
+
+    Raises :class:`LabelFolderError` naming the folder when the manifest is
+    missing, of another format, marked incomplete, or when a label PNG is
+    missing or the label hash does not match the manifest.
+    """
+    root = Path(path)
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise LabelFolderError(f"{root}: not an auxiliary-label folder (no {MANIFEST_NAME})")
+    try:
+        m = read_json(manifest_path)
+    except ValueError as err:
+        raise LabelFolderError(str(err)) from err
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
+        found = m.get("format") if isinstance(m, dict) else None
+        raise LabelFolderError(f"{manifest_path}: format {found!r}, expected {MANIFEST_FORMAT!r}")
+    if m.get("complete") is not True:
+        raise LabelFolderError(
+            f"{manifest_path}: the label folder is incomplete (complete={m.get('complete')!r}); "
+            "the auxlabels run that wrote it did not finish"
+        )
+    for key in ("num_labels", "ignore_index", "scope", "image_root", "images", "labels_sha256"):
+        if key not in m:
+            raise LabelFolderError(f"{manifest_path}: missing key {key!r}")
+    if m["scope"] not in SCOPES:
+        raise LabelFolderError(f"{manifest_path}: scope {m['scope']!r} is not 'global' or 'image'")
+    labelled = tuple(str(r) for r in m["images"])
+    # validation images are labelled only so their PmIoU can be measured: never train on them
+    eval_only = {str(r) for r in m.get("eval_images", [])}
+    images = tuple(r for r in labelled if r not in eval_only)
+    if not images:
+        raise LabelFolderError(
+            f"{manifest_path}: no training images (the image list is empty"
+            + (f" once its {len(eval_only)} eval_images are left out)" if eval_only else ")")
+        )
+    folder = LabelFolder(
+        root=root,
+        manifest_path=manifest_path,
+        num_labels=int(m["num_labels"]),
+        ignore_index=int(m["ignore_index"]),
+        scope=str(m["scope"]),
+        image_root=Path(image_root) if image_root else Path(m["image_root"]),
+        images=images,
+        labels_sha256=str(m["labels_sha256"]),
+    )
+    missing = [r for r in labelled if not folder.label_path(r).is_file()]
+    if missing:
+        raise LabelFolderError(f"{root}: {len(missing)} label PNGs missing, e.g. {folder.label_path(missing[0])}")
+    if not folder.image_root.is_dir():
+        raise LabelFolderError(
+            f"{manifest_path}: image_root {folder.image_root} does not exist (set data.image_root if the images moved)"
+        )
+    if verify_hash:
+        digest = compute_labels_sha256(root / LABELS_DIR, labelled)
+        if digest != folder.labels_sha256:
+            raise LabelFolderError(
+                f"{manifest_path}: labels_sha256 does not match the label PNGs on disk "
+                f"(manifest {folder.labels_sha256[:12]}..., files {digest[:12]}...); the labels changed "
+                "after the manifest was written (data.verify_hash=false skips this check)"
+            )
+    return folder
+
+
+def write_groundtruth_label_folder(dataset_root: str | Path, out: str | Path, split: str = "train",
+                                   num_classes: int | None = None) -> Path:
+    """Write ground-truth label maps of a CamVid-layout dataset as an auxiliary-label folder.
+
+    Perfectly informative "auxiliary labels" (scope "global"), in the exact
+    format of this contract; used by the tiny presets and the tests so
+    pre-training runs without the auxlabels stage.
+    """
+    dataset_root, out = Path(dataset_root), Path(out)
+    image_root = dataset_root / split
+    images = [p.as_posix() for p in list_images(image_root)]
+    info = read_json(dataset_root / "dataset.json") if (dataset_root / "dataset.json").is_file() else {}
+    k = int(num_classes or info.get("num_classes", 0))
+    if k <= 0:
+        raise LabelFolderError(f"{dataset_root}: give num_classes (no dataset.json with num_classes)")
+    ignore = 255
+    for rel in images:
+        gt = read_label(dataset_root / f"{split}annot" / label_rel(rel))
+        lab = np.where(gt < k, gt, ignore).astype(np.uint8)
+        write_label_png(out / LABELS_DIR / label_rel(rel), lab)
+    atomic_write_json(out / MANIFEST_NAME, {
+        "format": MANIFEST_FORMAT,
+        "num_labels": k,
+        "ignore_index": ignore,
+        "dtype": "uint8",
+        "scope": "global",
+        "image_root": str(image_root.resolve()),
+        "images": images,
+        "labels_sha256": compute_labels_sha256(out / LABELS_DIR, images),
+        "complete": True,
+        "extractor": "ground truth",
+    })
+    return out
