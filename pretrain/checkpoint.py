@@ -19,7 +19,7 @@ import torch.nn as nn
 from auxseg.checkpoint_io import CheckpointError, check_keys, load_checkpoint, save_checkpoint
 from auxseg.contracts.backbone import read_backbone_weights
 
-STATE_FORMAT = "auxseg.pretrain-state/1"
+STATE_FORMAT = "auxseg.pretrain-state/2"  # /2: model = network (net.*) + objective (objective.*)
 _CKPT_RE = re.compile(r"iter_(\d+)\.pth$")
 
 
@@ -63,8 +63,13 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        scaler: torch.amp.GradScaler, iteration: int, config: dict, keep: int = 0) -> Path:
-    """Write a resumable checkpoint atomically; keep only the newest ``keep`` in its folder (0 = all)."""
+                        scaler: torch.amp.GradScaler, iteration: int, config: dict, keep: int = 0,
+                        labels_sha256: str | None = None) -> Path:
+    """Write a resumable checkpoint atomically; keep only the newest ``keep`` in its folder (0 = all).
+
+    ``labels_sha256`` identifies the label folder trained on: a resume from a
+    different folder is refused (:func:`load_training_state`).
+    """
     path = Path(path)
     save_checkpoint({
         "format": STATE_FORMAT,
@@ -74,6 +79,7 @@ def save_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
         "rng": rng_state(),
         "config": config,
+        "labels_sha256": labels_sha256,
     }, path)
     if keep > 0:
         old = sorted(p for p in path.parent.glob("iter_*.pth") if _CKPT_RE.search(p.name))[:-keep]
@@ -82,23 +88,41 @@ def save_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
     return path
 
 
+def _resume_sections(config: dict) -> tuple[str, ...]:
+    """The config sections a resumed run must share with its checkpoint: the network and the objective."""
+    name = (config.get("loss") or {}).get("name")
+    return ("model", "loss.name", f"loss.{name}")
+
+
+def _section(config: dict, dotted: str):
+    for part in dotted.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
 def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        scaler: torch.amp.GradScaler, config: dict) -> int:
+                        scaler: torch.amp.GradScaler, config: dict, labels_sha256: str | None = None) -> int:
     """Restore model, optimizer, scaler and RNG from a training checkpoint; returns its iteration.
 
-    Refuses a checkpoint whose model or loss settings differ from ``config``
-    (resuming those would silently train something else).
+    Refuses a checkpoint whose model or objective settings differ from ``config``,
+    or that was trained on another label set than ``labels_sha256`` (resuming
+    those would silently train something else).
     """
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a pretrain training checkpoint (format {STATE_FORMAT!r})")
     saved = ckpt.get("config", {})
-    for section in ("model", "loss"):
-        if saved.get(section) != config.get(section):
+    for section in _resume_sections(config):
+        if _section(saved, section) != _section(config, section):
             raise CheckpointError(
                 f"{path}: its {section} config differs from this run's; resume with the same settings "
-                f"(saved {saved.get(section)}, now {config.get(section)})"
+                f"(saved {_section(saved, section)}, now {_section(config, section)})"
             )
+    if labels_sha256 is not None and ckpt.get("labels_sha256") not in (None, labels_sha256):
+        raise CheckpointError(
+            f"{path}: it was trained on another label set (labels_sha256 {str(ckpt['labels_sha256'])[:12]}..., "
+            f"data.labels now gives {labels_sha256[:12]}... from {_section(config, 'data.labels') or 'the synthetic data'}); "
+            "resume with the same label folder, or use a new out_dir")
     state = ckpt["model"]
     check_keys(model.state_dict().keys(), state.keys(), path, "model")
     model.load_state_dict(state)

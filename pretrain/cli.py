@@ -18,7 +18,7 @@ Cross-image pixel contrastive pre-training on auxiliary labels (stage 2).
 
 Reads the auxiliary-label folder named by data.labels (its manifest gives the
 number of labels, ignore value and image folder), trains the backbone with a
-supervised pixel InfoNCE loss over two augmented views of every image, and
+pre-training objective (default: supervised pixel InfoNCE, loss.name=infonce) over two augmented views of every image, and
 writes to out_dir: config.yaml, log.jsonl, tensorboard/, checkpoints/iter_*.pth
 (resumable; a rerun resumes automatically) and the backbone export
 backbone_mmseg.pth (+ backbone_torchvision.pth for the plain stem, + decoder_mmseg.pth
@@ -31,15 +31,22 @@ EPILOG = """\
 examples:
   auxseg pretrain configs/pretrain/tiny.yaml
   auxseg pretrain configs/pretrain/default.yaml data.labels=work/auxlabels out_dir=work/pretrain
-  auxseg pretrain configs/pretrain/default.yaml loss.mode=pixel model.stem=deep train.device=cuda train.amp=bf16
+  auxseg pretrain configs/pretrain/default.yaml loss.infonce.mode=pixel model.stem=deep train.device=cuda train.amp=bf16
   auxseg pretrain --export work/pretrain/checkpoints/iter_0010000.pth --out work/export
 """
+
+
+def _objective_list() -> str:
+    from pretrain.objectives import OBJECTIVES
+
+    lines = [f"  {name:<18} {(cls.__doc__ or '').strip().splitlines()[0]}" for name, cls in OBJECTIVES.items()]
+    return "\nobjectives (loss.name; settings under loss.<name>):\n" + "\n".join(lines) + "\n"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "pretrain", help="contrastive pre-training on auxiliary labels (stage 2)", description=DESCRIPTION,
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG + _objective_list(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(p, "pretrain", "train.max_iters=100", optional=True)
     p.add_argument("--export", metavar="CHECKPOINT",
@@ -55,13 +62,13 @@ def export_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None
     from pretrain.checkpoint import STATE_FORMAT
     from pretrain.data import read_label_folder
     from pretrain.export import export_backbone, export_decoder
-    from pretrain.model import PretrainNet
+    from pretrain.train import PretrainModel
 
     ckpt = load_checkpoint(checkpoint)
     if not isinstance(ckpt, dict) or ckpt.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{checkpoint}: not a pretrain training checkpoint (format {STATE_FORMAT!r})")
     cfg = from_dict(PretrainConfig, ckpt["config"])
-    model = PretrainNet(cfg.model)
+    model = PretrainModel(cfg)
     model.load_state_dict(ckpt["model"])
     sha, manifest = None, None
     try:
@@ -72,9 +79,9 @@ def export_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None
         print(f"warning: label folder not readable ({err}); the export meta will not name it", file=sys.stderr)
     provenance = dict(config=ckpt["config"], iteration=ckpt["iteration"], auxlabels_sha256=sha,
                       auxlabels_manifest=manifest)
-    paths = export_backbone(model.backbone, out or cfg.out_dir, **provenance)
-    if model.decoder is not None:
-        paths["decoder"] = export_decoder(model.decoder, out or cfg.out_dir, **provenance)
+    paths = export_backbone(model.net.backbone, out or cfg.out_dir, **provenance)
+    if model.net.decoder is not None:
+        paths["decoder"] = export_decoder(model.net.decoder, out or cfg.out_dir, **provenance)
     return paths
 
 

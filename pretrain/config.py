@@ -8,7 +8,7 @@ Stage 2) and are marked "choice" where the sources are silent. Presets live in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Literal
 
 
@@ -59,8 +59,6 @@ class ModelConfig:
     stem: Literal["plain", "deep"] = "plain"  # plain = torchvision/ResNetV1b, deep = mmseg ResNetV1c
     decoder: Literal["none", "aspp"] = "none"  # pre-train the DeepLabV3 ASPP decoder too
     decoder_channels: int = 512  # choice (mmseg's DeepLabV3 uses 512)
-    head_hidden: int = 512  # choice: hidden width of the 2-layer 1x1-conv projection head
-    embed_dim: int = 256  # choice (method.md): projection output, L2-normalised
     # Initialisation: "random", or a checkpoint path (torchvision ImageNet state_dict, MoCo v2
     # checkpoint, or our own backbone export); keys are checked exactly.
     init: str = "random"
@@ -69,25 +67,29 @@ class ModelConfig:
     norm: Literal["train", "sync", "frozen"] = "train"
 
 
-@dataclass
-class LossConfig:
-    # aux: positives = same auxiliary label in any image/view (the method).
-    # pixel: baseline #1, positives = the same original pixel in the other view.
-    # superpixel: baseline #2, positives = the same superpixel (a label folder of scope "image").
-    mode: Literal["aux", "pixel", "superpixel"] = "aux"
-    name: str = "infonce"  # key into pretrain.losses.LOSSES
-    temperature: float = 0.1  # method.md, Stage 2
-    budget: int = 2048  # sampled pixels per step over the whole batch, both views (method.md: 1-4k)
-    min_per_label: int = 2  # a label is only sampled with at least this many pixels (>= 2: a positive)
-    pixel_cell: int = 8  # baseline #1: original pixels in the same cell x cell square count as "the same"
+def _loss_schema() -> type:
+    """``loss``: the objective's name plus one typed section per registered objective (``loss.<name>``).
 
-    def __post_init__(self) -> None:
-        if self.min_per_label < 2:
-            raise ValueError(f"min_per_label must be >= 2 (an anchor needs a positive), got {self.min_per_label}")
-        if self.budget < self.min_per_label:
-            raise ValueError(f"budget ({self.budget}) must be >= min_per_label ({self.min_per_label})")
-        if self.temperature <= 0 or self.pixel_cell < 1:
-            raise ValueError("temperature must be > 0 and pixel_cell >= 1")
+    Built from :data:`pretrain.objectives.OBJECTIVES`, so a new objective's
+    section is validated like every other (unknown keys and wrong types are errors).
+    """
+    from pretrain.objectives import OBJECTIVES
+
+    def check_name(self) -> None:
+        if self.name not in OBJECTIVES:
+            raise ValueError(f"loss.name: {self.name!r} is not a registered objective (known: {', '.join(OBJECTIVES)})")
+
+    fields = [("name", str, field(default="infonce"))]
+    fields += [(name, cls.Config, field(default_factory=cls.Config)) for name, cls in OBJECTIVES.items()]
+    return make_dataclass("LossConfig", fields, namespace={"__post_init__": check_name, "__module__": __name__})
+
+
+LossConfig = _loss_schema()
+
+
+def objective_section(loss_cfg) -> object:
+    """The config section of the chosen objective, ``loss.<loss.name>``."""
+    return getattr(loss_cfg, loss_cfg.name)
 
 
 @dataclass

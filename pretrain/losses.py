@@ -1,23 +1,21 @@
-"""Pixel contrastive objectives as pure functions, and what they consume.
+"""The math of the pixel objectives as pure functions: targets, balanced sampling, losses.
 
-An objective sees pixel embeddings and a per-pixel target structure,
-:class:`PixelTargets`. Today that structure holds hard ids (auxiliary labels,
-original-pixel cells or superpixels, made unique per image where needed);
-it has room for soft per-pixel label distributions so probabilistic-label
-objectives (e.g. the implicit-posterior QR/RQ losses) plug in as further
-entries of :data:`LOSSES` without touching the training loop.
+The objectives (:mod:`pretrain.objectives`) call these; each takes tensors and
+returns tensors, with every shape in its docstring and a hand-computed test.
+:class:`PixelTargets` holds hard ids (auxiliary labels, original-pixel cells
+or superpixels, made unique per image where needed) and has room for soft
+per-pixel label distributions.
 
-Pipeline in one step (``pretrain.train``):
+The ``infonce`` objective in one step:
 
     label/coords maps [B, 2, S, S]  --targets_at_features-->  ids [B, 2, h, w]  (-1 = ignore)
     ids --sample_balanced--> indices of <= budget pixels (balanced over ids)
-    embeddings at those pixels [N, D] + PixelTargets(ids [N]) --LOSSES[name]--> loss, stats
+    embeddings at those pixels [N, D] + PixelTargets(ids [N]) --supervised_infonce--> loss, stats
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -144,6 +142,35 @@ def sample_balanced(ids: torch.Tensor, budget: int, min_per_label: int = 2,
 # ----------------------------------------------------------------------------- losses
 
 
+class _LogSumExpOverOthers(torch.autograd.Function):
+    """``lse_i = log sum_{j != self_col[i]} exp(q_i . k_j)`` for ``q [A, D]``, ``k [N, D]``, ``self_col [A]``.
+
+    The InfoNCE denominator with a hand-written backward, so the pairwise work holds two ``[A, N]``
+    fp32 buffers at most, forward or backward: autograd's own ``logsumexp`` backward keeps the
+    logits and makes three more. Forward: logits ``q k^T`` (its own buffer, so the self pairs are
+    set to -inf in place) and logsumexp's temporary; the logits are saved. Backward: the softmax
+    ``exp(logit - lse)``, 0 at the self pairs, scaled by the incoming gradient in place, gives
+    ``dq = P k`` and ``dk = P^T q``. Always fp32 (autocast off inside), as the loss's contract says.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, self_col: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(q.device.type, enabled=False):
+            logits = torch.mm(q, k.t())  # [A, N]
+            logits.scatter_(1, self_col[:, None], float("-inf"))
+            lse = torch.logsumexp(logits, dim=1)  # [A]
+        ctx.save_for_backward(q, k, logits, lse)
+        return lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        q, k, logits, lse = ctx.saved_tensors
+        with torch.autocast(q.device.type, enabled=False):
+            p = (logits - lse[:, None]).exp_().mul_(grad[:, None])  # [A, N], saved logits left intact
+            return p.mm(k), p.t().mm(q), None
+
+
 def supervised_infonce(feats: torch.Tensor, targets: PixelTargets, temperature: float = 0.1) -> tuple[torch.Tensor, dict]:
     """Supervised pixel InfoNCE over sampled pixels (method.md, Stage 2; temperature 0.1).
 
@@ -169,7 +196,41 @@ def supervised_infonce(feats: torch.Tensor, targets: PixelTargets, temperature: 
     """
     ids = targets.ids
     n = feats.shape[0]
-    feats = feats.float()
+    feats = feats.to(torch.promote_types(feats.dtype, torch.float32))  # fp16/bf16 -> fp32, float64 stays
+    # |P(i)| from per-id counts instead of an [N, N] equality mask
+    _, group, counts = torch.unique(ids, return_inverse=True, return_counts=True)  # group [N], counts [U]
+    num_pos = counts[group] - 1  # [N]
+    has_pos = num_pos > 0
+    if not bool(has_pos.any()):
+        # nothing to contrast (e.g. a batch that is all ignore/padding): a zero loss that keeps the
+        # graph connected, so every process of a DDP run still reduces (zero) gradients
+        return feats.sum() * 0.0, {"anchors": 0, "positives_per_anchor": 0.0, "loss_chance": 0.0, "loss_floor": 0.0}
+    anchors = has_pos.nonzero().squeeze(1)  # [A]; rows without a positive add nothing, so skip them
+    a = anchors.numel()
+    anchor_feats = feats[anchors] / temperature  # [A, D], temperature folded into the small operand
+    lse = _LogSumExpOverOthers.apply(anchor_feats, feats, anchors)  # [A], the only [A, N] work
+    # sum_{p in P(i)} logit[i, p] = f_i/t . (sum of f over id(i) - f_i): per-id feature sums, no [N, N] mask;
+    # a product and a sum (not a matmul), so fp32 under autocast too
+    id_sums = feats.new_zeros(counts.numel(), feats.shape[1]).index_add_(0, group, feats)  # [U, D]
+    pos_sum = (anchor_feats * (id_sums[group[anchors]] - feats[anchors])).sum(1)  # [A]
+    # mean over P(i) of log_prob[i, p] = pos_sum / |P(i)| - lse_i
+    loss = (lse - pos_sum / num_pos[anchors].to(feats.dtype)).mean()
+    pos_counts = num_pos[anchors].float()
+    stats = {"anchors": a, "positives_per_anchor": float(pos_counts.mean()),
+             "loss_chance": math.log(n - 1), "loss_floor": float(pos_counts.log().mean())}
+    return loss, stats
+
+
+def _infonce_dense_reference(feats: torch.Tensor, targets: PixelTargets,
+                             temperature: float = 0.1) -> tuple[torch.Tensor, dict]:
+    """The former dense formulation of :func:`supervised_infonce` (same contract), kept only as the
+    reference that ``tests/pretrain/test_pre_losses.py`` and ``tools/bench_infonce.py`` compare
+    against; about five ``[N, N]`` intermediates (~21 bytes per pixel pair) in the forward. Only
+    change: float64 input stays float64 (was cast to fp32), so the comparison can be exact.
+    """
+    ids = targets.ids
+    n = feats.shape[0]
+    feats = feats.to(torch.promote_types(feats.dtype, torch.float32))  # fp16/bf16 -> fp32, float64 stays
     logits = feats @ feats.t() / temperature  # [N, N]
     self_mask = torch.eye(n, dtype=torch.bool, device=feats.device)
     logits = logits.masked_fill(self_mask, float("-inf"))
@@ -187,11 +248,3 @@ def supervised_infonce(feats: torch.Tensor, targets: PixelTargets, temperature: 
     stats = {"anchors": int(has_pos.sum()), "positives_per_anchor": float(pos_counts.mean()),
              "loss_chance": math.log(n - 1), "loss_floor": float(pos_counts.log().mean())}
     return loss, stats
-
-
-LossFn = Callable[..., tuple[torch.Tensor, dict]]
-
-LOSSES: dict[str, LossFn] = {
-    "infonce": supervised_infonce,
-}
-"""Objectives by name (``loss.name``): ``fn(feats [N, D], targets: PixelTargets, temperature=...)``."""

@@ -1,5 +1,5 @@
 """The network being pre-trained: a dilated ResNet (output stride 8), optionally
-a DeepLabV3 ASPP decoder, and a projection head that is dropped at export.
+a DeepLabV3 ASPP decoder; and the projection head that objectives put on top (dropped at export).
 
 Backbone parameter names are mmseg's: a plain stem (``conv1``/``bn1``, the
 torchvision / ResNetV1b stem) gives keys identical to torchvision's ResNet
@@ -12,12 +12,15 @@ stage at half the dilation, i.e. mmseg's DeepLabV3 setting ``contract_dilation=T
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from pretrain.config import ModelConfig
+if TYPE_CHECKING:  # not imported at run time: pretrain.config builds its loss schema from the objectives,
+    from pretrain.config import ModelConfig  # which import this module
 
 ARCH_CHANNELS = {"resnet18": 512, "resnet50": 2048}
 
@@ -127,11 +130,10 @@ class ProjectionHead(nn.Module):
 
 
 class PretrainNet(nn.Module):
-    """Backbone (+ optional ASPP decoder) + projection head.
+    """Backbone (+ optional ASPP decoder): the representation being pre-trained.
 
-    ``forward(x [B, 3, H, W]) -> features [B, C, h, w]`` (the representation being
-    pre-trained); ``head.rows(features at sampled pixels [N, C]) -> embeddings [N, D]``;
-    ``embed(x) -> [B, D, h, w]`` projects the whole map.
+    ``forward(x [B, 3, H, W]) -> features [B, C, h, w]`` with ``C = out_channels``.
+    Heads belong to the objective (:mod:`pretrain.objectives`), not to the network.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -141,14 +143,11 @@ class PretrainNet(nn.Module):
         self.decoder = ASPP(channels, cfg.decoder_channels) if cfg.decoder == "aspp" else None
         if self.decoder is not None:
             channels = self.decoder.out_channels
-        self.head = ProjectionHead(channels, cfg.head_hidden, cfg.embed_dim)
+        self.out_channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.backbone(x)
         return self.decoder(f) if self.decoder is not None else f
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self(x))
 
 
 def set_frozen_bn(model: nn.Module) -> None:

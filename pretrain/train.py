@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from auxseg.config import save_config, to_dict
 from auxseg.errors import AuxsegError
-from auxseg.io import atomic_write_text
+from auxseg.io import append_jsonl, atomic_write_text, read_jsonl
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 from pretrain.checkpoint import (
     checkpoint_path,
@@ -33,7 +32,7 @@ from pretrain.checkpoint import (
     load_training_state,
     save_training_state,
 )
-from pretrain.config import OptimConfig, PretrainConfig
+from pretrain.config import OptimConfig, PretrainConfig, objective_section
 from pretrain.data import (
     LabelFolder,
     LabelFolderError,
@@ -45,15 +44,13 @@ from pretrain.data import (
 )
 from pretrain.distributed import (
     DistInfo,
-    all_gather_cat,
     barrier,
     cleanup,
-    gather_rows_with_grad,
     init_distributed,
 )
 from pretrain.export import export_backbone, export_decoder
-from pretrain.losses import LOSSES, PixelTargets, sample_balanced, targets_at_features
 from pretrain.model import PretrainNet, set_frozen_bn
+from pretrain.objectives import StepBatch, build_objective
 
 
 class NonFiniteLossError(AuxsegError, FloatingPointError):
@@ -75,13 +72,20 @@ def lr_at(it: int, cfg: OptimConfig, max_iters: int) -> float:
     return cfg.lr
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (momentum) or AdamW; no weight decay on norm weights and biases (choice)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def build_optimizer(model: PretrainModel, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (momentum) or AdamW; no weight decay on norm weights and biases (choice).
+
+    The objective's parameters get their own groups with ``lr_mult`` (the loop
+    sets each group's lr to ``lr_at(it) * lr_mult``).
+    """
+    groups = []
+    for part, mult in ((model.net, 1.0), (model.objective, model.objective.lr_mult)):
+        decay, no_decay = [], []
+        for p in part.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        groups += [{"params": ps, "weight_decay": wd, "lr_mult": mult}
+                   for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)) if ps]
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.name == "adamw":
@@ -89,47 +93,31 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     raise ValueError(f"optim.name: {cfg.name!r} is not 'sgd' or 'adamw'")
 
 
-# ----------------------------------------------------------------------------- one step's pieces
+# ----------------------------------------------------------------------------- the trained module
 
 
-def sampled_embeddings(features: torch.Tensor, ids_local: torch.Tensor, budget: int, min_per_label: int,
-                       generator: torch.Generator, project=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample pixels over the global batch and return their embeddings and ids, in the same order on every rank.
+class PretrainModel(nn.Module):
+    """What is trained and checkpointed: the network (exported) and the objective (its heads; dropped at export).
 
-    Args:
-        features: ``[b*V, C, h, w]`` this process's feature maps (image-major, then view).
-        ids_local: ``[b, V, h, w]`` int64 target ids, -1 = ignore.
-        project: ``[n, C] -> [n, D]`` applied to this process's sampled rows before the
-            gather (the projection head); None keeps the features.
-
-    Returns:
-        feats ``[N, D]`` (with gradient, gathered from all processes), ids ``[N]``.
+    ``forward(images)`` runs the network only, so DDP wraps this module and
+    the objective, called on the unwrapped module, still has its gradients reduced.
     """
-    ids_global = all_gather_cat(ids_local).reshape(-1)  # [B*V*h*w], rank order = single-process order
-    sel = sample_balanced(ids_global, budget, min_per_label, generator)  # [N], identical on all ranks
-    per_rank = ids_local.numel()
-    owner = sel // per_rank  # [N] which process holds each sampled pixel
-    world = ids_global.numel() // per_rank
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    mine = sel[owner == rank] - rank * per_rank  # local flat indices (image*V+view, y, x)
-    _, _, h, w = features.shape
-    n_img, yx = mine // (h * w), mine % (h * w)
-    feats_local = features[n_img, :, yx // w, yx % w]  # [n_r, C] without copying the whole map
-    if project is not None:
-        feats_local = project(feats_local)  # [n_r, D]
-    counts = [int((owner == r).sum()) for r in range(world)]
-    pieces = gather_rows_with_grad(feats_local, counts)  # per rank, in that rank's sel order
-    # back to the order of `sel`: position of each row of cat(pieces) in sel
-    where = torch.cat([(owner == r).nonzero().squeeze(1) for r in range(world)])
-    feats = torch.cat(pieces)[torch.argsort(where)]  # [N, D] in the order of sel
-    return feats, ids_global[sel]
+
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__()
+        self.net = PretrainNet(cfg.model)
+        # built right after the network: the same seeded draw gives the same initial weights as before
+        self.objective = build_objective(cfg.loss.name, objective_section(cfg.loss), self.net.out_channels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
 
 
 @dataclass
 class TrainState:
     """What :func:`train` needs besides the config."""
 
-    model: nn.Module  # PretrainNet, possibly DDP-wrapped
+    model: nn.Module  # PretrainModel, possibly DDP-wrapped
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     loader: DataLoader
@@ -142,12 +130,11 @@ class TrainState:
 def train(cfg: PretrainConfig, st: TrainState) -> int:
     """Run iterations ``st.start_iter .. stop`` and return the iteration reached."""
     out = Path(cfg.out_dir)
-    tc, lc = cfg.train, cfg.loss
+    tc = cfg.train
     stop = min(tc.max_iters, tc.stop_at) if tc.stop_at > 0 else tc.max_iters
-    net = st.model.module if hasattr(st.model, "module") else st.model
-    loss_fn = LOSSES[lc.name]
+    model = st.model.module if hasattr(st.model, "module") else st.model
+    objective = model.objective
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
-    per_image_ids = st.folder.scope == "image"
     writer = None
     if st.dist.is_main and tc.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -166,59 +153,50 @@ def train(cfg: PretrainConfig, st: TrainState) -> int:
         # --- schedule: a function of the iteration
         lr = lr_at(it, cfg.optim, tc.max_iters)
         for group in st.optimizer.param_groups:
-            group["lr"] = lr
-        # --- forward both views of every image: [b, 2, 3, S, S] -> [b*2, 3, S, S]
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+        # --- forward both views of every image: [b, 2, 3, S, S] -> [b*2, 3, S, S], then the objective
         images = batch["image"].to(st.device, non_blocking=True).flatten(0, 1)
+        step = StepBatch(
+            label=batch["label"].to(st.device), coords=batch["coords"].to(st.device),
+            index=batch["index"].to(st.device), size=batch["size"].to(st.device), folder=st.folder, iteration=it,
+            generator=torch.Generator().manual_seed(tc.seed * 1_000_003 + it),  # same draw on every rank, every run
+        )
         with torch.autocast(st.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             features = st.model(images)  # [b*2, C, h, w]
-        # --- targets at feature resolution, then balanced sampling over the global batch
-        h, w = features.shape[-2:]
-        ids = targets_at_features(
-            lc.mode, batch["label"].to(st.device), batch["coords"].to(st.device), batch["index"].to(st.device),
-            batch["size"][:, 1].to(st.device), h=h, w=w, num_labels=st.folder.num_labels,
-            ignore_index=st.folder.ignore_index, per_image_ids=per_image_ids, pixel_cell=lc.pixel_cell,
-        )  # [b, 2, h, w]
-        gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + it)  # same draw on every rank, every run
-        with torch.autocast(st.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            # the pointwise projection head runs on the sampled pixels only: [N, D], L2-normalised
-            feats, sel_ids = sampled_embeddings(features, ids, lc.budget, lc.min_per_label, gen, project=net.head.rows)
-        # --- loss, backward, step
-        loss, stats = loss_fn(feats, PixelTargets(sel_ids), temperature=lc.temperature)
+            loss, stats = objective(features, step)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at iteration {it} (lr {lr:.3g}); stopping. The last good checkpoint "
                 f"is {latest_checkpoint(out)}. Lower optim.lr, enable optim.grad_clip or check the inputs."
             )
+        # --- backward, step
         st.optimizer.zero_grad(set_to_none=True)
         st.scaler.scale(loss).backward()
         if cfg.optim.grad_clip > 0:
             st.scaler.unscale_(st.optimizer)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         st.scaler.step(st.optimizer)
         st.scaler.update()
         it += 1
-        # --- log, checkpoint
+        # --- log, checkpoint: the stats are whatever the objective reports
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", pos=f"{stats['positives_per_anchor']:.1f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}",
+                        **{short: f"{stats[key]:.1f}" for key, short in objective.progress_stats.items() if key in stats})
         if st.dist.is_main and (it % tc.log_every == 0 or it == stop):
             record = {"iter": it, "loss": loss.item(), "lr": lr, "data_time": data_time, **stats}
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(out / "log.jsonl", record)
             if writer is not None:
-                for key in ("loss", "loss_chance", "loss_floor", "lr", "positives_per_anchor", "anchors", "data_time"):
-                    if key in record:  # a loss in LOSSES may report fewer stats
-                        writer.add_scalar(f"train/{key}", record[key], it)
+                for key, value in record.items():
+                    if key != "iter" and isinstance(value, int | float):
+                        writer.add_scalar(f"train/{key}", value, it)
         if writer is not None and (it % tc.histogram_every == 0 or it == st.start_iter + 1):
-            valid = ids[ids >= 0]
-            if lc.mode == "aux" and valid.numel():
-                # label histogram of the batch (ids are label values for scope "global")
-                writer.add_histogram("train/label_histogram", (valid % st.folder.num_labels).cpu(), it,
-                                     bins=np.arange(st.folder.num_labels + 1) - 0.5)
-            writer.add_histogram("train/sampled_ids_per_label", torch.unique(sel_ids, return_counts=True)[1].cpu(), it)
+            for name, (values, bins) in objective.histograms().items():
+                writer.add_histogram(f"train/{name}", values, it, **({"bins": bins} if bins is not None else {}))
         if (tc.checkpoint_every and it % tc.checkpoint_every == 0) or it == stop:
             if st.dist.is_main:
-                save_training_state(checkpoint_path(out, it), model=net, optimizer=st.optimizer, scaler=st.scaler,
-                                    iteration=it, config=to_dict(cfg), keep=tc.keep_checkpoints)
+                save_training_state(checkpoint_path(out, it), model=model, optimizer=st.optimizer, scaler=st.scaler,
+                                    iteration=it, config=to_dict(cfg), keep=tc.keep_checkpoints,
+                                    labels_sha256=st.folder.labels_sha256)
             barrier()
         t_data = time.perf_counter()
         if it >= stop:
@@ -250,11 +228,21 @@ def prepare_label_folder(cfg: PretrainConfig, dist: DistInfo) -> LabelFolder:
 
 
 def truncate_log(path: Path, iteration: int) -> None:
-    """Drop log records after ``iteration`` (written by a run that died after its last checkpoint)."""
+    """Drop log records after ``iteration`` (written by a run that died after its last checkpoint).
+
+    A torn last line (what a kill -9 mid-write leaves) is dropped too; corruption
+    elsewhere is an error naming the file and line.
+    """
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["iter"] <= iteration]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+    keep = [r for r in read_jsonl(path) if r.get("iter", 0) <= iteration]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def _describe(section) -> str:
+    """``mode=aux`` style summary of an objective's settings that have a short value (for the start-up line)."""
+    mode = getattr(section, "mode", None)
+    return f"(mode {mode})" if mode is not None else ""
 
 
 def _worker_init(_: int) -> None:
@@ -287,15 +275,11 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
     if cfg.model.norm == "sync" and dist.world_size > 1 and device.type != "cuda":
         raise ValueError("model.norm=sync needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
                          "use model.norm=frozen or train for multi-process CPU runs")
-    if cfg.loss.name not in LOSSES:
-        raise ValueError(f"loss.name: {cfg.loss.name!r} is not one of {sorted(LOSSES)}")
     folder = prepare_label_folder(cfg, dist)
-    if cfg.loss.mode == "superpixel" and folder.scope != "image":
-        raise LabelFolderError(f"{folder.manifest_path}: loss.mode=superpixel needs a label folder of scope "
-                               f"'image' (superpixel ids), this one has scope {folder.scope!r}")
     torch.manual_seed(tc.seed)  # same initial weights on every rank (DDP also broadcasts them)
-    model = PretrainNet(cfg.model)
-    init_desc = init_backbone(model.backbone, cfg.model.init)
+    model = PretrainModel(cfg)
+    model.objective.check_folder(folder)
+    init_desc = init_backbone(model.net.backbone, cfg.model.init)
     if cfg.model.norm == "sync" and dist.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -304,7 +288,8 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
     start = 0
     resume = latest_checkpoint(out) if tc.resume == "auto" else (None if tc.resume == "none" else Path(tc.resume))
     if resume is not None:
-        start = load_training_state(resume, model=model, optimizer=optimizer, scaler=scaler, config=to_dict(cfg))
+        start = load_training_state(resume, model=model, optimizer=optimizer, scaler=scaler, config=to_dict(cfg),
+                                    labels_sha256=folder.labels_sha256)
         if dist.is_main:
             truncate_log(out / "log.jsonl", start)
     ddp_model = model
@@ -316,7 +301,8 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
                         num_workers=cfg.data.num_workers, worker_init_fn=_worker_init,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     if dist.is_main:
-        print(f"pretrain: {len(folder.images)} images, K={folder.num_labels} ({folder.scope}), mode {cfg.loss.mode}, "
+        print(f"pretrain: {len(folder.images)} images, K={folder.num_labels} ({folder.scope}), objective "
+              f"{cfg.loss.name} {_describe(objective_section(cfg.loss))}, "
               f"{cfg.model.arch}/{cfg.model.stem}, init {init_desc}, iterations {start}..{tc.max_iters}, "
               f"{dist.world_size} process(es) on {device}", flush=True)
     it = start
@@ -328,8 +314,8 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
     if dist.is_main:
         provenance = dict(config=to_dict(cfg), iteration=it, auxlabels_sha256=folder.labels_sha256,
                           auxlabels_manifest=str(folder.manifest_path))
-        paths = export_backbone(model.backbone, out, **provenance)
-        if model.decoder is not None:
-            export_decoder(model.decoder, out, **provenance)
+        paths = export_backbone(model.net.backbone, out, **provenance)
+        if model.net.decoder is not None:
+            export_decoder(model.net.decoder, out, **provenance)
     barrier()
     return paths.get("mmseg", out / "backbone_mmseg.pth")

@@ -8,9 +8,9 @@ PmIoU on val), its own pre-training and its own fine-tunes, with everything else
 (data, split, schedules, seeds) taken from the pipeline's resolved config:
 
 - ``pixel``: #1 same pixel. Positives are the two views of one pixel; the
-  labels are not used (``loss.mode=pixel``). PmIoU is its exact upper bound.
+  labels are not used (``loss.infonce.mode=pixel``). PmIoU is its exact upper bound.
 - ``superpixel``: #2 same superpixel. One label per superpixel of one image
-  (``clusterer=superpixel``, ``loss.mode=superpixel``).
+  (``clusterer=superpixel``, ``loss.infonce.mode=superpixel``).
 - ``random``: K-means + vote on the features of a random-initialised
   ResNet-18 (layer4) instead of the segmenter's.
 
@@ -53,8 +53,8 @@ from pretrain.config import PretrainConfig  # noqa: E402
 
 # key -> (description, Table 1 row, auxlabels overrides or None to reuse the pipeline's labels, pretrain overrides)
 STRATEGIES = {
-    "pixel": ("#1 same pixel", "1", None, ["loss.mode=pixel"]),
-    "superpixel": ("#2 same superpixel", "2", ["clusterer=superpixel"], ["loss.mode=superpixel"]),
+    "pixel": ("#1 same pixel", "1", None, ["loss.infonce.mode=pixel"]),
+    "superpixel": ("#2 same superpixel", "2", ["clusterer=superpixel"], ["loss.infonce.mode=superpixel"]),
     "random": ("K-means + vote, random-init ResNet-18 features", "-", [
         "extractor.name=resnet18", "extractor.random_init=true", "extractor.checkpoint=null",
         "extractor.layer=layer4"], []),
@@ -92,7 +92,7 @@ def write_results(rows: list[dict], baseline: dict, counts: dict, args: argparse
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU. Command: `{cmd}`, after "
         f"`auxseg pipeline configs/pipeline/camvid_cpu.yaml \"seeds=[0,1]\"` wrote `{args.pipeline}`.",
         f"Every strategy labels all {counts['train']} training images, pre-trains with the pipeline's pre-training "
-        f"config (only `loss.mode` differs for #1 and #2) and is fine-tuned on the same {counts['labelled']} labelled "
+        f"config (only `loss.infonce.mode` differs for #1 and #2) and is fine-tuned on the same {counts['labelled']} labelled "
         f"images with the same schedule and seeds. PmIoU and mIoU (percent) are on the {counts['val']} validation "
         "images. One label set and one pre-training per strategy; the spread is over fine-tune seeds only.",
         "",
@@ -187,7 +187,9 @@ def main() -> int:
             aux = _override(aux, AuxLabelsConfig, aux_overrides)
             manifest = run_step(f"{key}: auxlabels", labels_dir, aux, lambda aux=aux: run_auxlabels(aux))
             pm = (manifest.get("pmiou") or {}).get("pmiou")
-        pre = _override(pretrain_config(cfg, work / "pretrain", labels_dir, segmenter), PretrainConfig, pre_overrides)
+        init = segmenter["init"]
+        pre = _override(pretrain_config(cfg, work / "pretrain", labels_dir, init.get("depth"), init.get("backbone_type")),
+                        PretrainConfig, pre_overrides)
         exports[key] = run_step(f"{key}: pretrain", work / "pretrain", pre, lambda pre=pre: str(run_pretrain(pre)))
         rows.append({"key": key, "name": name, "table1": table1, "pmiou": pm, "pmiou_is_bound": aux_overrides is None,
                      "miou": {}})

@@ -44,8 +44,8 @@ from pretrain.data import (
     write_groundtruth_label_folder,
 )
 from pretrain.losses import PixelTargets, supervised_infonce, targets_at_features
-from pretrain.model import DilatedResNet, PretrainNet
-from pretrain.train import sampled_embeddings
+from pretrain.model import DilatedResNet, PretrainNet, ProjectionHead
+from pretrain.sampling import sampled_embeddings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +59,19 @@ def camvid_label_folder(camvid: Path, out: Path) -> Path:
         write_label_png(tmp / "trainannot" / rel.with_suffix(".png"), np.where(lab < 11, lab, 255).astype(np.uint8))
     (tmp / "train").symlink_to((camvid / "train").resolve())
     return write_groundtruth_label_folder(tmp, out / "auxlabels", num_classes=11)
+
+
+class _NetAndHead(nn.Module):
+    """The network plus the InfoNCE projection head (what the infonce objective trains)."""
+
+    def __init__(self, arch):
+        super().__init__()
+        self.net = PretrainNet(ModelConfig(arch=arch))
+        self.backbone = self.net.backbone
+        self.head = ProjectionHead(self.net.out_channels)
+
+    def forward(self, x):
+        return self.net(x)
 
 
 def pretrain_step(net, opt, batch, folder, it, budget=2048):
@@ -106,7 +119,7 @@ def bench_steps(arch, size, folder, images, reps, warmup):
     ds = TwoViewDataset(folder, aug, seed=0)
     batch = collate([ds[k] for k in StepSampler(len(ds), images, 0, 0, 1).batch_keys(0)])
     torch.manual_seed(0)
-    pre = PretrainNet(ModelConfig(arch=arch))
+    pre = _NetAndHead(arch)
     sup = Supervised(arch, folder.num_labels)
     sup.backbone.load_state_dict(pre.backbone.state_dict())
     pre_opt = torch.optim.SGD(pre.parameters(), lr=1e-3, momentum=0.9)

@@ -120,9 +120,9 @@ def test_config_rejects_empty_ranges_and_bad_values(repo_dir):
     with pytest.raises(ConfigError, match="flip_p"):
         load_config(PretrainConfig, tiny, ["augment.flip_p=1.5"])
     with pytest.raises(ConfigError, match="min_per_label"):
-        load_config(PretrainConfig, tiny, ["loss.min_per_label=1"])
-    with pytest.raises(ConfigError, match="loss.mode.*'aux'"):
-        load_config(PretrainConfig, tiny, ["loss.mode=auxx"])
+        load_config(PretrainConfig, tiny, ["loss.infonce.min_per_label=1"])
+    with pytest.raises(ConfigError, match="loss.infonce.mode.*'aux'"):
+        load_config(PretrainConfig, tiny, ["loss.infonce.mode=auxx"])
 
 
 @pytest.mark.realdata

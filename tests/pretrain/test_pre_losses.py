@@ -1,4 +1,5 @@
-"""Pure loss functions: a hand-computed InfoNCE value, balanced sampling, targets per label mode."""
+"""Pure loss functions: a hand-computed InfoNCE value, the lean InfoNCE against the former dense one,
+balanced sampling, targets per label mode."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from pretrain.losses import (
     PixelTargets,
+    _infonce_dense_reference,
     nearest_to_grid,
     sample_balanced,
     supervised_infonce,
@@ -116,3 +118,90 @@ def test_targets_per_mode():
     assert pix[0, 0, 0, 0] == pix[0, 1, 1, 0] and pix[0, 0, 1, 1] == pix[0, 1, 0, 0]
     assert pix[0, 0, 1, 0] == -1 and pix[0, 1, 1, 1] == -1
     assert pix[0, 0, 0, 0] != pix[0, 0, 0, 1]
+
+
+# ----------------------------------------------------------------------------- lean InfoNCE vs the dense reference
+
+
+def _unit(n: int, d: int, seed: int, dtype=torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1).requires_grad_(True)
+
+
+def _loss_grad_stats(fn, feats: torch.Tensor, ids: torch.Tensor, t: float = 0.1):
+    loss, stats = fn(feats, PixelTargets(ids), temperature=t)
+    (grad,) = torch.autograd.grad(loss, feats)
+    return loss.detach(), grad, stats
+
+
+@pytest.mark.parametrize("n, labels, seed", [(40, 5, 0), (97, 17, 1), (64, 50, 2), (200, 3, 3)])
+def test_infonce_matches_dense_reference_float64(n, labels, seed):
+    # random ids with repeats; with 50 labels over 64 pixels many ids are singletons (no positive)
+    ids = torch.randint(0, labels, (n,), generator=torch.Generator().manual_seed(100 + seed))
+    feats = _unit(n, 16, seed)
+    loss, grad, stats = _loss_grad_stats(supervised_infonce, feats, ids)
+    ref_loss, ref_grad, ref_stats = _loss_grad_stats(_infonce_dense_reference, feats, ids)
+    assert loss.dtype == torch.float64
+    assert abs(loss.item() - ref_loss.item()) < 1e-9
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-9)
+    assert stats == ref_stats
+
+
+def test_infonce_matches_dense_reference_float32():
+    ids = (torch.arange(1024) % 17)[torch.randperm(1024, generator=torch.Generator().manual_seed(0))]
+    feats = _unit(1024, 128, 0, dtype=torch.float32)
+    loss, grad, stats = _loss_grad_stats(supervised_infonce, feats, ids)
+    ref_loss, ref_grad, ref_stats = _loss_grad_stats(_infonce_dense_reference, feats, ids)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
+    assert stats == ref_stats
+
+
+def test_infonce_edge_cases_match_dense_reference():
+    cases = {
+        "singletons excluded": torch.tensor([0, 0, 1, 2, 2, 2, 3, 4]),  # ids 1, 3, 4 have no positive
+        "all singletons": torch.tensor([0, 1, 2, 3]),  # the zero loss with a graph
+        "N=2 positive pair": torch.tensor([7, 7]),
+        "N=2 no positive": torch.tensor([7, 8]),
+        "one id": torch.zeros(5, dtype=torch.long),
+    }
+    for name, ids in cases.items():
+        feats = _unit(ids.numel(), 3, 0)
+        loss, grad, stats = _loss_grad_stats(supervised_infonce, feats, ids)
+        ref_loss, ref_grad, ref_stats = _loss_grad_stats(_infonce_dense_reference, feats, ids)
+        assert abs(loss.item() - ref_loss.item()) < 1e-9, name
+        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-9, msg=name)
+        assert stats == ref_stats, name
+    feats = _unit(8, 3, 0)
+    _, stats = supervised_infonce(feats, PixelTargets(cases["singletons excluded"]))
+    assert stats["anchors"] == 5 and stats["positives_per_anchor"] == pytest.approx((2 * 1 + 3 * 2) / 5)
+
+
+def test_infonce_gradcheck_float64():
+    ids = torch.tensor([0, 0, 1, 1, 1, 2, 3])  # two singletons, whose rows are skipped but stay negatives
+    feats = _unit(7, 4, 5)
+    assert torch.autograd.gradcheck(lambda f: supervised_infonce(f, PixelTargets(ids), temperature=0.5)[0], (feats,))
+    pair = _unit(2, 4, 6)
+    assert torch.autograd.gradcheck(lambda f: supervised_infonce(f, PixelTargets(torch.tensor([1, 1])))[0], (pair,))
+
+
+def test_infonce_keeps_saved_logits_for_a_second_backward():
+    # the hand-written backward must not consume what it saved: retain_graph gives the same gradient twice
+    feats = _unit(12, 4, 7)
+    ids = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4])
+    loss, _ = supervised_infonce(feats, PixelTargets(ids))
+    (first,) = torch.autograd.grad(loss, feats, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, feats)
+    assert torch.equal(first, second)
+
+
+def test_infonce_is_fp32_under_autocast():
+    # the training step calls the loss inside autocast; the pairwise work stays fp32 as the docstring says
+    feats = _unit(64, 8, 8, dtype=torch.float32)
+    ids = torch.arange(64) % 5
+    loss, grad, _ = _loss_grad_stats(supervised_infonce, feats, ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp_loss, amp_grad, _ = _loss_grad_stats(supervised_infonce, feats, ids)
+    assert amp_loss.dtype == torch.float32 and amp_grad.dtype == torch.float32
+    torch.testing.assert_close(amp_loss, loss)
+    torch.testing.assert_close(amp_grad, grad)

@@ -117,25 +117,31 @@ def test_init_refuses_mismatched_checkpoints(tmp_path):
 @pytest.mark.parametrize("decoder", ["none", "aspp"])
 def test_every_trainable_parameter_gets_a_gradient(decoder):
     from pretrain.losses import PixelTargets, supervised_infonce
-    from pretrain.train import sampled_embeddings
+    from pretrain.model import ProjectionHead
+    from pretrain.sampling import sampled_embeddings
 
-    net = PretrainNet(ModelConfig(arch="resnet18", decoder=decoder, decoder_channels=32, head_hidden=32, embed_dim=16))
+    net = PretrainNet(ModelConfig(arch="resnet18", decoder=decoder, decoder_channels=32))
+    head = ProjectionHead(net.out_channels, 32, 16)
     features = net(torch.randn(4, 3, 33, 33))  # [b*V = 4, C, 5, 5]
     ids = (torch.arange(4 * 25) % 3).view(2, 2, 5, 5)
-    feats, sel_ids = sampled_embeddings(features, ids, 64, 2, torch.Generator().manual_seed(0), net.head.rows)
+    feats, sel_ids = sampled_embeddings(features, ids, 64, 2, torch.Generator().manual_seed(0), head.rows)
     assert feats.shape == (63, 16)  # 3 labels x 21 pixels
     loss, _ = supervised_infonce(feats, PixelTargets(sel_ids))
     loss.backward()
+    net = torch.nn.ModuleDict({"net": net, "head": head})
     no_grad = [n for n, p in net.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
     assert no_grad == []
 
 
 def test_projecting_sampled_rows_equals_projecting_the_map():
-    net = PretrainNet(ModelConfig(arch="resnet18", head_hidden=32, embed_dim=16)).eval()
+    from pretrain.model import ProjectionHead
+
+    net = PretrainNet(ModelConfig(arch="resnet18")).eval()
+    head = ProjectionHead(net.out_channels, 32, 16)
     x = torch.randn(2, 3, 33, 33)
     with torch.no_grad():
-        dense = net.embed(x)  # [2, 16, 5, 5]
-        rows = net.head.rows(net(x).permute(0, 2, 3, 1).reshape(-1, 512))
+        dense = head(net(x))  # [2, 16, 5, 5]
+        rows = head.rows(net(x).permute(0, 2, 3, 1).reshape(-1, 512))
     assert dense.shape == (2, 16, 5, 5)
     torch.testing.assert_close(dense.norm(dim=1), torch.ones(2, 5, 5))
     torch.testing.assert_close(rows, dense.permute(0, 2, 3, 1).reshape(-1, 16), rtol=1e-5, atol=1e-6)

@@ -17,13 +17,13 @@ from pretrain import losses
 from pretrain.config import OptimConfig
 from pretrain.data import StepSampler, TwoViewDataset, collate, read_label_folder
 from pretrain.losses import PixelTargets, targets_at_features
-from pretrain.model import PretrainNet
-from pretrain.train import NonFiniteLossError, lr_at, run, sampled_embeddings
+from pretrain.sampling import sampled_embeddings
+from pretrain.train import NonFiniteLossError, PretrainModel, lr_at, run
 
 
 def fixed_batch_loss(cfg, state_dict, folder) -> float:
     """The loss of a model on a fixed batch with a fixed pixel sample (BN in train mode, no update)."""
-    net = PretrainNet(cfg.model)
+    net = PretrainModel(cfg)
     net.load_state_dict(state_dict)
     net.train()
     ds = TwoViewDataset(folder, cfg.augment, seed=123)
@@ -34,7 +34,7 @@ def fixed_batch_loss(cfg, state_dict, folder) -> float:
         ids = targets_at_features("aux", batch["label"], batch["coords"], batch["index"], batch["size"][:, 1],
                                   h=emb.shape[2], w=emb.shape[3], num_labels=folder.num_labels,
                                   ignore_index=folder.ignore_index, per_image_ids=False)
-        feats, sel_ids = sampled_embeddings(emb, ids, 512, 2, torch.Generator().manual_seed(0), net.head.rows)
+        feats, sel_ids = sampled_embeddings(emb, ids, 512, 2, torch.Generator().manual_seed(0), net.objective.head.rows)
         return losses.supervised_infonce(feats, PixelTargets(sel_ids), temperature=0.1)[0].item()
 
 
@@ -43,7 +43,7 @@ def test_tiny_run_lowers_the_loss_and_writes_a_valid_export(gt_label_folder, tmp
                       "optim.lr=0.05", "train.tensorboard=true", "train.log_every=4", "train.histogram_every=4")
     folder = read_label_folder(gt_label_folder)
     torch.manual_seed(cfg.train.seed)
-    initial = PretrainNet(cfg.model).state_dict()  # run() seeds the same way before building the model
+    initial = PretrainModel(cfg).state_dict()  # run() seeds the same way before building the model
     path = run(cfg)
     assert path == tmp_path / "run" / "backbone_mmseg.pth"
     final = load_checkpoint(tmp_path / "run" / "checkpoints" / "iter_0000012.pth")
@@ -52,7 +52,7 @@ def test_tiny_run_lowers_the_loss_and_writes_a_valid_export(gt_label_folder, tmp
     state, meta = load_backbone_export(path)
     assert meta["auxlabels_sha256"] == folder.labels_sha256 and meta["iteration"] == 12
     assert meta["config"]["model"]["arch"] == "resnet18"
-    torch.testing.assert_close(state["conv1.weight"], final["model"]["backbone.conv1.weight"])
+    torch.testing.assert_close(state["conv1.weight"], final["model"]["net.backbone.conv1.weight"])
     assert (tmp_path / "run" / "backbone_torchvision.pth").is_file()
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert any((tmp_path / "run" / "tensorboard").iterdir())
@@ -71,7 +71,7 @@ def test_baseline_modes_train(gt_label_folder, tmp_path, mode, tiny_config):
         shutil.copytree(gt_label_folder, folder)
         m = json.loads((folder / "manifest.json").read_text())
         (folder / "manifest.json").write_text(json.dumps(dict(m, scope="image")))
-    cfg = tiny_config(tmp_path / "run", folder, f"loss.mode={mode}", "train.max_iters=2")
+    cfg = tiny_config(tmp_path / "run", folder, f"loss.infonce.mode={mode}", "train.max_iters=2")
     assert run(cfg).is_file()
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["anchors"] > 0
@@ -81,7 +81,7 @@ def test_superpixel_mode_refuses_a_global_folder(gt_label_folder, tmp_path, tiny
     from pretrain.data import LabelFolderError
 
     with pytest.raises(LabelFolderError, match="scope 'image'"):
-        run(tiny_config(tmp_path / "run", gt_label_folder, "loss.mode=superpixel"))
+        run(tiny_config(tmp_path / "run", gt_label_folder, "loss.infonce.mode=superpixel"))
 
 
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one_exactly(gt_label_folder, tmp_path, tiny_config):
@@ -108,7 +108,7 @@ def test_resume_refuses_a_different_model(gt_label_folder, tmp_path, tiny_config
 
     run(tiny_config(tmp_path / "a", gt_label_folder, "train.max_iters=4", "train.stop_at=1"))
     with pytest.raises(CheckpointError, match="model config differs"):
-        run(tiny_config(tmp_path / "a", gt_label_folder, "train.max_iters=4", "model.embed_dim=16"))
+        run(tiny_config(tmp_path / "a", gt_label_folder, "train.max_iters=4", "model.decoder=aspp"))
 
 
 def _free_port() -> int:
@@ -134,7 +134,7 @@ def test_two_process_gloo_run_matches_one_process(gt_label_folder, tmp_path, tin
     cfg = tiny_config(tmp_path / "two", gt_label_folder, *common)
     mp.spawn(_ddp_worker, args=(2, _free_port(), cfg), nprocs=2, join=True)
     double = load_backbone_export(tmp_path / "two" / "backbone_mmseg.pth")[0]
-    initial = PretrainNet(cfg.model).backbone.state_dict()
+    initial = PretrainModel(cfg).net.backbone.state_dict()
     moved = 0
     for key, value in single.items():
         if value.is_floating_point():
@@ -147,14 +147,18 @@ def test_two_process_gloo_run_matches_one_process(gt_label_folder, tmp_path, tin
 
 
 def test_nan_loss_stops_with_a_clear_message(gt_label_folder, tmp_path, monkeypatch, tiny_config):
-    def nan_after_two(feats, targets, temperature):
-        loss, stats = losses.supervised_infonce(feats, targets, temperature)
+    from pretrain.objectives.infonce import InfoNCE
+
+    forward = InfoNCE.forward
+
+    def nan_after_two(self, features, batch):
+        loss, stats = forward(self, features, batch)
         nan_after_two.calls += 1
         return (loss * float("nan") if nan_after_two.calls > 2 else loss), stats
 
     nan_after_two.calls = 0
-    monkeypatch.setitem(losses.LOSSES, "nan_test", nan_after_two)
-    cfg = tiny_config(tmp_path / "run", gt_label_folder, "loss.name=nan_test", "train.checkpoint_every=1")
+    monkeypatch.setattr(InfoNCE, "forward", nan_after_two)
+    cfg = tiny_config(tmp_path / "run", gt_label_folder, "train.checkpoint_every=1")
     with pytest.raises(NonFiniteLossError, match="loss is nan at iteration 2.*iter_0000002.pth"):
         run(cfg)
 
@@ -191,8 +195,8 @@ def test_cli_help_tiny_preset_and_export(tmp_path, capsys, repo_dir):
     assert auxseg_main(["pretrain", "--export", str(out / "checkpoints" / "iter_0000001.pth"),
                         "--out", str(tmp_path / "exp")]) == 0
     assert load_backbone_export(tmp_path / "exp" / "backbone_torchvision.pth")[1]["iteration"] == 1
-    assert auxseg_main(["pretrain", str(repo_dir / "configs/pretrain/tiny.yaml"), "loss.tempreature=1"]) == 1
-    assert "did you mean 'loss.temperature'" in capsys.readouterr().err
+    assert auxseg_main(["pretrain", str(repo_dir / "configs/pretrain/tiny.yaml"), "loss.infonce.tempreature=1"]) == 2
+    assert "did you mean 'loss.infonce.temperature'" in capsys.readouterr().err
 
 
 @pytest.mark.gpu
