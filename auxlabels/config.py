@@ -133,6 +133,8 @@ def validate(cfg: AuxLabelsConfig) -> None:
             near = difflib.get_close_matches(cfg.extractor.name, list(EXTRACTORS), n=1)
             raise ConfigError(f"extractor.name: {cfg.extractor.name!r} is not a registered extractor"
                               + (f" (did you mean {near[0]!r}?)" if near else "") + f"; known: {', '.join(EXTRACTORS)}")
+    if cfg.extractor.batch_size < 1:
+        raise ConfigError(f"extractor.batch_size: must be >= 1, got {cfg.extractor.batch_size}")
     if cfg.extractor.stride < 1:
         raise ConfigError(f"extractor.stride: must be >= 1, got {cfg.extractor.stride}")
     if cfg.clusterer != "superpixel" and cfg.extractor.checkpoint is None and not cfg.extractor.random_init:

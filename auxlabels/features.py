@@ -368,16 +368,23 @@ def build_auxseg_export(cfg: ExtractorConfig) -> FeatureExtractor:
     return FeatureExtractor(_MMSegBackboneStage(backbone, index), mean=mean, std=std, description=desc)
 
 
-def build_extractor(cfg: ExtractorConfig) -> FeatureExtractor:
-    """Build the configured extractor, frozen and in eval mode, with a description for the manifest."""
+def build_extractor(cfg: ExtractorConfig, checkpoint_sha256: str | None = None) -> FeatureExtractor:
+    """Build the configured extractor, frozen and in eval mode, with a description for the manifest.
+
+    ``checkpoint_sha256``: the checkpoint's SHA-256 when the caller has already
+    hashed it (the pipeline's fingerprint does), so a large file is read once;
+    computed here when not given.
+    """
     if cfg.name not in EXTRACTORS:
         raise ConfigError(f"extractor.name: {cfg.name!r} is not one of {sorted(EXTRACTORS)}")
     extractor = EXTRACTORS[cfg.name](cfg)
+    if cfg.checkpoint and checkpoint_sha256 is None:
+        checkpoint_sha256 = sha256_file(cfg.checkpoint)
     extractor.description.update(
         name=cfg.name,
         layer=cfg.layer,
         checkpoint=str(Path(cfg.checkpoint).resolve()) if cfg.checkpoint else None,
-        checkpoint_sha256=sha256_file(cfg.checkpoint) if cfg.checkpoint else None,
+        checkpoint_sha256=checkpoint_sha256 if cfg.checkpoint else None,
         random_init=cfg.random_init,
         random_init_seed=cfg.seed if cfg.random_init else None,
     )

@@ -6,19 +6,50 @@ each worker runs single-threaded (several run side by side).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from auxseg.io import atomic_write_bytes, encode_label_png, read_label, read_rgb
+from auxseg.contracts.label_folder import label_rel
+from auxseg.io import atomic_write_bytes, encode_label_png, read_label
 
-from .metrics import confusion
+from .config import SuperpixelConfig
+from .metrics import GroundTruthError, confusion
 from .superpixels import compute_superpixels, superpixel_label_bound
 from .vote import superpixel_vote
+
+
+def label_dtype(num_labels: int) -> tuple[str, int]:
+    """PNG dtype and ignore index for ``num_labels`` labels: uint8/255 up to 254 labels, else uint16/65535."""
+    return ("uint8", 255) if num_labels <= 254 else ("uint16", 65535)
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """What every image of one run shares (picklable: sent to the workers with each job)."""
+
+    labels_dir: str  # <out_dir>/labels
+    num_labels: int  # K (or the superpixel bound); the ignore label is on top
+    stride: int  # working stride of the coarse maps
+    superpixels: SuperpixelConfig  # SLIC settings; ``enabled`` switches the vote in cluster mode
+    num_classes: int | None  # M, for the PmIoU confusion counts
+    gt_ignore: tuple[int, ...]  # ground-truth values left out of PmIoU
+
+    @property
+    def dtype(self) -> str:
+        return label_dtype(self.num_labels)[0]
+
+    @property
+    def ignore_index(self) -> int:
+        return label_dtype(self.num_labels)[1]
 
 
 @dataclass
@@ -26,28 +57,48 @@ class LabelJob:
     """Everything one image needs after its pixels were assigned (picklable for worker processes)."""
 
     rel: str  # image path relative to the image root
-    image: np.ndarray | None  # uint8 [H, W, 3]; None: the worker reads image_path itself
-    image_path: str
-    coarse: np.ndarray | None  # int [h, w] labels at the working stride (ignore = outliers); None: superpixel mode
-    stride: int
-    out_path: str  # label PNG path
+    image: np.ndarray  # uint8 [H, W, 3]
+    coarse: np.ndarray | None  # [h, w] labels at the working stride (ignore = outliers); None: superpixel mode
     gt_path: str | None
-    mode: str  # "cluster" or "superpixel"
-    num_labels: int
-    ignore_index: int
-    dtype: str  # "uint8" or "uint16"
-    superpixels: bool
-    sp_method: str
-    sp_segments: int
-    sp_compactness: float
-    num_classes: int | None
-    gt_ignore: tuple[int, ...]
+    settings: LabelSettings
+
+    @property
+    def out_path(self) -> Path:
+        """The label PNG's path."""
+        return Path(self.settings.labels_dir) / label_rel(self.rel)
 
 
-def init_worker() -> None:
-    """Worker-process initialiser: one thread for every numeric library (workers run in parallel)."""
+def init_worker(parent_pid: int | None = None) -> None:
+    """Worker-process initialiser: one thread per numeric library, and exit when the parent dies.
+
+    Several workers run in parallel, hence one thread each. Without a parent a
+    worker would keep labelling for nobody (``kill -9`` of the run leaves no
+    orphans): on Linux the kernel sends SIGTERM on the parent's death
+    (PR_SET_PDEATHSIG); elsewhere a watchdog thread polls the parent's pid.
+    """
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            pr_set_pdeathsig = 1
+            if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # the parent died before the prctl call
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass  # no prctl: fall back to polling
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="auxlabels-parent-watchdog", daemon=True).start()
 
 
 def warm_up() -> bool:
@@ -76,33 +127,35 @@ def label_image(job: LabelJob) -> dict:
     truth, the sparse confusion counts for PmIoU.
     """
     t0 = time.perf_counter()
-    image = job.image if job.image is not None else read_rgb(job.image_path)
+    cfg = job.settings
+    image = job.image
     h, w = image.shape[:2]
-    dtype = np.uint8 if job.dtype == "uint8" else np.uint16
+    dtype = np.uint8 if cfg.dtype == "uint8" else np.uint16
+    sp = cfg.superpixels
     timings = {}
-    if job.mode == "superpixel":
-        seg = compute_superpixels(image, job.sp_segments, job.sp_compactness, job.sp_method)
-        if seg.max() >= superpixel_label_bound(job.sp_segments, job.sp_method):
-            raise ValueError(f"{job.rel}: {seg.max() + 1} superpixels exceed the bound {job.num_labels}")
+    if job.coarse is None:  # the superpixel baseline: each superpixel is a label
+        seg = compute_superpixels(image, sp.n_segments, sp.compactness, sp.method)
+        if seg.max() >= superpixel_label_bound(sp.n_segments, sp.method):
+            raise ValueError(f"{job.rel}: {seg.max() + 1} superpixels exceed the bound {cfg.num_labels}")
         label = seg.astype(dtype)
         timings["superpixels"] = time.perf_counter() - t0
     else:
-        label = upsample_nearest(job.coarse, (h, w), job.stride).astype(dtype)
-        if job.superpixels:
+        label = upsample_nearest(job.coarse, (h, w), cfg.stride).astype(dtype)
+        if sp.enabled:
             t1 = time.perf_counter()
-            seg = compute_superpixels(image, job.sp_segments, job.sp_compactness, job.sp_method)
+            seg = compute_superpixels(image, sp.n_segments, sp.compactness, sp.method)
             timings["superpixels"] = time.perf_counter() - t1
             t1 = time.perf_counter()
-            label = superpixel_vote(label, seg, job.num_labels, job.ignore_index)
+            label = superpixel_vote(label, seg, cfg.num_labels, cfg.ignore_index)
             timings["vote"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     data = encode_label_png(label)
     atomic_write_bytes(job.out_path, data)
     timings["write"] = time.perf_counter() - t1
-    counts = np.bincount(np.where(label == job.ignore_index, job.num_labels, label).ravel(), minlength=job.num_labels + 1)
+    counts = np.bincount(np.where(label == cfg.ignore_index, cfg.num_labels, label).ravel(), minlength=cfg.num_labels + 1)
     record = {
         "rel": job.rel,
-        "label": str(Path(job.out_path).name),
+        "label": job.out_path.name,
         "sha256": hashlib.sha256(data).hexdigest(),
         "size": [h, w],
         "counts": sparse_counts(counts),
@@ -110,10 +163,11 @@ def label_image(job: LabelJob) -> dict:
     if job.gt_path is not None:
         gt = read_label(job.gt_path)
         if gt.shape != (h, w):
-            raise ValueError(
+            raise GroundTruthError(
                 f"ground truth {job.gt_path} has size {gt.shape[1]}x{gt.shape[0]} but its image {job.rel} is {w}x{h}"
             )
-        conf = confusion(label, gt, job.num_labels, job.num_classes, job.ignore_index, job.gt_ignore)
+        conf = confusion(label, gt, cfg.num_labels, cfg.num_classes, cfg.ignore_index, cfg.gt_ignore,
+                         gt_path=job.gt_path)
         nz = np.argwhere(conf)
         record["confusion"] = [[int(i), int(j), int(conf[i, j])] for i, j in nz]
     timings["cpu_total"] = time.perf_counter() - t0

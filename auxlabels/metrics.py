@@ -16,9 +16,47 @@ from pathlib import Path
 
 import numpy as np
 
+from auxseg.errors import AuxsegError
+
+
+class GroundTruthError(AuxsegError, ValueError):
+    """A ground-truth label map with a value that is neither a class nor an ignore value; names the file."""
+
+
+def check_ground_truth(
+    gt: np.ndarray, num_classes: int, gt_ignore: list[int] | tuple[int, ...], gt_path: str | Path | None = None
+) -> None:
+    """Raise :class:`GroundTruthError` unless every value of ``gt`` is in ``0..num_classes-1`` or ``gt_ignore``.
+
+    The one-line message names the file (when given), the first bad value, where it is
+    (row, column of its first pixel) and how many pixels hold it.
+    """
+    valid = ~np.isin(gt, np.asarray(list(gt_ignore), dtype=np.int64))
+    bad = valid & ((gt < 0) | (gt >= num_classes))
+    if not bad.any():
+        return
+    values = np.unique(gt[bad])
+    value = int(values[0])
+    first = np.argwhere(gt == value)[0] if gt.ndim == 2 else None
+    where = f" at row {int(first[0])}, column {int(first[1])}" if first is not None else ""
+    count = int((gt == value).sum())
+    others = f"; {len(values) - 1} other bad values up to {int(values[-1])}" if len(values) > 1 else ""
+    name = f"ground truth {gt_path}" if gt_path is not None else "ground truth"
+    raise GroundTruthError(
+        f"{name}: value {value}{where} ({count} pixel{'s' if count != 1 else ''}) is outside 0..{num_classes - 1} "
+        f"and not an ignore value {sorted(int(v) for v in gt_ignore)}{others} "
+        "(check num_classes and gt_ignore_values)"
+    )
+
 
 def confusion(
-    aux: np.ndarray, gt: np.ndarray, num_labels: int, num_classes: int, aux_ignore: int, gt_ignore: list[int] | tuple[int, ...]
+    aux: np.ndarray,
+    gt: np.ndarray,
+    num_labels: int,
+    num_classes: int,
+    aux_ignore: int,
+    gt_ignore: list[int] | tuple[int, ...],
+    gt_path: str | Path | None = None,
 ) -> np.ndarray:
     """Count pixels per (auxiliary label, class) pair.
 
@@ -26,17 +64,18 @@ def confusion(
         aux: int ``[H, W]`` auxiliary labels ``0..K-1`` or ``aux_ignore``.
         gt: int ``[H, W]`` ground truth ``0..M-1`` or one of ``gt_ignore``.
         num_labels: K; num_classes: M.
+        gt_path: the file ``gt`` was read from, named in the error when a value is out of range.
     Returns:
         int64 ``[K + 1, M]``; row K holds pixels whose auxiliary label is ignore.
+    Raises:
+        GroundTruthError: a ground-truth value outside ``0..M-1`` and not in ``gt_ignore``.
     """
     if aux.shape != gt.shape:
         raise ValueError(f"auxiliary labels {aux.shape} and ground truth {gt.shape} differ in shape")
+    check_ground_truth(gt, num_classes, gt_ignore, gt_path)
     a = aux.ravel().astype(np.int64)
     g = gt.ravel().astype(np.int64)
     valid = ~np.isin(g, np.asarray(list(gt_ignore), dtype=np.int64))
-    bad = valid & ((g < 0) | (g >= num_classes))
-    if bad.any():
-        raise ValueError(f"ground-truth value {int(g[bad][0])} is outside 0..{num_classes - 1} and not an ignore value")
     a = np.where(a == aux_ignore, num_labels, a)[valid]
     if a.size and (a.min() < 0 or a.max() > num_labels):
         raise ValueError(f"auxiliary label outside 0..{num_labels - 1}")
@@ -105,7 +144,8 @@ def same_pixel_bound(gt_dir: str | Path, ignore: list[int], num_classes: int) ->
     """PmIoU upper bound (percent) of labelling strategy #1, one label per pixel, on the label PNGs in ``gt_dir``.
 
     With one-to-one matching each class matches a single pixel, so its IoU is at
-    most ``1 / n_c``; the bound is the mean of that over the classes present.
+    most ``1 / n_c``; the bound is the mean of that over the classes present. A value
+    outside ``0..num_classes-1`` and ``ignore`` raises :class:`GroundTruthError` naming the file.
     """
     from auxseg.io import list_images, read_label
 
@@ -113,7 +153,8 @@ def same_pixel_bound(gt_dir: str | Path, ignore: list[int], num_classes: int) ->
     counts = np.zeros(num_classes, np.int64)
     for rel in list_images(gt_dir):
         gt = read_label(gt_dir / rel)
-        valid = ~np.isin(gt, ignore) & (gt < num_classes)
+        check_ground_truth(gt, num_classes, ignore, gt_dir / rel)
+        valid = ~np.isin(gt, ignore)
         counts += np.bincount(gt[valid], minlength=num_classes)[:num_classes]
     present = counts > 0
     return float(100.0 * np.mean(1.0 / counts[present]))

@@ -22,31 +22,59 @@ def _fast_slic_class():
     return Slic
 
 
+PIXELS_PER_SUPERPIXEL = 4
+"""The fewest pixels per superpixel, on average, that :func:`compute_superpixels` asks for.
+
+fast-slic dies of SIGFPE (no message, the whole process) when asked for more
+components than the image has pixels, or given an empty image; scikit-image
+returns one segment per pixel. Asking for at most ``H * W // 4`` (a 2x2 block
+each) keeps both well inside what they handle.
+"""
+
+
+def max_superpixels(height: int, width: int) -> int:
+    """The most superpixels asked for in a ``height x width`` image: ``max(1, H * W // 4)``."""
+    return max(1, (height * width) // PIXELS_PER_SUPERPIXEL)
+
+
 def compute_superpixels(image: np.ndarray, n_segments: int, compactness: float = 10.0, method: str = "fast_slic") -> np.ndarray:
     """SLIC over-segmentation of one image.
 
     Args:
-        image: uint8 RGB ``[H, W, 3]``.
-        n_segments: desired number of superpixels (paper: 200-2000 equivalent, Table 3).
+        image: uint8 RGB ``[H, W, 3]``, any size from 1x1.
+        n_segments: desired number of superpixels (paper: 200-2000 equivalent, Table 3). An image
+            too small to hold them gets :func:`max_superpixels` ``(H, W)`` instead (at least 4
+            pixels each on average); one that can hold only one (under 8 pixels) is one segment,
+            without calling SLIC. Larger images are segmented exactly as asked.
         compactness: SLIC colour/space trade-off (higher: more regular superpixels).
         method: ``"fast_slic"`` (~25x faster) or ``"skimage"``; their segmentations differ, so
             do not mix them within one experiment.
     Returns:
-        int32 ``[H, W]`` segment ids, compacted to ``0..S-1``.
+        int32 ``[H, W]`` segment ids, compacted to ``0..S-1``; ``S <= superpixel_label_bound(n_segments, method)``.
+    Raises:
+        ValueError: an image that is not ``[H, W, 3]`` with ``H, W >= 1``, ``n_segments < 1``, or an unknown method.
     """
     image = np.ascontiguousarray(image, dtype=np.uint8)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"superpixels: image must be [H, W, 3] with H, W >= 1, got shape {image.shape}")
+    if int(n_segments) < 1:
+        raise ValueError(f"superpixels.n_segments must be >= 1, got {n_segments}")
+    if method not in ("fast_slic", "skimage"):
+        raise ValueError(f"superpixels.method must be 'fast_slic' or 'skimage', got {method!r}")
+    h, w = image.shape[:2]
+    n = min(int(n_segments), max_superpixels(h, w))
+    if n == 1:
+        return np.zeros((h, w), np.int32)
     if method == "fast_slic":
         # one thread: several worker processes run in parallel, and multi-threaded
         # fast-slic timings vary wildly on shared machines
-        slic = _fast_slic_class()(num_components=n_segments, compactness=compactness, num_threads=1)
+        slic = _fast_slic_class()(num_components=n, compactness=compactness, num_threads=1)
         seg = slic.iterate(image)
-    elif method == "skimage":
+    else:
         from skimage.segmentation import slic
 
-        seg = slic(image, n_segments=n_segments, compactness=compactness, start_label=0)
-    else:
-        raise ValueError(f"superpixels.method must be 'fast_slic' or 'skimage', got {method!r}")
-    return compact_ids(np.asarray(seg).reshape(image.shape[:2]))
+        seg = slic(image, n_segments=n, compactness=compactness, start_label=0)
+    return compact_ids(np.asarray(seg).reshape(h, w))
 
 
 def compact_ids(seg: np.ndarray) -> np.ndarray:

@@ -1,62 +1,44 @@
-"""Process-group helpers; every function is a no-op (or the identity) in a single process.
+"""Process-group helpers of pretrain; every function is a no-op (or the identity) in a single process.
 
 Launch with ``torchrun --nproc_per_node=N -m loop pretrain CONFIG``: the
 group is initialised from the ``env://`` variables torchrun sets (RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), so multi-node runs work the
-same way. gloo on CPU, nccl on CUDA.
+same way. gloo on CPU, nccl on CUDA. The generic helpers (rank info, barrier,
+cleanup) come from :mod:`auxseg.distributed`; the gathers the loss needs live here.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 
+from auxseg.distributed import DistInfo, barrier, cleanup, env_dist_info, init_process_group, is_distributed
 
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+__all__ = [
+    "DistInfo",
+    "all_gather_cat",
+    "barrier",
+    "cleanup",
+    "gather_rows_with_grad",
+    "init_distributed",
+    "is_distributed",
+]
 
 
 def init_distributed(device: str = "cpu", backend: str = "auto") -> tuple[DistInfo, torch.device]:
     """Join the process group when WORLD_SIZE > 1; return (rank info, this process's device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    info = env_dist_info()
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("train.device is cuda but no CUDA device is visible")
-        if world > 1 or dev.index is None:
-            dev = torch.device("cuda", local_rank if world > 1 else 0)
+        if info.world_size > 1 or dev.index is None:
+            dev = torch.device("cuda", info.local_rank if info.world_size > 1 else 0)
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        if backend == "auto":
-            backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
-    return DistInfo(rank, world, local_rank), dev
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
+    if backend == "auto":
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+    init_process_group(info, backend)
+    return info, dev
 
 
 def all_gather_cat(x: torch.Tensor) -> torch.Tensor:

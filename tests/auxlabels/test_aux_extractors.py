@@ -8,8 +8,9 @@ import torch
 import torchvision
 
 from auxlabels.config import ExtractorConfig
-from auxlabels.features import build_extractor, build_in_mmseg_scope, working_features
+from auxlabels.features import build_extractor, working_features
 from auxseg.checkpoint_io import CheckpointError
+from auxseg.mmseg_compat import build_in_mmseg_scope
 
 IMG = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)
 
@@ -269,3 +270,31 @@ def test_vgg19(tmp_path, with_classifier):
     with pytest.raises(CheckpointError, match="r18_for_vgg.pth"):
         build_extractor(ExtractorConfig(name="vgg19", checkpoint=str(resnet_path)))
     assert np.isfinite(ex.dim)
+
+
+def test_the_extractor_registry_is_the_one_list_of_names(capsys):
+    from auxlabels.config import AuxLabelsConfig, validate
+    from auxlabels.features import EXTRACTOR_HELP, EXTRACTORS, FeatureExtractor, register_extractor
+    from auxseg.config import ConfigError
+    from loop.cli import main
+
+    cfg = AuxLabelsConfig(image_dir="x", num_classes=2, extractor=ExtractorConfig(name="resnet5O", random_init=True))
+    with pytest.raises(ConfigError, match="extractor.name: 'resnet5O' is not a registered extractor.*'resnet50'"):
+        validate(cfg)
+    # a new extractor is one function; config validation and --help see it at once
+    @register_extractor("test_identity", "identity features (test)")
+    def build_identity(cfg):
+        return FeatureExtractor(torch.nn.Identity(), description={"arch": "identity"})
+
+    try:
+        validate(AuxLabelsConfig(image_dir="x", num_classes=2,
+                                 extractor=ExtractorConfig(name="test_identity", random_init=True)))
+        ex = build_extractor(ExtractorConfig(name="test_identity", random_init=True))
+        assert ex.dim == 3 and ex.description["name"] == "test_identity"
+        with pytest.raises(SystemExit):
+            main(["auxlabels", "--help"])
+        text = capsys.readouterr().out
+        assert all(name in text for name in EXTRACTORS) and "identity features (test)" in text
+    finally:
+        EXTRACTORS.pop("test_identity")
+        EXTRACTOR_HELP.pop("test_identity")

@@ -330,3 +330,120 @@ def test_exif_rotated_image_gets_label_of_displayed_size(data, tmp_path):
                                                 "kmeans.n_fit=3"]))
     # stored 64 wide x 48 high, displayed 48 wide x 64 high: the label follows the display
     assert read_label(tmp_path / "o" / "labels" / m["images"][0].replace(".jpg", ".png")).shape == (64, 48)
+
+
+def test_label_path_collision_refused_before_writing(data, tmp_path):
+    # x.png and x.jpg would both write labels/x.png: one names the other, nothing is written
+    src = _copy_val(data, tmp_path / "in", n=2)
+    Image.open(src / "img" / "0000.png").convert("RGB").save(src / "img" / "0000.jpg", quality=95)
+    out = tmp_path / "o"
+    from auxlabels.inputs import LabelPathCollisionError
+    from auxseg.errors import AuxsegError
+
+    cfg = load_config(AuxLabelsConfig, TINY, [f"image_dir={src / 'img'}", "gt_dir=null", f"out_dir={out}"])
+    with pytest.raises(LabelPathCollisionError, match=r"0000\.jpg and .*0000\.png would both be labelled as labels/0000\.png") as err:
+        run(cfg)
+    assert isinstance(err.value, AuxsegError) and "\n" not in str(err.value)
+    assert not out.exists()
+
+
+def test_zero_batch_size_refused_before_writing(data, tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(ConfigError, match=r"extractor\.batch_size: must be >= 1, got 0"):
+        run(tiny(data, out, "extractor.batch_size=0"))
+    assert not out.exists()
+
+
+def _children(pid: int) -> list[int]:
+    """Pool worker processes (spawned, not the resource tracker) whose parent is ``pid``."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its reaping is left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the workers")
+def test_busy_workers_exit_when_the_parent_is_killed(tmp_path):
+    # the pipeline's own pool: both workers busy for a minute, then kill -9 of their parent
+    script = (
+        "import time\n"
+        "from auxlabels.assignment import start_workers\n"
+        "pool, warm = start_workers(2)\n"
+        "[f.result() for f in warm]\n"
+        "busy = [pool.submit(time.sleep, 60) for _ in range(2)]\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.time() + 30
+        while len(workers) < 2 and time.time() < deadline:
+            workers = _children(proc.pid)
+            time.sleep(0.05)
+        assert len(workers) == 2, workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 20
+        while any(_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(w) for w in workers), "workers outlived their parent"
+    finally:
+        proc.kill()
+        for w in filter(_alive, workers):  # only on failure: do not leave them running
+            os.kill(w, signal.SIGKILL)
+
+
+def test_symlinked_split_folders_keep_label_paths_relative(data, tmp_path):
+    # a CamVid-layout dataset assembled from links to two different places
+    ds = tmp_path / "dataset"
+    ds.mkdir()
+    for sub in ("val", "valannot"):
+        (ds / ("train" if sub == "val" else "trainannot")).symlink_to(data / sub)
+    other = tmp_path / "elsewhere" / "val"
+    other.parent.mkdir()
+    other.symlink_to(data / "val")
+    (ds / "val").symlink_to(other)
+    (ds / "valannot").symlink_to(data / "valannot")
+    out = tmp_path / "aux"
+    manifest = run(tiny(data, out, f"image_dir={ds / 'train'}", f"gt_dir={ds / 'trainannot'}",
+                        f"eval_image_dir={ds / 'val'}", f"eval_gt_dir={ds / 'valannot'}", "kmeans.n_fit=20"))
+    assert manifest["image_root"] == str(ds)
+    assert all(rel.startswith(("train/", "val/")) for rel in manifest["images"])
+    assert sorted(p.relative_to(out / "labels").parts[0] for p in (out / "labels").rglob("*.png"))[0] == "train"
+    assert {p.relative_to(out / "labels").parts[0] for p in (out / "labels").rglob("*.png")} == {"train", "val"}
+
+
+def test_dangling_links_and_link_loops_are_listed_as_skipped(data, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((data / "val").glob("*.png"))[:4]:
+        (images / p.name).symlink_to(p)
+    (images / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (images / "loop.png").symlink_to(images / "loop.png")
+    (images / "sub").symlink_to(images)  # a folder link back into the tree: scanned once, no loop
+    out = tmp_path / "aux"
+    manifest = run(tiny(data, out, f"image_dir={images}", "gt_dir=null", "num_classes=6", "kmeans.n_fit=4"))
+    assert len(manifest["images"]) == 4
+    skipped = {entry["path"]: entry["error"] for entry in manifest["skipped"]}
+    assert skipped["gone.png"] == f"cannot read image {images / 'gone.png'}: dangling symbolic link"
+    assert skipped["loop.png"].startswith(f"cannot read image {images / 'loop.png'}: symbolic link loop")
+    with pytest.raises(ImageReadError, match=r"gone\.png: dangling symbolic link \(on_bad_image=stop\)"):
+        run(tiny(data, tmp_path / "aux2", f"image_dir={images}", "gt_dir=null", "num_classes=6", "kmeans.n_fit=4",
+                 "on_bad_image=stop"))
+    assert not (tmp_path / "aux2").exists()  # refused before anything was written

@@ -1,0 +1,121 @@
+"""What a rerun may reuse: the settings fingerprint, the journal of finished images and the fit state.
+
+Each finished image is appended to ``progress*.jsonl`` with its PNG's SHA-256.
+A rerun with the same fingerprint reuses the fit state (centroids, thresholds)
+and skips exactly the images whose PNG exists and matches its record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from auxseg.config import ConfigError, to_dict
+from auxseg.contracts.label_folder import label_rel
+from auxseg.io import atomic_path, read_json, sha256_file
+
+from .config import AuxLabelsConfig
+from .inputs import ImageItem
+
+# settings that do not change the labels; everything else must match to resume
+NOT_FINGERPRINTED = ("num_workers", "progress", "resume", "keep_cache", "out_dir", "on_bad_image")
+FIT_STATE = "fit_state.npz"
+
+
+def checkpoint_sha256(cfg: AuxLabelsConfig) -> str | None:
+    """SHA-256 of the extractor checkpoint, or None when there is no such file (hashed once per run)."""
+    ckpt = cfg.extractor.checkpoint
+    return sha256_file(ckpt) if ckpt and Path(ckpt).is_file() else None
+
+
+def fingerprint(cfg: AuxLabelsConfig, items: list[ImageItem], ckpt_sha256: str | None) -> str:
+    """Hash of everything that decides the labels: settings, checkpoint contents, images and ground truth."""
+    data = to_dict(cfg)
+    for key in NOT_FINGERPRINTED:
+        data.pop(key, None)
+    if ckpt_sha256 is not None:
+        data["checkpoint_sha256"] = ckpt_sha256
+    data["images"] = [(it.rel, str(it.gt_path) if it.gt_path else None) for it in items]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def previous_manifest(cfg: AuxLabelsConfig, out: Path, fp: str) -> dict | None:
+    """The manifest of an earlier run of these settings in ``out`` to resume, or None to start afresh.
+
+    Raises ConfigError when ``out`` holds another run's work, or this run's
+    while ``resume`` is off; nothing has been written at that point.
+    """
+    manifest_path = out / "manifest.json"
+    if not manifest_path.is_file():
+        return None
+    previous = read_json(manifest_path)
+    has_work = (out / FIT_STATE).is_file() or any(out.glob("progress*.jsonl"))
+    if previous.get("fingerprint") != fp and not has_work:
+        return None  # a run that failed before producing anything: start afresh
+    if previous.get("fingerprint") != fp:
+        raise ConfigError(
+            f"{manifest_path}: this folder holds labels made with other settings or images; "
+            "choose another out_dir (nothing was changed)"
+        )
+    if not cfg.resume:
+        raise ConfigError(f"{manifest_path}: out_dir already holds this run; set resume=true to reuse it")
+    return previous
+
+
+def read_journal(out: Path) -> dict[str, dict]:
+    """Records of finished images from every ``progress*.jsonl`` (a torn last line is ignored)."""
+    records: dict[str, dict] = {}
+    for path in sorted(out.glob("progress*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if isinstance(rec, dict) and "rel" in rec:
+                records[rec["rel"]] = rec
+    return records
+
+
+def verified(out: Path, records: dict[str, dict]) -> dict[str, dict]:
+    """The records whose label PNG exists and has the recorded SHA-256."""
+    good = {}
+    for rel, rec in records.items():
+        if "sha256" not in rec:
+            continue
+        png = out / "labels" / label_rel(rel)
+        if png.is_file() and sha256_file(png) == rec["sha256"]:
+            good[rel] = rec
+    return good
+
+
+def finished_images(cfg: AuxLabelsConfig, out: Path) -> set[str]:
+    """Images a resumed run skips: journalled with a matching PNG (none when ``resume`` is off)."""
+    # only the names are kept in memory: the records are re-read from the journal at the end
+    return set(verified(out, read_journal(out))) if cfg.resume else set()
+
+
+def journal_path(out: Path, rank: int, world_size: int) -> Path:
+    """This rank's journal: ``progress.jsonl``, or ``progress.rank<r>.jsonl`` under torchrun."""
+    return out / (f"progress.rank{rank}.jsonl" if world_size > 1 else "progress.jsonl")
+
+
+def save_fit_state(out: Path, fit: dict) -> None:
+    """Write ``centroids.npy`` (for consumers) and the full fit state (for resuming), each atomically."""
+    with atomic_path(out / "centroids.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, fit["centroids"])
+    with atomic_path(out / FIT_STATE) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, centroids=fit["centroids"], refs=fit["refs"], ref_labels=fit["ref_labels"],
+                     thresholds=fit["thresholds"], info=json.dumps(fit["info"]))
+
+
+def load_fit_state(out: Path) -> dict:
+    """The fit state :func:`save_fit_state` wrote: arrays plus the ``info`` dict."""
+    with np.load(out / FIT_STATE) as z:
+        fit = {k: z[k] for k in z.files}
+    fit["info"] = json.loads(str(fit["info"]))
+    return fit
