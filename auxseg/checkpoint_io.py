@@ -15,11 +15,18 @@ lists exactly the extra types those checkpoints need, and
 
 Our own checkpoints hold only tensors and plain Python data, so they load with
 plain ``weights_only=True`` too.
+
+Every failure is one line that names the file and says what is wrong with it
+(not a torch checkpoint, truncated, unsafe content, disk full); none of them
+suggests switching safe loading off. See docs/reliability.md.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +34,7 @@ import numpy as np
 import torch
 
 from auxseg.errors import AuxsegError
-from auxseg.io import atomic_path
+from auxseg.io import WriteError, atomic_path, write_error
 
 
 class CheckpointError(AuxsegError, RuntimeError):
@@ -93,9 +100,10 @@ def allow_mmengine_checkpoints() -> None:
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
     """Load a checkpoint with ``weights_only=True`` and the mmengine allow-list.
 
-    Raises :class:`CheckpointError` naming the file if it is missing, not a
-    torch checkpoint, truncated, or holds any object outside the allow-list
-    (for example a pickle that would run code).
+    Raises :class:`CheckpointError`, one line naming the file, if it is
+    missing, not a torch checkpoint at all (empty, text, a plain pickle, ...),
+    truncated or corrupt, or holds any object outside the allow-list (for
+    example a pickle that would run code).
     """
     path = Path(path)
     if not path.is_file():
@@ -107,21 +115,116 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
     try:
         with torch.serialization.safe_globals(extra):
             return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refusing to load {path}: it contains objects outside the safe allow-list "
-            f"(only tensors, plain data and mmengine's known types are loaded). Details: {err}"
-        ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    except Exception as err:
+        # what the file is, decided only after torch failed: nothing torch can load is turned away
+        not_torch = _not_a_torch_checkpoint(path)
+        if not_torch:
+            raise CheckpointError(f"{path} is not a torch checkpoint ({not_torch})") from err
+        if isinstance(err, pickle.UnpicklingError):
+            raise CheckpointError(
+                f"refusing to load {path}: it contains objects outside the safe allow-list "
+                f"(only tensors, plain data and mmengine's known types are loaded). Details: {_unpickling_detail(err)}"
+            ) from err
+        if isinstance(err, OSError):
+            raise CheckpointError(f"cannot read checkpoint {path}: {_first_sentence(err)}") from err
+        if isinstance(err, (RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError)):
+            raise CheckpointError(f"cannot read checkpoint {path}: truncated or corrupt ({_first_sentence(err)})") from err
+        raise
+
+
+# The first pickle in a legacy (pre-zip) torch file is this magic number, in any pickle protocol.
+_LEGACY_HEADS = tuple(
+    pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=p) for p in range(pickle.HIGHEST_PROTOCOL + 1)
+)
+
+
+def _not_a_torch_checkpoint(path: Path) -> str | None:
+    """What the file is when its first bytes show it is no torch checkpoint; ``None`` if it may be one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    if not head:
+        return "empty file, 0 bytes"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) or head[257:262] == b"ustar":
+        return None  # torch's zip format (or its oldest, tar one): a damaged checkpoint, not a foreign file
+    if head.startswith(_LEGACY_HEADS):
+        return None
+    if len(head) >= 10 and head[8:10] == b'{"':
+        return "a safetensors file; read it with safetensors.torch.load_file"
+    if head.startswith(b"\x80"):
+        return "a plain pickle, not written by torch.save"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        return f"a text file starting {first[:40]!r}"
+    return f"unknown binary data starting {head[:8].hex(' ')}"
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The first sentence of an error's first line (torch's messages run to several)."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror[:1].lower() + err.strerror[1:]
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return lines[0].split(". ")[0].rstrip(".")
+
+
+def _unpickling_detail(err: BaseException) -> str:
+    """What torch's weights-only unpickler refused, without its advice to turn safe loading off."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    keep = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if not line or re.search(r"weights_only|Weights only load failed|Check the documentation|^\(\d\)", line):
+            continue
+        line = line.removeprefix("WeightsUnpickler error:").strip()
+        line = line.split(". Please use")[0].rstrip(".")  # drop "allow-list it if you trust it"
+        if line:
+            keep.append(line)
+    return "; ".join(keep) or type(err).__name__
 
 
 def save_checkpoint(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file and rename it into place."""
+    """``torch.save`` to a temporary file and rename it into place.
+
+    A failed write (an ``OSError`` such as ENOSPC, or torch's "enforce fail at
+    inline_container.cc" when the disk fills mid-file) raises
+    :class:`~auxseg.io.WriteError`, one line: "cannot write <path>: <cause>".
+    The temporary file is removed and a previous file at ``path`` is left intact.
+    """
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except OSError as err:
+            raise write_error(path, err) from err
+        except RuntimeError as err:
+            if not _TORCH_WRITE_FAILURE.search(str(err)):
+                raise
+            raise _torch_write_error(path, err) from err
     return path
+
+
+# how torch's C++ stream writer reports a failed write (it raises RuntimeError, not OSError)
+_TORCH_WRITE_FAILURE = re.compile(r"inline_container|PytorchStreamWriter|file write failed|cannot be opened")
+
+
+def _torch_write_error(path: Path, err: RuntimeError) -> WriteError:
+    """torch reports a full disk as a failed assertion; check the free space to say which it was."""
+    detail = _first_sentence(err)
+    try:
+        st = os.statvfs(path.parent)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    if free is not None and free < (64 << 20):
+        return WriteError(path, f"no space left on device ({free >> 20} MiB free; torch: {detail})", errno.ENOSPC)
+    return WriteError(path, f"torch could not write the file ({detail})")
 
 
 def state_dict_of(checkpoint: Any, path: str | Path = "<checkpoint>") -> dict[str, torch.Tensor]:

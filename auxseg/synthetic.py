@@ -15,6 +15,7 @@ Layout written (the CamVid/SegNet layout, which ``finetune`` also reads)::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def make_synthetic_dataset(root: str | Path, spec: SyntheticSpec = SyntheticSpec
             "num_classes": spec.num_classes,
             "ignore_index": IGNORE_INDEX,
             "layout": "camvid",
-            "spec": spec.__dict__,
+            "spec": dataclasses.asdict(spec),
         },
     )
     return root

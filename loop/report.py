@@ -7,8 +7,8 @@ fine-tuning loss and validation mIoU).
 
 from __future__ import annotations
 
-import json
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from auxseg.colours import blend, colourise, palette  # noqa: E402
-from auxseg.io import atomic_path, atomic_write_text, read_label, read_rgb  # noqa: E402
+from auxseg.contracts.label_folder import label_rel  # noqa: E402
+from auxseg.io import atomic_path, atomic_write_text, read_jsonl, read_label, read_rgb  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -70,21 +71,19 @@ def read_mmengine_scalars(work_dir: Path) -> list[dict]:
     """The JSON-lines scalars mmengine's LocalVisBackend wrote under ``work_dir/<timestamp>/vis_data``."""
     rows: list[dict] = []
     for scalars in sorted(work_dir.glob("*/vis_data/scalars.json")):
-        rows.extend(read_jsonl(scalars))
+        rows.extend(read_log(scalars))
     return rows
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_log(path: Path) -> list[dict]:
     """Rows of a JSON-lines log (the pre-training loop writes ``log.jsonl``); [] if absent."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path) if path.is_file() else []
 
 
 def curves_figure(pretrain_dir: Path, baseline_dirs: list[Path], pretrained_dirs: list[Path], path: Path) -> Path:
     """Pre-training loss; fine-tuning loss and validation mIoU, baseline vs pre-trained."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    log = [r for r in read_jsonl(pretrain_dir / "log.jsonl") if "loss" in r]
+    log = [r for r in read_log(pretrain_dir / "log.jsonl") if "loss" in r]
     if log:
         axes[0].plot([r["iter"] for r in log], [r["loss"] for r in log], color="tab:purple", label="loss")
         # reference levels logged with the loss (pretrain.losses): chance and the lower bound
@@ -123,14 +122,18 @@ def _spread(values: list[float]) -> str:
 def _eval_label_pairs(manifest: dict, labels_dir: Path, data_root: Path, count: int) -> list[tuple[Path, Path, Path]]:
     """Up to ``count`` (val image, its auxiliary label, its ground truth) path triples.
 
-    Label PNGs sit at ``labels/<image path relative to the manifest's image_root>.png``.
+    Taken from the manifest's ``eval_images`` (paths relative to its
+    ``image_root``; labels at ``labels/<rel>.png``), so the figure finds the
+    labels however the dataset folders are laid out (symlinks included).
     """
     image_root = Path(manifest["image_root"])
     pairs = []
-    for image in sorted((data_root / "val").glob("*.png"))[:count]:
-        aux = labels_dir / "labels" / image.relative_to(image_root).with_suffix(".png")
-        if aux.is_file():
-            pairs.append((image, aux, data_root / "valannot" / image.name))
+    for rel in sorted(manifest.get("eval_images", []))[:count]:
+        image = image_root / rel
+        aux = labels_dir / "labels" / label_rel(rel)
+        gt = data_root / "valannot" / Path(rel).with_suffix(".png").name
+        if image.is_file() and aux.is_file() and gt.is_file():
+            pairs.append((image, aux, gt))
     return pairs
 
 
@@ -145,6 +148,10 @@ def write_report(work_dir: Path, data_root: Path, class_names: list[str], manife
         figures.append(("Auxiliary labels on validation images (overlay)", overlay_figure(
             pairs, manifest["num_labels"], len(class_names), manifest.get("gt_ignore_values", [255]),
             manifest["ignore_index"], fig_dir / "auxlabels_overlay.png")))
+    else:
+        warnings.warn(f"{labels_dir / 'manifest.json'}: no validation image with its auxiliary label and ground "
+                      "truth was found (eval_images); the report has no auxiliary-label overlay figure",
+                      UserWarning, stacklevel=2)
     seeds = sorted(baseline)
     figures.append(("Per-class IoU, baseline vs pre-trained", per_class_figure(
         class_names, [baseline[s] for s in seeds], [pretrained[s] for s in seeds], fig_dir / "per_class_iou.png")))

@@ -69,8 +69,11 @@ def read_label_folder(path: str | Path, image_root: str | Path | None = None, ve
     """Open an auxiliary-label folder, checking its manifest, and return its description.
 
     Raises :class:`LabelFolderError` naming the folder when the manifest is
-    missing, of another format, marked incomplete, or when a label PNG is
-    missing or the label hash does not match the manifest.
+    missing, of another format, marked incomplete, has keys of the wrong type
+    or range (``num_labels``, ``ignore_index``, ``dtype``, ``scope``), when
+    ``centroids.npy`` does not have ``num_labels`` rows, when a label PNG is
+    missing, and (``verify_hash``) when a label PNG holds a value that is
+    neither a label nor the ignore value or the label hash does not match.
     """
     root = Path(path)
     manifest_path = root / MANIFEST_NAME
@@ -91,8 +94,7 @@ def read_label_folder(path: str | Path, image_root: str | Path | None = None, ve
     for key in ("num_labels", "ignore_index", "scope", "image_root", "images", "labels_sha256"):
         if key not in m:
             raise LabelFolderError(f"{manifest_path}: missing key {key!r}")
-    if m["scope"] not in SCOPES:
-        raise LabelFolderError(f"{manifest_path}: scope {m['scope']!r} is not 'global' or 'image'")
+    _check_manifest_values(manifest_path, m)
     labelled = tuple(str(r) for r in m["images"])
     # validation images are labelled only so their PmIoU can be measured: never train on them
     eval_only = {str(r) for r in m.get("eval_images", [])}
@@ -119,7 +121,9 @@ def read_label_folder(path: str | Path, image_root: str | Path | None = None, ve
         raise LabelFolderError(
             f"{manifest_path}: image_root {folder.image_root} does not exist (set data.image_root if the images moved)"
         )
+    _check_centroids(root, folder)
     if verify_hash:
+        check_label_values(folder, labelled)
         digest = compute_labels_sha256(root / LABELS_DIR, labelled)
         if digest != folder.labels_sha256:
             raise LabelFolderError(
@@ -128,6 +132,58 @@ def read_label_folder(path: str | Path, image_root: str | Path | None = None, ve
                 "after the manifest was written (data.verify_hash=false skips this check)"
             )
     return folder
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_manifest_values(manifest_path: Path, m: dict) -> None:
+    """Types and ranges of the keys a consumer relies on (a wrong K or ignore value must not train silently)."""
+    if not _is_int(m["num_labels"]) or m["num_labels"] < 1:
+        raise LabelFolderError(f"{manifest_path}: num_labels must be an integer >= 1, got {m['num_labels']!r}")
+    if not _is_int(m["ignore_index"]):
+        raise LabelFolderError(f"{manifest_path}: ignore_index must be an integer, got {m['ignore_index']!r}")
+    dtype = m.get("dtype")
+    expected = {"uint8": 255, "uint16": 65535}
+    if dtype is not None:
+        if dtype not in expected:
+            raise LabelFolderError(f"{manifest_path}: dtype {dtype!r} is not 'uint8' or 'uint16'")
+        if m["ignore_index"] != expected[dtype] or m["num_labels"] > expected[dtype]:
+            raise LabelFolderError(
+                f"{manifest_path}: ignore_index {m['ignore_index']} and num_labels {m['num_labels']} do not fit "
+                f"dtype {dtype} (its ignore value is {expected[dtype]}, K at most {expected[dtype] - 1})")
+    if m["scope"] not in SCOPES:
+        raise LabelFolderError(f"{manifest_path}: scope {m['scope']!r} is not 'global' or 'image'")
+    if not isinstance(m["images"], list) or not all(isinstance(r, str) for r in m["images"]):
+        raise LabelFolderError(f"{manifest_path}: images must be a list of relative paths")
+
+
+def _check_centroids(root: Path, folder: LabelFolder) -> None:
+    """``centroids.npy``, when present for a global folder, has one row per label."""
+    path = root / "centroids.npy"
+    if folder.scope != "global" or not path.is_file():
+        return
+    try:
+        centroids = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise LabelFolderError(f"{path}: not a readable .npy array ({err})") from err
+    if centroids.ndim != 2 or centroids.shape[0] != folder.num_labels:
+        raise LabelFolderError(f"{path}: {centroids.shape[0] if centroids.ndim else 0} centroids, but the manifest "
+                               f"says num_labels={folder.num_labels} in {folder.manifest_path}")
+
+
+def check_label_values(folder: LabelFolder, images: tuple[str, ...] | list[str]) -> None:
+    """Every label PNG holds only ``0..K-1`` and the ignore value; else an error naming the file and the value."""
+    for rel in images:
+        path = folder.label_path(rel)
+        values = np.unique(read_label(path))
+        bad = values[(values >= folder.num_labels) & (values != folder.ignore_index)]
+        if bad.size:
+            raise LabelFolderError(
+                f"{path}: label value {int(bad[0])} is outside 0..{folder.num_labels - 1} and is not the ignore "
+                f"value {folder.ignore_index} ({folder.manifest_path} says num_labels={folder.num_labels}); "
+                "the manifest does not describe these labels")
 
 
 def write_groundtruth_label_folder(dataset_root: str | Path, out: str | Path, split: str = "train",
