@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from auxseg.presets import preset_path
 
 
 def resolve_path(path: str | Path) -> Path:
-    """An absolute path: as given, else relative to the current folder, else to the repo root."""
+    """An absolute path: as given; else relative to the current folder if it exists there; else, for
+    ``configs/...`` and ``splits/...``, the preset shipped in the package (:mod:`auxseg.presets`)."""
     path = Path(path).expanduser()
-    if path.is_absolute():
-        return path
-    if path.exists() or not (REPO_ROOT / path).exists():
+    if path.is_absolute() or path.exists():
         return path.resolve()
-    return (REPO_ROOT / path).resolve()
+    shipped = preset_path(path)
+    return shipped.resolve() if shipped is not None else path.resolve()

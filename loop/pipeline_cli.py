@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from auxseg.cli import add_config_arguments, run_config_command
+from auxseg.presets import ROOT
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "demo.yaml"
+DEMO_CONFIG = ROOT / "configs" / "pipeline" / "demo.yaml"  # shipped in the package: works after pip install
 
 
 def main_pipeline(args: argparse.Namespace) -> int:
-    from loop.pipeline import PipelineConfig, run
+    from loop.pipeline import PipelineConfig, run, shown_config
 
-    return run_config_command(args, prog=f"auxseg {args.command}", schema=PipelineConfig, run=run)
+    return run_config_command(args, prog=f"auxseg {args.command}", schema=PipelineConfig, run=run, show=shown_config)
 
 
 def add_parser(subparsers) -> None:
@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
         "demo",
         help="the pipeline on a dataset the project generates itself (CPU, no downloads, a few minutes)",
         description=(
-            f"Run the pipeline with {DEMO_CONFIG.relative_to(DEMO_CONFIG.parents[2])}: a synthetic dataset "
+            f"Run the pipeline with {DEMO_CONFIG.relative_to(ROOT)}: a synthetic dataset "
             "whose classes look alike across images, ResNet-18 DeepLabV3 at small resolution, on the CPU. "
             "Prints where the report is."
         ),
