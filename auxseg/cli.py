@@ -62,11 +62,13 @@ def run_config_command(
     run: Callable[[Any], Any],
     summary: Callable[[Any, Any], str | None] | None = None,
     check: Callable[[Any], None] | None = None,
+    show: Callable[[Any], str] = dump_config,
 ) -> int:
     """Load the config, honour ``--print-config``, run, print the summary line; return the exit code.
 
     ``run(cfg)`` does the work; ``summary(cfg, result)`` turns its result into
-    the line printed on success (None prints nothing). Errors that the input
+    the line printed on success (None prints nothing); ``show(cfg)`` is what
+    ``--print-config`` prints (default: the resolved config). Errors that the input
     caused (:class:`~auxseg.errors.AuxsegError`, and ``FileNotFoundError`` for
     a path that does not exist) become one line on stderr.
     """
@@ -74,7 +76,10 @@ def run_config_command(
     if cfg is None:
         return EXIT_CONFIG_ERROR
     if getattr(args, "print_config", False):
-        print(dump_config(cfg), end="")
+        try:
+            print(show(cfg), end="")
+        except (AuxsegError, FileNotFoundError) as err:
+            return report_error(prog, err)
         return 0
     try:
         result = run(cfg)

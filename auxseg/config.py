@@ -27,6 +27,7 @@ import yaml
 
 from auxseg.errors import AuxsegError
 from auxseg.io import atomic_write_text
+from auxseg.paths import resolve_path
 
 T = TypeVar("T")
 
@@ -45,9 +46,10 @@ def read_yaml_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict
 
     ``_base_`` holds one path or a list of paths, relative to the file that
     names them; later bases and the file itself override earlier ones. It may
-    appear at the top level and inside any nested section.
+    appear at the top level and inside any nested section. A ``configs/...``
+    path that is not in the current folder is the shipped preset (:mod:`auxseg.presets`).
     """
-    path = Path(path).resolve()
+    path = resolve_path(path)
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise ConfigError(f"circular _base_ inheritance: {chain}")
@@ -131,9 +133,19 @@ def from_dict(schema: type[T], data: dict, where: str = "") -> T:
         raise ConfigError(f"unknown config key {_join(where, key)!r}{hint} (valid keys: {valid})")
     kwargs = {name: _convert(hints[name], value, _join(where, name)) for name, value in data.items()}
     try:
-        return schema(**kwargs)
+        obj = schema(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where or 'config'}: {err}") from err
+    object.__setattr__(obj, _GIVEN, frozenset(data))  # which keys the files and overrides set (given_keys)
+    return obj
+
+
+_GIVEN = "_auxseg_given_keys"
+
+
+def given_keys(cfg: Any) -> frozenset[str]:
+    """The keys of a config section that its YAML (or ``_base_`` files, or overrides) set, not defaulted."""
+    return getattr(cfg, _GIVEN, frozenset())
 
 
 def _join(where: str, key: str) -> str:
@@ -253,8 +265,9 @@ def to_dict(cfg: Any) -> dict:
 
 
 def dump_config(cfg: Any) -> str:
-    """The resolved config as YAML text."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+    """The resolved config as YAML text (a dataclass, or its plain-data form)."""
+    data = cfg if isinstance(cfg, dict) else to_dict(cfg)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:

@@ -18,6 +18,8 @@ SUBCOMMAND_MODULES = (
     "pretrain.cli",
     "finetune.cli",
     "loop.pipeline_cli",
+    "loop.launch",
+    "auxseg.presets",
     "auxseg.env_report",
 )
 

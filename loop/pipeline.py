@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from auxlabels.config import AuxLabelsConfig
-from auxseg.config import ConfigError, save_config, to_dict
-from auxseg.io import atomic_write_json, read_json
+from auxseg.config import ConfigError, dump_config, given_keys, to_dict
+from auxseg.io import atomic_write_json, atomic_write_text, read_json
+from auxseg.paths import resolve_path
 from auxseg.synthetic import CLASS_NAMES, IGNORE_INDEX, SyntheticSpec, make_synthetic_dataset
-from finetune.config import FinetuneConfig, InitConfig, SplitConfig, resolve_path
+from finetune.config import FinetuneConfig, InitConfig, SplitConfig
 from pretrain.config import PretrainConfig
 
 STEP_FORMAT = "loop.pipeline-step/1"
@@ -128,7 +129,7 @@ def prepare_data(cfg: PipelineConfig, work_dir: Path) -> Dataset:
         root = work_dir / "data"
         spec = data.synthetic
         marker = root / "dataset.json"
-        if not marker.is_file() or read_json(marker).get("spec") != spec.__dict__:
+        if not marker.is_file() or read_json(marker).get("spec") != dataclasses.asdict(spec):
             print(f"[pipeline] generating the built-in dataset in {root}")
             make_synthetic_dataset(root, spec)
         names = list(CLASS_NAMES[: spec.num_classes])
@@ -189,21 +190,47 @@ def _value(cfg: Any, dotted: str) -> Any:
     return to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
 
 
+def _is_given(cfg: Any, dotted: str) -> bool:
+    """Whether the config files or overrides set this dotted key (rather than leaving its default)."""
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if part not in given_keys(cfg):
+            return False
+        cfg = getattr(cfg, part)
+    return leaf in given_keys(cfg)
+
+
 def check_owned_keys(cfg: PipelineConfig, filled: dict[str, Any]) -> None:
     """Refuse a stage template that sets a key of :data:`OWNED_KEYS` to a value the pipeline would overrule.
 
     ``filled`` maps each section name ("finetune", "auxlabels", "pretrain") to the
-    stage config the pipeline builds from it. A template value counts as set when
-    it differs from the stage schema's default, and conflicts when it also
-    differs from the pipeline's value.
+    stage config the pipeline builds from it. A key conflicts when the template
+    sets it (in the pipeline config, a stage preset it inherits, or an override)
+    to something other than the pipeline's value.
     """
-    defaults = {"finetune": FinetuneConfig(), "auxlabels": AuxLabelsConfig(), "pretrain": PretrainConfig()}
     for key, instead in OWNED_KEYS.items():
         section, rest = key.split(".", 1)
         given, used = _value(getattr(cfg, section), rest), _value(filled[section], rest)
-        if given != _value(defaults[section], rest) and given != used:
+        if _is_given(cfg, key) and given != used:
             raise ConfigError(f"{key}: the pipeline sets this key itself (to {used!r}), so {given!r} would be "
                               f"ignored; {instead}, and remove it from the {section} section")
+
+
+def shown_config(cfg: PipelineConfig) -> str:
+    """The resolved pipeline config as YAML, without the stage keys the pipeline sets itself.
+
+    What ``--print-config`` prints and ``<work_dir>/config.yaml`` holds: run
+    again as a config, it gives the same run (the owned keys are left out, so
+    their defaults never conflict with the pipeline's values).
+    """
+    data = to_dict(cfg)
+    for key in OWNED_KEYS:
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node.pop(leaf, None)
+    return "# stage keys that the pipeline sets itself are left out (docs/pipeline.md)\n" + dump_config(data)
 
 
 def planned_backbone(cfg: PipelineConfig) -> tuple[int | None, str | None]:
@@ -286,7 +313,7 @@ def run(cfg: PipelineConfig) -> Path:
         raise ConfigError("seeds: give at least one seed")
     work_dir = resolve_path(cfg.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, work_dir / "config.yaml")
+    atomic_write_text(work_dir / "config.yaml", shown_config(cfg))
     data = prepare_data(cfg, work_dir)
     check_head_classes(cfg, data)
     seed0 = cfg.seeds[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -80,8 +81,8 @@ def test_rerun_reuses_finished_steps(finished_run, capsys):
 
 def test_changed_step_config_is_refused(finished_run):
     tmp_path, _, _ = finished_run
-    cfg = tiny_config(tmp_path, "pretrain.loss.temperature=0.2")
-    with pytest.raises(ConfigError, match=r"step 'pretrain'.*loss\.temperature"):
+    cfg = tiny_config(tmp_path, "pretrain.loss.infonce.temperature=0.2")
+    with pytest.raises(ConfigError, match=r"step 'pretrain'.*loss\.infonce\.temperature"):
         run(cfg)
 
 
@@ -90,6 +91,66 @@ def test_head_classes_must_match_the_dataset(tmp_path):
     with pytest.raises(ConfigError, match=r"decode_head.num_classes=6, but the dataset has 5 classes"):
         run(cfg)
     assert not (tmp_path / "run" / "1_segmenter_seed0").exists()  # stopped before any training
+
+
+@pytest.mark.parametrize(("override", "key", "instead"), [
+    ("pretrain.model.arch=resnet50", "pretrain.model.arch", "finetune.mmseg_config"),
+    ("pretrain.model.init=/x/r18.pth", "pretrain.model.init", "baseline_init"),
+    ("auxlabels.extractor.name=vgg19", "auxlabels.extractor.name", "seed-0 segmenter"),
+    ("auxlabels.num_classes=9", "auxlabels.num_classes", "data.num_classes"),
+    ("finetune.seed=3", "finetune.seed", "seeds"),
+])
+def test_a_template_key_the_pipeline_owns_is_an_error(tmp_path, override, key, instead):
+    cfg = tiny_config(tmp_path, override)
+    with pytest.raises(ConfigError, match=rf"^{key}: the pipeline sets this key itself.*{instead}"):
+        run(cfg)
+    assert not (tmp_path / "run" / "1_segmenter_seed0").exists()  # stopped before any training
+
+
+def test_the_value_the_pipeline_would_set_is_accepted(tmp_path):
+    from loop.pipeline import check_owned_keys, planned_backbone
+
+    cfg = tiny_config(tmp_path, "pretrain.model.arch=resnet18", "auxlabels.num_classes=6")
+    assert planned_backbone(cfg) == (18, "ResNetV1c")
+    pre = copy.deepcopy(cfg.pretrain)
+    pre.model.stem = "deep"
+    aux = copy.deepcopy(cfg.auxlabels)
+    aux.extractor.name, aux.extractor.random_init = "mmseg", False
+    ft = copy.deepcopy(cfg.finetune)
+    ft.split = copy.deepcopy(cfg.labelled)
+    check_owned_keys(cfg, {"finetune": ft, "auxlabels": aux, "pretrain": pre})  # no error
+
+
+@pytest.mark.parametrize("preset", ["demo.yaml", "camvid_cpu.yaml", "camvid_gpu.yaml"])
+def test_shipped_presets_and_their_saved_config_pass_the_ownership_check(tmp_path, preset):
+    """The presets set no owned key to another value, and the config.yaml a run saves (owned keys left
+    out) loads and passes again, so a run can be repeated from it."""
+    from auxseg.synthetic import CLASS_NAMES
+    from loop.pipeline import (
+        Dataset,
+        auxlabels_config,
+        check_owned_keys,
+        finetune_config,
+        planned_backbone,
+        pretrain_config,
+        shown_config,
+    )
+
+    def check(cfg):
+        spec = cfg.data.synthetic
+        data = (Dataset(tmp_path, spec.num_classes, list(CLASS_NAMES[: spec.num_classes]), [255]) if spec else
+                Dataset(tmp_path, cfg.data.num_classes, cfg.data.class_names, cfg.data.ignore_values))
+        seg = tmp_path / "1_segmenter_seed0"
+        check_owned_keys(cfg, {"finetune": finetune_config(cfg, data, seg, cfg.baseline_init, cfg.seeds[0]),
+                               "auxlabels": auxlabels_config(cfg, data, tmp_path / "2", seg / "iter.pth"),
+                               "pretrain": pretrain_config(cfg, tmp_path / "3", tmp_path / "2", *planned_backbone(cfg))})
+
+    cfg = load_config(PipelineConfig, DEMO_CONFIG.parent / preset)
+    check(cfg)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(shown_config(cfg))
+    assert "stem:" not in saved.read_text().split("pretrain:")[1].split("optim:")[0]
+    check(load_config(PipelineConfig, saved))
 
 
 def test_dataset_folder_errors_name_the_key(tmp_path):
@@ -124,7 +185,7 @@ def test_strategy_benchmark_pretrains_and_finetunes_other_labellings(finished_ru
     assert manifest["scope"] == "image" and manifest["num_labels"] > 20  # one label per superpixel
     for key, mode in (("pixel", "pixel"), ("superpixel", "superpixel")):
         step = json.loads((out / key / "pretrain" / "step.json").read_text())
-        assert step["config"]["loss"]["mode"] == mode
+        assert step["config"]["loss"]["infonce"]["mode"] == mode
         init = json.loads((out / key / "finetune_seed0" / "results.json").read_text())["init"]
         assert init["checkpoint"] == str(out / key / "pretrain" / "backbone_mmseg.pth")
     rows = json.loads((out / "strategies.json").read_text())["rows"]
