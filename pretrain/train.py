@@ -140,7 +140,7 @@ def train(cfg: PretrainConfig, st: TrainState) -> int:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops events a killed run wrote after the checkpoint we resume from
-        writer = SummaryWriter(str(out / "tensorboard"), purge_step=st.start_iter if st.start_iter else None)
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=st.start_iter)
     bar = tqdm(total=stop, initial=st.start_iter, desc="pretrain", dynamic_ncols=True,
                disable=not (st.dist.is_main and tc.progress))
     st.model.train()
@@ -290,8 +290,8 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
     if resume is not None:
         start = load_training_state(resume, model=model, optimizer=optimizer, scaler=scaler, config=to_dict(cfg),
                                     labels_sha256=folder.labels_sha256)
-        if dist.is_main:
-            truncate_log(out / "log.jsonl", start)
+    if dist.is_main:  # records of a run killed after its last checkpoint (or before its first) are redone
+        truncate_log(out / "log.jsonl", start)
     ddp_model = model
     if dist.world_size > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

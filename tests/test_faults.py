@@ -45,10 +45,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
+# every run of a comparison uses the same thread count: a different intra-op thread count changes the
+# order of float reductions, and so the last bits of the weights
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def _run(cmd: list[str]) -> None:
+    subprocess.run(cmd, cwd=REPO, env=ENV, check=True, capture_output=True)
+
+
 def _kill_when(cmd: list[str], ready, timeout: float = 300) -> set[int]:
     """Start ``cmd``; kill -9 the main process as soon as ``ready()``; return the processes it had started."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     children: set[int] = set()
     deadline = time.time() + timeout
     try:
@@ -109,7 +117,7 @@ def _comparable_manifest(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def auxlabels_reference(images, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("aux_ref") / "out"
-    subprocess.run(_auxlabels_cmd(images, out), cwd=REPO, check=True, capture_output=True)
+    _run(_auxlabels_cmd(images, out))
     return out
 
 
@@ -125,7 +133,7 @@ def test_auxlabels_killed_and_rerun_gives_identical_labels(images, auxlabels_ref
     children = _kill_when(_auxlabels_cmd(images, out), ready)
     _assert_no_orphans(children)
     assert json.loads((out / "manifest.json").read_text())["complete"] is False  # never claimed done
-    subprocess.run(_auxlabels_cmd(images, out), cwd=REPO, check=True, capture_output=True)
+    _run(_auxlabels_cmd(images, out))
     assert _tree_digest(out, "labels/**/*.png") == _tree_digest(auxlabels_reference, "labels/**/*.png")
     assert _tree_digest(out, "centroids.npy") == _tree_digest(auxlabels_reference, "centroids.npy")
     assert _comparable_manifest(out) == _comparable_manifest(auxlabels_reference)
@@ -143,7 +151,7 @@ def _pretrain_cmd(out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def pretrain_reference(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pre_ref") / "out"
-    subprocess.run(_pretrain_cmd(out), cwd=REPO, check=True, capture_output=True)
+    _run(_pretrain_cmd(out))
     return out
 
 
@@ -168,7 +176,7 @@ def test_pretrain_killed_and_rerun_gives_identical_weights(pretrain_reference, t
     children = _kill_when(_pretrain_cmd(out), ready)
     _assert_no_orphans(children)
     assert not (out / "backbone_mmseg.pth").exists()  # nothing claimed done
-    subprocess.run(_pretrain_cmd(out), cwd=REPO, check=True, capture_output=True)
+    _run(_pretrain_cmd(out))
     ref = load_checkpoint(pretrain_reference / "checkpoints" / "iter_0000008.pth")
     got = load_checkpoint(out / "checkpoints" / "iter_0000008.pth")
     assert ref["model"].keys() == got["model"].keys()
