@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,9 +83,15 @@ class Features:
         if self.cache_used + feats.nbytes > self.cache_budget:
             return
         path = self._cache_path(rel)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, feats)
+        try:
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, feats)
+        except OSError as err:  # disk full and the like: the cache is an optimisation, the run goes on
+            self.cache_budget = 0
+            warnings.warn(f"feature cache switched off: cannot write {path} ({err}); features of the fit images "
+                          "are computed again in the assignment pass", UserWarning, stacklevel=2)
+            return
         self.cache_used += feats.nbytes
 
     def working(self, native: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:

@@ -33,6 +33,9 @@ class InitConfig:
 
     type: Literal["random", "export", "torchvision", "moco", "mmseg"] = "random"
     checkpoint: str | None = None
+    # optional decoder export (decoder_mmseg.pth of `auxseg pretrain` with model.decoder=aspp): initialises
+    # the DeepLabV3 ASPPHead of the mmseg config, whose in_channels/channels/dilations it must match
+    decoder: str | None = None
 
 
 @dataclass

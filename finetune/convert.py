@@ -28,7 +28,12 @@ from typing import Any
 import torch
 
 from auxseg.checkpoint_io import CheckpointError, check_keys, load_checkpoint, save_checkpoint, state_dict_of
-from auxseg.contracts.backbone import CHECKPOINT_KINDS, BackboneWeights, read_backbone_weights
+from auxseg.contracts.backbone import (
+    CHECKPOINT_KINDS,
+    BackboneWeights,
+    load_decoder_export,
+    read_backbone_weights,
+)
 from auxseg.io import sha256_file
 
 INIT_REPORT_FORMAT = "auxseg.finetune.init/1"
@@ -126,19 +131,48 @@ def prepare_init(init_type: str, checkpoint: str | None, mmcfg, work_dir: str | 
     return report
 
 
-def verify_loaded(backbone: torch.nn.Module, converted: str | Path) -> int:
-    """Check that every backbone tensor equals the converted checkpoint's; returns the count compared.
+def verify_loaded(module: torch.nn.Module, converted: str | Path, not_loaded: tuple[str, ...] = (),
+                  what: str = "backbone") -> int:
+    """Check that every tensor of ``module`` equals the converted checkpoint's; returns the count compared.
 
     Run after mmengine's ``init_weights`` so it proves the weights really
     arrived (``init_cfg=Pretrained`` alone loads non-strictly and only logs).
+    Keys starting with a prefix in ``not_loaded`` (a decode head's classifier
+    ``conv_seg.``) are the module's own and are not compared.
     """
     expected = state_dict_of(load_checkpoint(converted), converted)
-    found = backbone.state_dict()
-    check_keys(expected.keys(), found.keys(), converted)
+    found = {k: v for k, v in module.state_dict().items() if not k.startswith(not_loaded)}
+    check_keys(expected.keys(), found.keys(), converted, what)
     differing = [k for k, v in expected.items() if not torch.equal(found[k].detach().cpu(), v.cpu())]
     if differing:
         raise CheckpointError(
-            f"{converted}: after initialisation {len(differing)} backbone tensors differ from the checkpoint "
+            f"{converted}: after initialisation {len(differing)} {what} tensors differ from the checkpoint "
             f"(first: {', '.join(differing[:5])}); the weights did not load"
         )
     return len(expected)
+
+
+def prepare_decoder_init(decoder: str | Path, mmcfg, work_dir: str | Path) -> dict[str, Any]:
+    """Initialise the config's DeepLabV3 decode head from a decoder export (docs/contracts.md section 2b).
+
+    The export must fit the head exactly: an ``ASPPHead`` with the same
+    ``in_channels``, ``channels`` and ``dilations``; every key but the classifier
+    ``conv_seg.*`` is loaded. Writes ``<work_dir>/init_decoder.pth`` and returns
+    the report entry. Raises :class:`CheckpointError` naming the file otherwise.
+    """
+    state, meta = load_decoder_export(decoder)
+    head = mmcfg.model.decode_head
+    found = {"type": head.get("type"), "in_channels": head.get("in_channels"), "channels": head.get("channels"),
+             "dilations": list(head.get("dilations", (1, 6, 12, 18)))}
+    wanted = {"type": meta["mmseg_type"], "in_channels": meta["in_channels"], "channels": meta["channels"],
+              "dilations": list(meta["dilations"])}
+    if found != wanted:
+        diff = ", ".join(f"{k} {wanted[k]!r} (config: {found[k]!r})" for k in wanted if wanted[k] != found[k])
+        raise CheckpointError(f"{decoder}: the decoder export does not fit model.decode_head of the mmseg config: {diff}")
+    converted = Path(work_dir) / "init_decoder.pth"
+    save_checkpoint({"state_dict": state}, converted)
+    # the classifier keeps mmseg's own initialisation; everything else comes from the export
+    head.init_cfg = [dict(type="Normal", std=0.01, override=dict(name="conv_seg")),
+                     dict(type="Pretrained", checkpoint=str(converted))]
+    return {"decoder": str(Path(decoder).resolve()), "decoder_sha256": sha256_file(decoder),
+            "decoder_converted": str(converted.resolve()), "decoder_tensors": len(state)}

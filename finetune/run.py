@@ -181,15 +181,19 @@ def _make_hooks(report_path: Path, report: dict):
     from finetune.convert import verify_loaded
 
     class VerifyInitHook(Hook):
-        """Before the first iteration, prove each backbone tensor equals the converted checkpoint."""
+        """Before the first iteration, prove each backbone (and decoder) tensor equals the converted checkpoint."""
 
         priority = "VERY_HIGH"
 
         def before_train(self, runner) -> None:
-            if runner.iter != 0 or not report.get("converted"):
+            if runner.iter != 0 or not (report.get("converted") or report.get("decoder_converted")):
                 return  # resumed runs restore their own weights
             model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-            report["verified_tensors"] = verify_loaded(model.backbone, report["converted"])
+            if report.get("converted"):
+                report["verified_tensors"] = verify_loaded(model.backbone, report["converted"])
+            if report.get("decoder_converted"):
+                report["verified_decoder_tensors"] = verify_loaded(
+                    model.decode_head, report["decoder_converted"], not_loaded=("conv_seg.",), what="decode head")
             atomic_write_json(report_path, report)
 
     class RecordValHook(Hook):
@@ -249,7 +253,7 @@ def build_results(metrics: dict, classes: list[str], **extra) -> dict:
 
 def run(cfg: FinetuneConfig) -> dict:
     """Fine-tune as ``cfg`` says and return the results dict (also written to ``<work_dir>/results.json``)."""
-    from finetune.convert import prepare_init
+    from finetune.convert import prepare_decoder_init, prepare_init
 
     start = time.time()
     work_dir = resolve_path(cfg.work_dir)
@@ -263,6 +267,8 @@ def run(cfg: FinetuneConfig) -> dict:
     report_path = work_dir / "init_report.json"
     init_ckpt = str(resolve_path(cfg.init.checkpoint)) if cfg.init.checkpoint else None
     report = prepare_init(cfg.init.type, init_ckpt, mmcfg, work_dir)  # raises before any training
+    if cfg.init.decoder:
+        report.update(prepare_decoder_init(resolve_path(cfg.init.decoder), mmcfg, work_dir))
     report["verified_tensors"] = None
     previous = read_json(report_path) if report_path.is_file() and mmcfg.resume else None
     if previous and previous.get("checkpoint_sha256") != report.get("checkpoint_sha256"):
@@ -308,7 +314,7 @@ def run(cfg: FinetuneConfig) -> dict:
                       "num_images": len(runner.val_dataloader.dataset)},
         split=split_info,
         init={k: report.get(k) for k in ("type", "checkpoint", "checkpoint_sha256", "backbone_type", "depth",
-                                         "verified_tensors")},
+                                         "verified_tensors", "decoder", "decoder_sha256", "verified_decoder_tensors")},
         mmseg_config=str(resolve_path(cfg.mmseg_config)),
         work_dir=str(work_dir),
         val_history=[{"iter": h["iter"], "mIoU": _nan_to_none(h["metrics"]["mIoU"])}

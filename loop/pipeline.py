@@ -34,6 +34,7 @@ from typing import Any
 
 from auxlabels.config import AuxLabelsConfig
 from auxseg.config import ConfigError, dump_config, given_keys, to_dict
+from auxseg.contracts.backbone import DECODER_FILENAME
 from auxseg.io import atomic_write_json, atomic_write_text, read_json
 from auxseg.paths import resolve_path
 from auxseg.synthetic import CLASS_NAMES, IGNORE_INDEX, SyntheticSpec, make_synthetic_dataset
@@ -342,7 +343,9 @@ def run(cfg: PipelineConfig) -> Path:
     pretrained = {}
     for seed in cfg.seeds:
         step_dir = work_dir / f"4_finetune_seed{seed}"
-        ft = finetune_config(cfg, data, step_dir, InitConfig(type="export", checkpoint=export), seed)
+        decoder = Path(export).parent / DECODER_FILENAME  # written when pretrain.model.decoder=aspp
+        init = InitConfig(type="export", checkpoint=export, decoder=str(decoder) if decoder.is_file() else None)
+        ft = finetune_config(cfg, data, step_dir, init, seed)
         pretrained[seed] = run_step(f"fine-tune (seed {seed})", step_dir, ft, lambda ft=ft: run_finetune(ft))
 
     from loop.report import write_report

@@ -113,6 +113,19 @@ def curves_figure(pretrain_dir: Path, baseline_dirs: list[Path], pretrained_dirs
     return _save(fig, path)
 
 
+def _reading(base: list[float], pre: list[float], seeds: list[int]) -> str:
+    """One sentence that says whether the difference is larger than the spread over seeds, and the per-seed values."""
+    per_seed = "; ".join(f"seed {s}: {b:.2f} -> {p:.2f}" for s, b, p in zip(seeds, base, pre))
+    if len(seeds) < 2:
+        return f"One fine-tune seed ({per_seed}): no spread to compare the difference with; run more `seeds`."
+    diff = statistics.mean(pre) - statistics.mean(base)
+    spread = max(statistics.stdev(base), statistics.stdev(pre))
+    verdict = "larger" if abs(diff) > spread else "not larger"
+    overlap = "do not overlap" if min(pre) > max(base) or max(pre) < min(base) else "overlap"
+    return (f"The difference is {verdict} than the larger standard deviation over seeds ({spread:.2f}); the "
+            f"per-seed ranges {overlap} ({per_seed}).")
+
+
 def _spread(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
@@ -175,6 +188,8 @@ def write_report(work_dir: Path, data_root: Path, class_names: list[str], manife
         f"| fine-tune only (baseline) | {_spread(base_miou)} |",
         f"| pre-train with auxiliary labels + fine-tune | {_spread(pre_miou)} |",
         f"| difference | {statistics.mean(pre_miou) - statistics.mean(base_miou):+.2f} |",
+        "",
+        _reading(base_miou, pre_miou, seeds),
         "",
         "Auxiliary labels (from the seed-0 segmenter's decoder features): "
         f"K = {manifest.get('num_labels')}, "

@@ -25,6 +25,7 @@ TINY = [
     "pretrain.train.max_iters=3",
     "pretrain.train.checkpoint_every=3",
     "progress=false",
+    "seeds=[0]",
 ]
 
 
@@ -55,6 +56,8 @@ def test_loop_writes_report_figures_and_summary(finished_run):
     init = json.loads((work / "4_finetune_seed0" / "results.json").read_text())["init"]
     assert init["type"] == "export" and init["verified_tensors"] > 0
     assert init["checkpoint"].endswith("backbone_mmseg.pth")
+    # the demo pre-trains the ASPP decoder too, and the fine-tune's decode head starts from it
+    assert init["decoder"].endswith("decoder_mmseg.pth") and init["verified_decoder_tensors"] == 36
     # both fine-tunes used the same labelled images
     split = [(work / d / "split.txt").read_text() for d in ("1_segmenter_seed0", "4_finetune_seed0")]
     assert split[0] == split[1] and len(split[0].split()) == 4
@@ -194,3 +197,24 @@ def test_strategy_benchmark_pretrains_and_finetunes_other_labellings(finished_ru
     assert rows[1]["pmiou"] < 1.0 < rows[2]["pmiou"]  # the #1 bound; superpixels of 4 small images
     text = results.read_text()
     assert "#1 same pixel" in text and "(upper bound)" in text and "Spearman rank correlation over 3 strategies" in text
+
+
+def test_report_finds_overlay_pairs_through_the_manifest_and_warns_without(tmp_path):
+    from loop.report import _eval_label_pairs, write_report
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "ds" / "valannot").mkdir(parents=True)
+    (tmp_path / "ds" / "val").symlink_to(tmp_path / "elsewhere")  # the split is a link
+    (tmp_path / "elsewhere" / "0001.png").write_bytes(b"x")
+    (tmp_path / "ds" / "valannot" / "0001.png").write_bytes(b"x")
+    labels = tmp_path / "2_auxlabels"
+    (labels / "labels" / "val").mkdir(parents=True)
+    (labels / "labels" / "val" / "0001.png").write_bytes(b"x")
+    manifest = {"image_root": str(tmp_path / "ds"), "eval_images": ["val/0001.png"]}
+    assert _eval_label_pairs(manifest, labels, tmp_path / "ds", 4) == [
+        (tmp_path / "ds" / "val" / "0001.png", labels / "labels" / "val" / "0001.png",
+         tmp_path / "ds" / "valannot" / "0001.png")]
+    result = {"mIoU": 10.0, "per_class_iou": {"a": 10.0}, "split": {}}
+    with pytest.warns(UserWarning, match="no validation image with its auxiliary label"):
+        write_report(tmp_path, tmp_path / "ds", ["a"], {"image_root": str(tmp_path / "ds"), "num_labels": 2,
+                     "ignore_index": 255}, {0: result}, {0: result}, str(tmp_path / "x.pth"))

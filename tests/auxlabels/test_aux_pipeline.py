@@ -447,3 +447,39 @@ def test_dangling_links_and_link_loops_are_listed_as_skipped(data, tmp_path):
         run(tiny(data, tmp_path / "aux2", f"image_dir={images}", "gt_dir=null", "num_classes=6", "kmeans.n_fit=4",
                  "on_bad_image=stop"))
     assert not (tmp_path / "aux2").exists()  # refused before anything was written
+
+
+def test_a_full_disk_switches_the_feature_cache_off_and_the_run_goes_on(data, tmp_path, monkeypatch):
+    import errno
+
+    import auxlabels.extraction as extraction
+
+    ref = run(tiny(data, tmp_path / "ref"))
+
+    from contextlib import contextmanager
+
+    @contextmanager
+    def full_disk(path):  # the feature cache's writes hit a full disk; nothing else does
+        raise OSError(errno.ENOSPC, "No space left on device")
+        yield path
+
+    monkeypatch.setattr(extraction, "atomic_path", full_disk)
+    with pytest.warns(UserWarning, match=r"feature cache switched off: cannot write .*\.npy"):
+        got = run(tiny(data, tmp_path / "full"))
+    assert got["complete"] and got["labels_sha256"] == ref["labels_sha256"]
+
+
+def test_right_keys_wrong_shapes_is_one_line_naming_the_file(tmp_path):
+    import torch
+    import torchvision
+
+    from auxlabels.config import ExtractorConfig
+    from auxlabels.features import build_extractor
+    from auxseg.checkpoint_io import CheckpointError
+
+    state = torchvision.models.resnet18().state_dict()
+    state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)  # the right key, the wrong shape
+    torch.save(state, tmp_path / "r18_bad.pth")
+    with pytest.raises(CheckpointError, match=r"r18_bad\.pth: torchvision resnet18 weights do not fit the model") as err:
+        build_extractor(ExtractorConfig(name="resnet18", checkpoint=str(tmp_path / "r18_bad.pth")))
+    assert "\n" not in str(err.value)
