@@ -1,11 +1,12 @@
-"""Cross-image pixel contrastive pre-training: the whole loop in :func:`train`.
+"""Pre-training with a pluggable objective: the whole loop in :func:`train`.
 
 ``run(cfg)`` is the entry point (the CLI and the end-to-end pipeline call it):
 it prepares data, model, optimizer and resume state, runs :func:`train` and
 writes the backbone export. One iteration, top to bottom inside :func:`train`:
-batch -> schedule -> forward both views -> per-pixel targets -> balanced pixel
-sampling over the *global* batch -> gather embeddings across processes ->
-loss -> backward -> step -> log / checkpoint.
+batch -> schedule -> forward both views -> the objective (``loss.name``; for
+``infonce``: per-pixel targets -> balanced pixel sampling over the *global*
+batch -> gather across processes -> loss) -> NaN guard -> backward -> step ->
+log the objective's stats / checkpoint. Adding an objective never changes it.
 """
 
 from __future__ import annotations
