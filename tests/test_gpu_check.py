@@ -97,7 +97,7 @@ def test_one_gpu_and_no_faiss_gpu(tmp_path):
 
 def test_every_stage_command_is_a_valid_config(tmp_path, capsys):
     """The overrides the GPU check passes are keys and values the schemas accept (caught here, on the CPU,
-    rather than in the few minutes of a GPU session)."""
+    rather than in the few minutes a GPU is available)."""
     for step in gpu_check.build_steps(tmp_path, n_gpus=2, faiss_gpu=True):
         if "--child" not in step.argv:
             continue
