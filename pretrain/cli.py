@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from auxseg.checkpoint_io import CheckpointError
+from auxseg.checkpoint_io import CheckpointError, check_keys
 from auxseg.cli import EXIT_CONFIG_ERROR, add_config_arguments, report_error, run_config_command
 from auxseg.config import from_dict
 from auxseg.errors import AuxsegError
@@ -69,7 +69,10 @@ def export_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None
         raise CheckpointError(f"{checkpoint}: not a pretrain training checkpoint (format {STATE_FORMAT!r})")
     cfg = from_dict(PretrainConfig, ckpt["config"])
     model = PretrainModel(cfg)
-    model.load_state_dict(ckpt["model"])
+    # only the network is exported: the objective's heads (whose shapes may depend on the label folder) are not needed
+    net_state = {k[len("net."):]: v for k, v in ckpt["model"].items() if k.startswith("net.")}
+    check_keys(model.net.state_dict().keys(), net_state.keys(), checkpoint, "network")
+    model.net.load_state_dict(net_state)
     sha, manifest = None, None
     try:
         labels = cfg.data.labels if cfg.data.source == "folder" else Path(cfg.out_dir) / "synthetic_data" / "auxlabels"

@@ -71,7 +71,12 @@ class Objective(nn.Module):
         return float(getattr(self.cfg, "lr_mult", 1.0))
 
     def check_folder(self, folder: LabelFolder) -> None:
-        """Raise :class:`~auxseg.contracts.label_folder.LabelFolderError` if this objective cannot use ``folder``."""
+        """Called once with the label folder, before the optimizer is built and any checkpoint is loaded.
+
+        Raise :class:`~auxseg.contracts.label_folder.LabelFolderError` if this
+        objective cannot use ``folder``; build here what depends on it (a head
+        with one output per auxiliary label, as ``qr``/``rq`` do).
+        """
 
     def forward(self, features: torch.Tensor, batch: StepBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss and stats of one step.

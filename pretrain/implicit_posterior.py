@@ -1,0 +1,58 @@
+"""The implicit-posterior losses QR and RQ (Rolf, Malkin et al., UAI 2022) as pure functions.
+
+A network gives per-pixel class probabilities q_i(l); a prior p_i(l) says what
+is believed about pixel i's label. With the class mass over the batch
+``S_l = sum_i q_i(l)``, the implied posterior is
+
+    r_i(l) = p_i(l) q_i(l) / S_l  /  sum_l' p_i(l') q_i(l') / S_l'
+
+and the two objectives are (``../shared/docs/related-methods.md`` A.2-A.3, in
+the form of the authors' land-cover code):
+
+- QR (free energy with the generative side in closed form), per pixel:
+  ``sum_l qbar_l log qbar_l - mean_i sum_l q_i(l) log p_i(l)`` with qbar the
+  mean of q over all pixels of the batch (equal to L_QR / N up to a constant);
+- RQ: ``mean_i KL(r_i || q_i)``, with gradients through r as well.
+
+Both smooth q and p additively (1e-4, then renormalise; supplement E.1.3).
+With a hard (one-hot) prior and no smoothing r = p, and RQ is cross-entropy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SMOOTHING = 1e-4  # supplement E.1.3: added to the network's softmax and to the prior, then renormalised
+
+
+def smooth(prob: torch.Tensor, eps: float = SMOOTHING) -> torch.Tensor:
+    """``(prob + eps) / sum(prob + eps)`` over the class dimension (dim 1): no probability below about eps."""
+    prob = prob + eps
+    return prob / prob.sum(dim=1, keepdim=True)
+
+
+def class_mass(q: torch.Tensor) -> torch.Tensor:
+    """qbar ``[K]``: the mean of ``q [N, K]`` over the N pixels (S_l / N)."""
+    return q.mean(dim=0)
+
+
+def implied_posterior(q: torch.Tensor, p: torch.Tensor, qbar: torch.Tensor | None = None) -> torch.Tensor:
+    """r ``[N, K]`` from q, p ``[N, K]`` (rows sum to 1) and the class mass ``qbar [K]`` (default: of q).
+
+    Only the ratios of qbar enter r, so the mean over pixels and the sum S_l give the same r.
+    """
+    qbar = class_mass(q) if qbar is None else qbar
+    z = p * q / qbar.clamp_min(1e-12)  # [N, K]
+    return z / z.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def qr_loss(q: torch.Tensor, p: torch.Tensor, qbar: torch.Tensor | None = None) -> torch.Tensor:
+    """QR: ``sum_l qbar_l log qbar_l - mean_i sum_l q_i(l) log p_i(l)``; q, p ``[N, K]``, qbar ``[K]`` (default: of q)."""
+    qbar = class_mass(q) if qbar is None else qbar
+    return (qbar * qbar.clamp_min(1e-12).log()).sum() - (q * p.clamp_min(1e-12).log()).sum(dim=1).mean()
+
+
+def rq_loss(q: torch.Tensor, p: torch.Tensor, qbar: torch.Tensor | None = None) -> torch.Tensor:
+    """RQ: ``mean_i sum_l r_i(l) (log r_i(l) - log q_i(l))``, r not detached; q, p ``[N, K]``."""
+    r = implied_posterior(q, p, qbar)
+    return (r * (r.clamp_min(1e-12).log() - q.clamp_min(1e-12).log())).sum(dim=1).mean()

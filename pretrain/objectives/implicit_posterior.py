@@ -1,0 +1,105 @@
+"""QR and RQ (implicit posterior, Rolf et al., UAI 2022) as pre-training objectives on auxiliary labels.
+
+A K-way 1x1-conv head on the dense features gives q; the prior p of each pixel
+comes from the batch's soft priors when the label folder has them
+(``StepBatch.prior``), else from its hard auxiliary label (one-hot). Both are
+smoothed additively (1e-4). The batch class mass qbar is taken over all valid
+pixels of both views of the batch, optionally mixed with a running estimate
+(``mass_momentum``) for small batches. A cross-entropy warm-up on the prior
+(``warmup_iters``) guards against the degenerate solution the paper describes
+(q collapsing onto few classes while r follows the prior); the math is in
+:mod:`pretrain.implicit_posterior`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pretrain.implicit_posterior import SMOOTHING, class_mass, implied_posterior, qr_loss, rq_loss, smooth
+from pretrain.losses import nearest_to_grid
+from pretrain.objectives.base import Objective, StepBatch, register_objective
+
+
+@dataclass
+class ImplicitPosteriorConfig:
+    smoothing: float = SMOOTHING  # supplement E.1.3, on q and on p
+    mass_momentum: float = 0.0  # 0: qbar of this batch only; m > 0: m * running + (1 - m) * batch (small batches)
+    warmup_iters: int = 0  # cross-entropy on the prior for the first iterations (guard against collapse)
+    max_pixels: int = 8192  # pixels per step the loss uses (a seeded subset when there are more): bounds memory
+    lr_mult: float = 1.0  # learning-rate multiplier of the K-way head
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.smoothing < 1.0 or not 0.0 <= self.mass_momentum < 1.0:
+            raise ValueError("smoothing and mass_momentum must be in [0, 1)")
+        if self.warmup_iters < 0 or self.max_pixels < 2 or self.lr_mult <= 0:
+            raise ValueError("warmup_iters must be >= 0, max_pixels >= 2 and lr_mult > 0")
+
+
+class _ImplicitPosterior(Objective):
+    Config = ImplicitPosteriorConfig
+    progress_stats = {"posterior_agreement": "agree"}
+    loss_fn = staticmethod(qr_loss)
+
+    def __init__(self, cfg: ImplicitPosteriorConfig, in_channels: int):
+        super().__init__(cfg, in_channels)
+        self.head: nn.Conv2d | None = None  # K is known from the label folder at the first step
+        self.in_channels = in_channels
+        self.register_buffer("running_mass", torch.zeros(0))
+
+    def check_folder(self, folder) -> None:
+        # the head has one output per auxiliary label; built here so it exists before the optimizer
+        self.head = nn.Conv2d(self.in_channels, folder.num_labels, 1)
+        self.running_mass = torch.full((folder.num_labels,), 1.0 / folder.num_labels)
+
+    def forward(self, features: torch.Tensor, batch: StepBatch) -> tuple[torch.Tensor, dict]:
+        c, k = self.cfg, batch.folder.num_labels
+        h, w = features.shape[-2:]
+        logits = self.head(features).float()  # [b*2, K, h, w]
+        logits = logits.permute(0, 2, 3, 1).reshape(-1, k)  # [b*2*h*w, K]
+        if batch.prior is not None:  # soft priors [b, 2, K, S, S] at input resolution
+            prior = nearest_to_grid(batch.prior.flatten(0, 1), h, w).permute(0, 2, 3, 1).reshape(-1, k)
+            valid = prior.sum(dim=1) > 0
+        else:  # hard auxiliary labels -> one-hot priors
+            label = nearest_to_grid(batch.label, h, w).reshape(-1)  # [b*2*h*w]
+            valid = (label >= 0) & (label < k)
+            prior = F.one_hot(label.clamp(0, k - 1), k).float()
+        idx = valid.nonzero().squeeze(1)
+        if idx.numel() > c.max_pixels:
+            pick = torch.randperm(idx.numel(), generator=batch.generator)[: c.max_pixels].to(idx.device)
+            idx = idx[pick]
+        if idx.numel() < 2:
+            return logits.sum() * 0.0, {"pixels": float(idx.numel())}
+        with torch.autocast(features.device.type, enabled=False):
+            q = smooth(logits[idx].softmax(dim=1), c.smoothing)  # [N, K]
+            p = smooth(prior[idx], c.smoothing) if c.smoothing > 0 else prior[idx]
+            qbar = class_mass(q)
+            if c.mass_momentum > 0:
+                qbar = c.mass_momentum * self.running_mass.to(q.device) + (1 - c.mass_momentum) * qbar
+                self.running_mass = qbar.detach().cpu()
+            if batch.iteration < c.warmup_iters:
+                loss = -(p * q.log()).sum(dim=1).mean()  # cross-entropy on the prior
+            else:
+                loss = self.loss_fn(q, p, qbar)
+            with torch.no_grad():
+                r = implied_posterior(q, p, qbar)
+                agreement = float((r.argmax(1) == q.argmax(1)).float().mean())
+                used = int((qbar > 1.0 / (10 * k)).sum())
+        return loss, {"pixels": float(idx.numel()), "posterior_agreement": agreement, "classes_used": float(used)}
+
+
+@register_objective("qr")
+class QR(_ImplicitPosterior):
+    """Implicit-posterior QR loss (free energy) of a K-way head on the auxiliary labels as priors."""
+
+    loss_fn = staticmethod(qr_loss)
+
+
+@register_objective("rq")
+class RQ(_ImplicitPosterior):
+    """Implicit-posterior RQ loss, KL(r || q), of a K-way head on the auxiliary labels as priors."""
+
+    loss_fn = staticmethod(rq_loss)
