@@ -178,31 +178,24 @@ def _plain_state_dict(ckpt, path: Path) -> dict:
         raise CheckpointError(f"{path}: no state_dict found: {err}") from err
 
 
-def build_torchvision_resnet(cfg: ExtractorConfig, arch: str) -> FeatureExtractor:
-    """ImageNet ResNet from a torchvision ``state_dict`` file (with or without ``fc.*``)."""
+def build_resnet(cfg: ExtractorConfig, arch: str, kind: str = "torchvision") -> FeatureExtractor:
+    """A torchvision ResNet trunk from a ``kind`` checkpoint: "torchvision" (an ImageNet ``state_dict``,
+    with or without ``fc.*``) or "moco" (``(module.)encoder_q.*``; the fc/MLP head, the key encoder and
+    the queue are dropped). The file is read by :func:`auxseg.contracts.backbone.read_backbone_weights`."""
     path = _require_checkpoint(cfg)
     model = _torchvision_resnet(arch)
     if path is not None:
-        weights = read_backbone_weights(path, "torchvision")
-        _load_exact(model, weights.state_dict, path, f"torchvision {arch}", ignore_prefix="fc.")
-    return FeatureExtractor(_ResNetTrunk(model, cfg.layer), description={"arch": arch})
-
-
-def build_moco_resnet(cfg: ExtractorConfig, arch: str) -> FeatureExtractor:
-    """MoCo v1/v2 checkpoint: ``(module.)encoder_q.*`` keys; the fc (MLP) head, the key encoder and the queue are dropped."""
-    path = _require_checkpoint(cfg)
-    model = _torchvision_resnet(arch)
-    if path is not None:
-        weights = read_backbone_weights(path, "moco")
-        _load_exact(model, weights.state_dict, path, f"MoCo {arch} encoder_q", ignore_prefix="fc.")
+        weights = read_backbone_weights(path, kind)
+        what = f"MoCo {arch} encoder_q" if kind == "moco" else f"torchvision {arch}"
+        _load_exact(model, weights.state_dict, path, what, ignore_prefix="fc.")
     return FeatureExtractor(_ResNetTrunk(model, cfg.layer), description={"arch": arch})
 
 
 for _arch in ("resnet18", "resnet50"):
     register_extractor(_arch, f"ImageNet {_arch} from a torchvision state_dict (layer: layer1..layer4)")(
-        lambda cfg, arch=_arch: build_torchvision_resnet(cfg, arch))
+        lambda cfg, arch=_arch: build_resnet(cfg, arch, "torchvision"))
     register_extractor(f"moco_{_arch}", f"MoCo v1/v2 {_arch} checkpoint (layer: layer1..layer4)")(
-        lambda cfg, arch=_arch: build_moco_resnet(cfg, arch))
+        lambda cfg, arch=_arch: build_resnet(cfg, arch, "moco"))
 
 
 @register_extractor("vgg19", "ImageNet VGG-19 from a torchvision state_dict (layer: conv3|conv4|conv5)")

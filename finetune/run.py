@@ -21,6 +21,7 @@ from typing import Any
 
 from auxseg.checkpoint_io import CheckpointError, allow_mmengine_checkpoints
 from auxseg.config import ConfigError, save_config, to_dict
+from auxseg.contracts.common import versions
 from auxseg.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from auxseg.mmseg_compat import import_mmseg
 from finetune import splits as splits_mod
@@ -211,17 +212,6 @@ def _make_hooks(report_path: Path, report: dict):
 # ----------------------------------------------------------------------------- results
 
 
-def _versions() -> dict[str, str]:
-    import mmengine
-    import mmseg
-    import torch
-
-    import auxseg
-
-    return {"torch": torch.__version__, "mmengine": mmengine.__version__, "mmseg": mmseg.__version__,
-            "auxseg": getattr(auxseg, "__version__", "0.1.0")}
-
-
 def _nan_to_none(value: float) -> float | None:
     """A JSON-safe percentage: NaN (JSON has none) -> None, float32 -> float rounded to 0.01."""
     value = float(value)
@@ -321,7 +311,7 @@ def run(cfg: FinetuneConfig) -> dict:
                      for h in record_hook.history if "mIoU" in h["metrics"]],
         config=to_dict(cfg),
         elapsed_s=round(time.time() - start, 1),
-        versions=_versions(),
+        versions=versions(),
     )
     atomic_write_json(work_dir / "results.json", results)
     return results

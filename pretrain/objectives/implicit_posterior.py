@@ -46,8 +46,7 @@ class _ImplicitPosterior(Objective):
 
     def __init__(self, cfg: ImplicitPosteriorConfig, in_channels: int):
         super().__init__(cfg, in_channels)
-        self.head: nn.Conv2d | None = None  # K is known from the label folder at the first step
-        self.in_channels = in_channels
+        self.head: nn.Conv2d | None = None  # K comes from the label folder: built in check_folder
         self.register_buffer("running_mass", torch.zeros(0))
 
     def check_folder(self, folder) -> None:
