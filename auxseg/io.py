@@ -349,15 +349,17 @@ def list_images(root: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) ->
     return scan_images(root, suffixes)[0]
 
 
-def _open_decoded(path: Path, what: str) -> Image.Image:
+def _open_decoded(path: Path, what: str, data: bytes | None = None) -> Image.Image:
     """Open and fully decode an image with PIL (use it in ``with``); any failure is an :class:`ImageReadError`.
 
-    The message is one line: ``cannot read <what> <path>: <reason>``.
+    ``data``: the file's bytes when the caller has read them already (decoded
+    from memory; ``path`` then only names the file in messages). The message is
+    one line: ``cannot read <what> <path>: <reason>``.
     """
     try:
-        if path.is_file() and path.stat().st_size == 0:
+        if (data is not None and not data) or (data is None and path.is_file() and path.stat().st_size == 0):
             raise ImageReadError(f"cannot read {what} {path}: empty file (0 bytes)")
-        img = Image.open(path)
+        img = Image.open(io.BytesIO(data) if data is not None else path)
         try:
             img.load()  # decode now so truncation is detected here
         except BaseException:
@@ -457,13 +459,14 @@ def read_rgb(path: str | Path) -> np.ndarray:
         return _to_rgb(img, path)
 
 
-def read_label(path: str | Path) -> np.ndarray:
+def read_label(path: str | Path, data: bytes | None = None) -> np.ndarray:
     """Read a single-channel label PNG (uint8 or uint16) as a 2-D integer array.
 
+    ``data``: the file's bytes, if already read (e.g. to hash them too).
     Decoding failures raise :class:`ImageReadError` naming the file, as in :func:`read_rgb`.
     """
     path = Path(path)
-    with _open_decoded(path, "label map") as img:
+    with _open_decoded(path, "label map", data) as img:
         arr = np.asarray(img)
     if arr.ndim != 2:
         raise ValueError(f"label map {path} must be single-channel, got shape {arr.shape}")

@@ -123,8 +123,7 @@ def read_label_folder(path: str | Path, image_root: str | Path | None = None, ve
         )
     _check_centroids(root, folder)
     if verify_hash:
-        check_label_values(folder, labelled)
-        digest = compute_labels_sha256(root / LABELS_DIR, labelled)
+        digest = _verify_labels(folder, labelled)
         if digest != folder.labels_sha256:
             raise LabelFolderError(
                 f"{manifest_path}: labels_sha256 does not match the label PNGs on disk "
@@ -173,17 +172,22 @@ def _check_centroids(root: Path, folder: LabelFolder) -> None:
                                f"says num_labels={folder.num_labels} in {folder.manifest_path}")
 
 
-def check_label_values(folder: LabelFolder, images: tuple[str, ...] | list[str]) -> None:
-    """Every label PNG holds only ``0..K-1`` and the ignore value; else an error naming the file and the value."""
+def _verify_labels(folder: LabelFolder, images: tuple[str, ...]) -> str:
+    """Read every label PNG once: check it holds only ``0..K-1`` and the ignore value (else an error naming
+    the file and the value), and return the ``labels_sha256`` of the set."""
+    pairs = []
     for rel in images:
         path = folder.label_path(rel)
-        values = np.unique(read_label(path))
+        data = path.read_bytes()
+        pairs.append((label_rel(rel), hashlib.sha256(data).hexdigest()))
+        values = np.unique(read_label(path, data))
         bad = values[(values >= folder.num_labels) & (values != folder.ignore_index)]
         if bad.size:
             raise LabelFolderError(
                 f"{path}: label value {int(bad[0])} is outside 0..{folder.num_labels - 1} and is not the ignore "
                 f"value {folder.ignore_index} ({folder.manifest_path} says num_labels={folder.num_labels}); "
                 "the manifest does not describe these labels")
+    return labels_digest(pairs)
 
 
 def write_groundtruth_label_folder(dataset_root: str | Path, out: str | Path, split: str = "train",
