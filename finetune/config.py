@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from auxseg.config import ConfigError
-from auxseg.paths import resolve_path  # noqa: F401  (re-exported: configs/ and splits/ paths resolve to the presets)
 
 
 @dataclass

@@ -24,8 +24,9 @@ from auxseg.config import ConfigError, save_config, to_dict
 from auxseg.contracts.common import versions
 from auxseg.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from auxseg.mmseg_compat import import_mmseg
+from auxseg.paths import resolve_path
 from finetune import splits as splits_mod
-from finetune.config import FinetuneConfig, resolve_path
+from finetune.config import FinetuneConfig
 
 RESULTS_FORMAT = "auxseg.finetune/1"
 
