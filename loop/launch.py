@@ -134,8 +134,9 @@ set -euo pipefail
 cd {workdir}
 {activate}
 # The rendezvous runs on the first node of the allocation; every node runs the same torchrun
-# command, which assigns node ranks at the rendezvous (c10d backend).
-MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# command, which assigns node ranks at the rendezvous (c10d backend). sed, not head: head exits after one
+# line, scontrol then dies of SIGPIPE, and pipefail would end the job.
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 MASTER_PORT=${{MASTER_PORT:-{port}}}
 export MASTER_ADDR MASTER_PORT
 # One OpenMP thread per rank (torchrun's own default for several processes): the data-loader

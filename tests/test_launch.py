@@ -91,7 +91,7 @@ def test_slurm_script_header_and_syntax(tmp_path):
     assert lines[0] == "#!/bin/bash"
     first_command = next(i for i, ln in enumerate(lines) if ln and not ln.startswith("#"))
     assert max(i for i, ln in enumerate(lines) if ln.startswith("#SBATCH")) < first_command  # sbatch reads no further
-    assert 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in lines
+    assert 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)' in lines
     assert "MASTER_PORT=${MASTER_PORT:-29500}" in lines
     assert "source" not in text  # --venv "" activates nothing
     subprocess.run(["bash", "-n", str(tmp_path / "job.sbatch")], check=True)
@@ -103,7 +103,8 @@ def test_slurm_script_runs_torchrun_once_per_node_with_the_first_host(tmp_path):
     _slurm(tmp_path, "--port", "29611")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text("#!/bin/bash\nprintf 'gpu-a17\\ngpu-a18\\n'\n")
+    # a long host list: a reader that stops after one line would kill scontrol with SIGPIPE (exit 141)
+    (bin_dir / "scontrol").write_text("#!/bin/bash\nprintf 'gpu-a17\\ngpu-a18\\n'\nseq -f 'gpu-b%g' 200000\n")
     (bin_dir / "srun").write_text(f"#!/bin/bash\nprintf '%s\\n' \"$@\" > {tmp_path}/srun_args\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
