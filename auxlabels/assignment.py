@@ -28,7 +28,7 @@ from .labelling import LabelJob, LabelSettings, init_worker, label_image, warm_u
 from .resume import finished_images, journal_path
 
 # CPU time the workers report per image, summed into the rank's timings
-_CPU_TIMINGS = ("superpixels", "vote", "write", "cpu_total")
+_CPU_TIMINGS = ("superpixels", "vote", "write", "soft_labels", "cpu_total")
 
 
 def start_workers(num_workers: int) -> tuple[cf.ProcessPoolExecutor | None, list[cf.Future]]:
@@ -121,7 +121,12 @@ class LabelQueue:
 
 
 class Assigner:
-    """Coarse labels at the working stride: nearest reference point, then outliers to ignore."""
+    """Coarse labels at the working stride: nearest reference point, then outliers to ignore.
+
+    With soft labels, also the ``soft_labels.topk`` nearest centroids of every
+    cell and their squared distances (a separate search, so the hard labels are
+    exactly those of a run without soft labels).
+    """
 
     def __init__(self, cfg: AuxLabelsConfig, feats: Features, fit: dict, settings: LabelSettings, timings: dict):
         from .kmeans import NearestCentroid
@@ -133,20 +138,28 @@ class Assigner:
         self.stride = cfg.extractor.stride
         self.feats, self.timings = feats, timings
         self.settings = settings
+        self.topk = settings.soft.topk if settings.soft is not None else 0
 
-    def coarse_maps(self, group: list[tuple[ImageItem, np.ndarray]]) -> list[np.ndarray]:
-        """``[h, w]`` label maps (uint8 or uint16, ignore = outlier) of a same-size group of images."""
+    def coarse_maps(self, group: list[tuple[ImageItem, np.ndarray]]) -> list[tuple[np.ndarray, tuple | None]]:
+        """Per image of a same-size group: the ``[h, w]`` label map (uint8 or uint16, ignore = outlier) and,
+        with soft labels, ``(ids uint16 [k, h, w], squared distances float32 [k, h, w])`` of the k nearest
+        centroids (else None)."""
         natives = self.feats.native_cached_or_computed(group)
         dtype = np.uint8 if self.settings.dtype == "uint8" else np.uint16
         maps = []
         for (_, img), native in zip(group, natives):
             rows = self.feats.working(native, img.shape[:2])
+            hw = working_size(img.shape[:2], self.stride)
             t0 = time.perf_counter()
             idx, dist = self.nearest.assign(rows)
             lab = self.ref_labels[idx]
             if self.outliers:
                 lab = np.where(dist > self.thresholds[lab], self.settings.ignore_index, lab)
-            maps.append(lab.reshape(working_size(img.shape[:2], self.stride)).astype(dtype))
+            near = None
+            if self.topk:
+                ids, sq = self.nearest.search(rows, self.topk)  # [h*w, k]
+                near = (ids.T.reshape(-1, *hw).astype(np.uint16), sq.T.reshape(-1, *hw))
+            maps.append((lab.reshape(hw).astype(dtype), near))
             self.timings["assign"] = self.timings.get("assign", 0.0) + time.perf_counter() - t0
         return maps
 
@@ -179,11 +192,11 @@ def _label_chunks(cfg: AuxLabelsConfig, todo: list[list[ImageItem]], queue: Labe
 
     for _chunk, loaded in prefetched(todo, read):
         for group in same_size_groups(loaded):
-            coarse = assigner.coarse_maps(group) if assigner is not None else [None] * len(group)
-            for (it, img), c in zip(group, coarse):
+            coarse = assigner.coarse_maps(group) if assigner is not None else [(None, None)] * len(group)
+            for (it, img), (c, near) in zip(group, coarse):
                 if it.rel not in queue.done:
                     gt = str(it.gt_path) if it.gt_path else None
-                    queue.submit(LabelJob(rel=it.rel, image=img, coarse=c, gt_path=gt, settings=settings))
+                    queue.submit(LabelJob(rel=it.rel, image=img, coarse=c, gt_path=gt, settings=settings, near=near))
     queue.drain()
 
 

@@ -152,7 +152,8 @@ def fit_clusters(cfg: AuxLabelsConfig, items: list[ImageItem], feats: Features, 
 
     Returns ``centroids [K, D]``, ``refs [R, D]`` and ``ref_labels [R]`` (the
     points assignment compares against and their labels), ``thresholds [K]``
-    (inf: no outliers) and ``info`` for the manifest.
+    (inf: no outliers) and ``info`` for the manifest (with soft labels, its
+    ``soft_distance_scale``: the median squared nearest-centroid distance).
     """
     from .kmeans import NearestCentroid
     from .outliers import outlier_thresholds
@@ -172,6 +173,11 @@ def fit_clusters(cfg: AuxLabelsConfig, items: list[ImageItem], feats: Features, 
     if cfg.outliers.enabled and len(calib):
         idx, dist = NearestCentroid(refs).assign(calib)
         thresholds = outlier_thresholds(dist, ref_labels[idx], num_labels, cfg.outliers.fraction, cfg.outliers.mode)
+    if cfg.soft_labels.enabled:  # the soft labels' distance unit: held-out pixels when there are any
+        from .soft_labels import distance_scale
+
+        _, near = NearestCentroid(refs).assign(calib if len(calib) else sample)
+        info["soft_distance_scale"] = distance_scale(near.astype(np.float64) ** 2)
     info["num_labels"] = int(num_labels)
     return {"centroids": centroids.astype(np.float32), "refs": refs.astype(np.float32),
             "ref_labels": ref_labels.astype(np.int64), "thresholds": thresholds, "info": info}

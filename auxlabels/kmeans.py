@@ -76,3 +76,17 @@ class NearestCentroid:
             raise ValueError(f"features have dimension {feats.shape[1]}, the centroids {self.dim}")
         sq, idx = self.index.search(feats, 1)
         return idx[:, 0].astype(np.int64), np.sqrt(np.maximum(sq[:, 0], 0.0)).astype(np.float32)
+
+    def search(self, feats: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``min(k, K)`` nearest centroids of each row, nearest first (for soft labels).
+
+        Args:
+            feats: float32 ``[N, D]``.
+        Returns:
+            ids int64 ``[N, k]`` and squared Euclidean distances float32 ``[N, k]``.
+        """
+        feats = np.ascontiguousarray(feats, dtype=np.float32)
+        if feats.shape[1] != self.dim:
+            raise ValueError(f"features have dimension {feats.shape[1]}, the centroids {self.dim}")
+        sq, idx = self.index.search(feats, min(k, self.k))
+        return idx.astype(np.int64), np.maximum(sq, 0.0).astype(np.float32)

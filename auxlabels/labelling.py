@@ -1,4 +1,5 @@
-"""Per-image CPU work of the assignment pass: upsample, superpixels, vote, PNG, counts, PmIoU counts.
+"""Per-image CPU work of the assignment pass: upsample, superpixels, vote, PNG, counts, PmIoU counts
+(and, with soft labels, the prior file: :mod:`.soft_labels`).
 
 This module imports no torch, so worker processes start fast and stay small;
 each worker runs single-threaded (several run side by side).
@@ -18,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from auxseg.contracts.label_folder import label_rel
-from auxseg.io import atomic_write_bytes, encode_label_png, read_label
+from auxseg.contracts.label_folder import label_rel, prior_rel
+from auxseg.contracts.priors import write_prior
+from auxseg.io import atomic_write_bytes, encode_label_png, read_label, sha256_file
 
 from .config import SuperpixelConfig
 from .metrics import GroundTruthError, confusion
+from .soft_labels import SoftSettings, soft_prior
 from .superpixels import compute_superpixels, superpixel_label_bound
 from .vote import superpixel_vote
 
@@ -42,6 +45,7 @@ class LabelSettings:
     superpixels: SuperpixelConfig  # SLIC settings; ``enabled`` switches the vote in cluster mode
     num_classes: int | None  # M, for the PmIoU confusion counts
     gt_ignore: tuple[int, ...]  # ground-truth values left out of PmIoU
+    soft: SoftSettings | None = None  # soft labels: write a prior file per image (None: off)
 
     @property
     def dtype(self) -> str:
@@ -61,6 +65,12 @@ class LabelJob:
     coarse: np.ndarray | None  # [h, w] labels at the working stride (ignore = outliers); None: superpixel mode
     gt_path: str | None
     settings: LabelSettings
+    near: tuple[np.ndarray, np.ndarray] | None = None  # soft labels: k nearest centroids [k, h, w], squared distances
+
+    @property
+    def prior_path(self) -> Path:
+        """The prior file's path (soft labels)."""
+        return Path(self.settings.soft.priors_dir) / prior_rel(self.rel)
 
     @property
     def out_path(self) -> Path:
@@ -120,6 +130,18 @@ def sparse_counts(values: np.ndarray) -> dict[str, int]:
     return {str(int(i)): int(values[i]) for i in nz}
 
 
+def _write_soft_prior(job: LabelJob, seg: np.ndarray | None, timings: dict) -> str:
+    """The soft-label step (:mod:`.soft_labels`): the image's prior file, written atomically; its SHA-256."""
+    t0 = time.perf_counter()
+    cfg = job.settings
+    ids, sq = job.near
+    outlier = job.coarse == cfg.ignore_index  # the cells the hard labels ignore
+    prior = soft_prior(ids.astype(np.int64), sq, outlier, seg, cfg.stride, cfg.num_labels, cfg.soft)
+    write_prior(job.prior_path, prior, cfg.soft.topk)
+    timings["soft_labels"] = time.perf_counter() - t0
+    return sha256_file(job.prior_path)
+
+
 def label_image(job: LabelJob) -> dict:
     """Turn one image's coarse assignment into its label PNG; return its journal record.
 
@@ -133,6 +155,7 @@ def label_image(job: LabelJob) -> dict:
     dtype = np.uint8 if cfg.dtype == "uint8" else np.uint16
     sp = cfg.superpixels
     timings = {}
+    seg = None
     if job.coarse is None:  # the superpixel baseline: each superpixel is a label
         seg = compute_superpixels(image, sp.n_segments, sp.compactness, sp.method)
         if seg.max() >= superpixel_label_bound(sp.n_segments, sp.method):
@@ -148,6 +171,7 @@ def label_image(job: LabelJob) -> dict:
             t1 = time.perf_counter()
             label = superpixel_vote(label, seg, cfg.num_labels, cfg.ignore_index)
             timings["vote"] = time.perf_counter() - t1
+    prior_sha256 = _write_soft_prior(job, seg, timings) if cfg.soft is not None and job.near is not None else None
     t1 = time.perf_counter()
     data = encode_label_png(label)
     atomic_write_bytes(job.out_path, data)
@@ -160,6 +184,8 @@ def label_image(job: LabelJob) -> dict:
         "size": [h, w],
         "counts": sparse_counts(counts),
     }
+    if prior_sha256 is not None:
+        record["prior_sha256"] = prior_sha256
     if job.gt_path is not None:
         gt = read_label(job.gt_path)
         if gt.shape != (h, w):

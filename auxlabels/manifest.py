@@ -15,7 +15,8 @@ import numpy as np
 
 from auxseg.config import save_config, to_dict
 from auxseg.contracts.common import versions
-from auxseg.contracts.label_folder import MANIFEST_FORMAT, label_rel, labels_digest
+from auxseg.contracts.label_folder import MANIFEST_FORMAT, label_rel, labels_digest, prior_rel
+from auxseg.contracts.priors import prior_manifest_entry
 from auxseg.io import atomic_write_json, read_json
 
 from .config import AuxLabelsConfig
@@ -111,6 +112,19 @@ def _method_sections(cfg: AuxLabelsConfig, fit: dict | None, num_labels: int) ->
     }
 
 
+def _prior_section(cfg: AuxLabelsConfig, fit: dict | None, records: dict, labelled: list[ImageItem]) -> dict:
+    """``{"prior": ...}`` (docs/contracts.md section 1b) with soft labels, else ``{}`` (the key is absent)."""
+    soft = cfg.soft_labels
+    if not soft.enabled or fit is None:
+        return {}
+    pairs = [(prior_rel(it.rel), records[it.rel]["prior_sha256"]) for it in labelled]
+    return {"prior": prior_manifest_entry(
+        min(soft.topk, int(fit["info"]["num_labels"])), cfg.extractor.stride, pairs,
+        source="auxlabels.soft_labels", temperature=soft.temperature, outlier_temperature=soft.outlier_temperature,
+        superpixel_weight=soft.superpixel_weight if cfg.superpixels.enabled else 0.0,
+        distance_scale=fit["info"]["soft_distance_scale"])}
+
+
 def finish(cfg: AuxLabelsConfig, out: Path, root: Path, items: list[ImageItem], fingerprint: str, num_labels: int,
            fit: dict | None, extractor: dict | None, world: int, t_start: float, previous: dict | None) -> dict:
     """Merge the journals, compute PmIoU, write pmiou.json and the complete manifest; return the manifest.
@@ -147,6 +161,7 @@ def finish(cfg: AuxLabelsConfig, out: Path, root: Path, items: list[ImageItem], 
         "extractor": extractor,
         "working_stride": cfg.extractor.stride if cfg.clusterer != "superpixel" else None,
         **_method_sections(cfg, fit, num_labels),
+        **_prior_section(cfg, fit, records, labelled),
         "label_pixel_counts": counts[:num_labels].tolist(),
         "ignored_pixels": int(counts[num_labels]),
         "ignored_share": float(counts[num_labels] / max(1, counts.sum())),

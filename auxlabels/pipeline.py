@@ -16,7 +16,10 @@ Steps of :func:`run` (method.md, Stage 1), each in its own module:
    nearest centroid at the working stride -> outliers to ignore; then, in CPU
    worker processes (:mod:`.labelling`), upsample to full resolution, SLIC
    superpixel vote, write the PNG atomically and journal it. Streamed image by
-   image; under torchrun the images are sharded over the ranks.
+   image; under torchrun the images are sharded over the ranks. With
+   ``soft_labels.enabled`` the same pass also writes each image's soft prior
+   (:mod:`.soft_labels`: k nearest centroids -> distance softmax -> superpixel
+   soft vote -> ``priors/<rel>.npz``).
 6. **manifest** (:mod:`.manifest`) -- PmIoU on the images with ground truth,
    ``manifest.json`` with ``complete: true``.
 
@@ -42,6 +45,7 @@ from .inputs import ImageItem, collect_images
 from .labelling import LabelSettings
 from .manifest import finish, write_rank_timings, write_started
 from .resume import checkpoint_sha256, fingerprint, previous_manifest
+from .soft_labels import soft_settings
 
 __all__ = ["ImageItem", "collect_images", "labels_digest", "run"]
 
@@ -93,6 +97,7 @@ def _run(cfg: AuxLabelsConfig, dist: DistInfo, t_start: float, workers: tuple) -
     settings = LabelSettings(
         labels_dir=str(out / "labels"), num_labels=num_labels, stride=cfg.extractor.stride,
         superpixels=cfg.superpixels, num_classes=cfg.num_classes, gt_ignore=tuple(cfg.gt_ignore_values),
+        soft=soft_settings(cfg, out, fit),
     )
     label_all(cfg, out, items, feats, fit, settings, dist, workers, skipped, timings, show)
     write_rank_timings(out, dist.rank, timings, skipped)

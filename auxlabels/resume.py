@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from auxseg.config import ConfigError, to_dict
-from auxseg.contracts.label_folder import label_rel
+from auxseg.contracts.label_folder import PRIORS_DIR, label_rel, prior_rel
 from auxseg.io import atomic_path, read_json, sha256_file
 
 from .config import AuxLabelsConfig
@@ -36,6 +36,8 @@ def fingerprint(cfg: AuxLabelsConfig, items: list[ImageItem], ckpt_sha256: str |
     data = to_dict(cfg)
     for key in NOT_FINGERPRINTED:
         data.pop(key, None)
+    if not cfg.soft_labels.enabled:  # off: the same fingerprint as before soft labels existed, so old runs resume
+        data.pop("soft_labels", None)
     if ckpt_sha256 is not None:
         data["checkpoint_sha256"] = ckpt_sha256
     data["images"] = [(it.rel, str(it.gt_path) if it.gt_path else None) for it in items]
@@ -79,22 +81,26 @@ def read_journal(out: Path) -> dict[str, dict]:
     return records
 
 
-def verified(out: Path, records: dict[str, dict]) -> dict[str, dict]:
-    """The records whose label PNG exists and has the recorded SHA-256."""
+def verified(out: Path, records: dict[str, dict], priors: bool = False) -> dict[str, dict]:
+    """The records whose label PNG exists and has the recorded SHA-256 (and, with ``priors``, the prior file too)."""
     good = {}
     for rel, rec in records.items():
-        if "sha256" not in rec:
+        if "sha256" not in rec or (priors and "prior_sha256" not in rec):
             continue
         png = out / "labels" / label_rel(rel)
-        if png.is_file() and sha256_file(png) == rec["sha256"]:
-            good[rel] = rec
+        if not (png.is_file() and sha256_file(png) == rec["sha256"]):
+            continue
+        prior = out / PRIORS_DIR / prior_rel(rel)
+        if priors and not (prior.is_file() and sha256_file(prior) == rec["prior_sha256"]):
+            continue
+        good[rel] = rec
     return good
 
 
 def finished_images(cfg: AuxLabelsConfig, out: Path) -> set[str]:
-    """Images a resumed run skips: journalled with a matching PNG (none when ``resume`` is off)."""
+    """Images a resumed run skips: journalled with a matching PNG and prior file (none when ``resume`` is off)."""
     # only the names are kept in memory: the records are re-read from the journal at the end
-    return set(verified(out, read_journal(out))) if cfg.resume else set()
+    return set(verified(out, read_journal(out), cfg.soft_labels.enabled)) if cfg.resume else set()
 
 
 def journal_path(out: Path, rank: int, world_size: int) -> Path:

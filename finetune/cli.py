@@ -22,6 +22,7 @@ Examples:
   auxseg finetune configs/finetune/camvid_10pct.yaml init.type=export init.checkpoint=runs/pre/backbone.pth
   auxseg finetune configs/finetune/default.yaml split.num_images=100 work_dir=work_dirs/camvid_100img
   auxseg finetune configs/finetune/cityscapes.yaml device=cuda split.fraction=0.1
+  auxseg finetune configs/finetune/camvid_10pct.yaml targets.kind=coarse targets.factor=16 loss.name=rq
 """
 
 
@@ -38,8 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _summary(cfg, results: dict) -> str:
+    posterior = f", mIoU_r {results['mIoU_r']:.2f} (argmax r)" if results.get("mIoU_r") is not None else ""
     return (
-        f"mIoU {results['mIoU']:.2f} (aAcc {results['aAcc']:.2f}) on {results['evaluated_on']['num_images']} "
+        f"mIoU {results['mIoU']:.2f}{posterior} (aAcc {results['aAcc']:.2f}) on {results['evaluated_on']['num_images']} "
         f"validation images after {results['iteration']} iterations, {results['split']['num_images']} training "
         f"images; results in {results['work_dir']}/results.json"
     )

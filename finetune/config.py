@@ -38,12 +38,37 @@ class InitConfig:
 
 
 @dataclass
+class TargetsConfig:
+    """What the training images are supervised with (docs/finetune.md, "Fine-tuning from priors")."""
+
+    # labels: the dataset's label maps; coarse: priors built from them downsampled `factor` times and blurred;
+    # prior_folder: per-image priors of a label folder with priors/ (auxseg.contracts.priors), K = dataset classes
+    kind: Literal["labels", "coarse", "prior_folder"] = "labels"
+    factor: int = 16  # coarse: block size in label pixels (majority vote per block)
+    blur_sigma: float | None = None  # coarse: Gaussian std in label pixels; None = factor (supplement E.1.2); 0 = none
+    folder: str | None = None  # prior_folder: label folder of the training images (image_root = the train images)
+    val_folder: str | None = None  # prior_folder: label folder of the validation images, for mIoU_r; None: no mIoU_r
+
+
+@dataclass
+class LossConfig:
+    """The decode and auxiliary heads' loss: ce (on the argmax of the prior), or QR / RQ on the prior itself."""
+
+    name: Literal["ce", "qr", "rq"] = "ce"
+    warmup_iters: int = 0  # qr/rq: cross-entropy on the prior for the first iterations (guard against collapse)
+    mass_momentum: float = 0.0  # qr/rq: 0 = class mass of the batch; m > 0: m * running + (1 - m) * batch
+    smoothing: float = 1e-4  # qr/rq: additive smoothing of q and p (supplement E.1.3); also for argmax r
+
+
+@dataclass
 class FinetuneConfig:
     mmseg_config: str = "configs/finetune/mmseg/tiny/deeplabv3_r18-d8_tiny.py"
     data_root: str | None = None  # overrides the mmseg config's data_root (train and val)
     work_dir: str = "work_dirs/finetune/tiny"
     split: SplitConfig = field(default_factory=SplitConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     max_iters: int | None = None  # None: the mmseg config's schedule
     val_interval: int | None = None  # None: the mmseg config's
     checkpoint_interval: int | None = None  # None: the mmseg config's
@@ -70,6 +95,15 @@ class FinetuneConfig:
             raise ConfigError(f"split.num_images must be >= 1, got {self.split.num_images}")
         if self.amp and self.device != "cuda":
             raise ConfigError("amp=true needs device=cuda (bf16 autocast on CPU is not the tested path)")
+        t, loss = self.targets, self.loss
+        if t.factor < 1 or (t.blur_sigma is not None and t.blur_sigma < 0):
+            raise ConfigError(f"targets.factor must be >= 1 and targets.blur_sigma >= 0, got {t.factor}, {t.blur_sigma}")
+        if (t.kind == "prior_folder") != (t.folder is not None):
+            raise ConfigError("targets.folder is required with targets.kind=prior_folder and only then")
+        if t.val_folder is not None and t.kind != "prior_folder":
+            raise ConfigError("targets.val_folder is only used with targets.kind=prior_folder")
+        if loss.warmup_iters < 0 or not 0.0 <= loss.mass_momentum < 1.0 or not 0.0 <= loss.smoothing < 1.0:
+            raise ConfigError("loss.warmup_iters must be >= 0, loss.mass_momentum and loss.smoothing in [0, 1)")
         for key in ("max_iters", "val_interval", "checkpoint_interval", "batch_size", "log_interval"):
             value = getattr(self, key)
             if value is not None and value < 1:

@@ -105,6 +105,12 @@ def choose_split(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> dict[str, Any]:
     return info
 
 
+def _split_images(split_info: dict, mmcfg) -> list[str]:
+    """The chosen training images as paths relative to the train image folder (stem + image suffix)."""
+    _, suffix = train_image_dir(mmcfg)
+    return [stem + suffix for stem in Path(split_info["split_file"]).read_text().split()]
+
+
 def apply_overrides(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> None:
     """Apply the FinetuneConfig knobs to the mmseg config (in place)."""
     if cfg.data_root is not None:
@@ -132,6 +138,9 @@ def apply_overrides(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> None:
         mmcfg.train_dataloader.batch_size = cfg.batch_size
     if cfg.lr is not None:
         mmcfg.optim_wrapper.optimizer.lr = cfg.lr
+    if mmcfg.optim_wrapper.optimizer.get("type") in ("SGD", "AdamW", "Adam"):
+        # torch's default on the CPU is the per-tensor loop: several times slower, bitwise the same update
+        mmcfg.optim_wrapper.optimizer.setdefault("foreach", True)
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         if loader in mmcfg:
             mmcfg[loader].num_workers = cfg.num_workers
@@ -194,8 +203,9 @@ def _make_hooks(report_path: Path, report: dict):
             if report.get("converted"):
                 report["verified_tensors"] = verify_loaded(model.backbone, report["converted"])
             if report.get("decoder_converted"):
-                report["verified_decoder_tensors"] = verify_loaded(
-                    model.decode_head, report["decoder_converted"], not_loaded=("conv_seg.",), what="decode head")
+                report["verified_decoder_tensors"] = verify_loaded(  # a prior-loss's buffers are its own too
+                    model.decode_head, report["decoder_converted"], not_loaded=("conv_seg.", "loss_decode."),
+                    what="decode head")
             atomic_write_json(report_path, report)
 
     class RecordValHook(Hook):
@@ -245,6 +255,7 @@ def build_results(metrics: dict, classes: list[str], **extra) -> dict:
 def run(cfg: FinetuneConfig) -> dict:
     """Fine-tune as ``cfg`` says and return the results dict (also written to ``<work_dir>/results.json``)."""
     from finetune.convert import prepare_decoder_init, prepare_init
+    from finetune.priors import configure_targets
 
     start = time.time()
     work_dir = resolve_path(cfg.work_dir)
@@ -260,6 +271,8 @@ def run(cfg: FinetuneConfig) -> dict:
     report = prepare_init(cfg.init.type, init_ckpt, mmcfg, work_dir)  # raises before any training
     if cfg.init.decoder:
         report.update(prepare_decoder_init(resolve_path(cfg.init.decoder), mmcfg, work_dir))
+    # after the decoder check, which wants the head type of the export (ASPPHead, not PriorASPPHead)
+    targets = configure_targets(cfg, mmcfg, _split_images(split_info, mmcfg))
     report["verified_tensors"] = None
     previous = read_json(report_path) if report_path.is_file() and mmcfg.resume else None
     if previous and previous.get("checkpoint_sha256") != report.get("checkpoint_sha256"):
@@ -308,7 +321,10 @@ def run(cfg: FinetuneConfig) -> dict:
                                          "verified_tensors", "decoder", "decoder_sha256", "verified_decoder_tensors")},
         mmseg_config=str(resolve_path(cfg.mmseg_config)),
         work_dir=str(work_dir),
-        val_history=[{"iter": h["iter"], "mIoU": _nan_to_none(h["metrics"]["mIoU"])}
+        mIoU_r=_nan_to_none(final["metrics"]["mIoU_r"]) if "mIoU_r" in final["metrics"] else None,
+        targets=targets or {"kind": "labels", "loss": "ce"},
+        val_history=[{"iter": h["iter"], "mIoU": _nan_to_none(h["metrics"]["mIoU"]),
+                      **({"mIoU_r": _nan_to_none(h["metrics"]["mIoU_r"])} if "mIoU_r" in h["metrics"] else {})}
                      for h in record_hook.history if "mIoU" in h["metrics"]],
         config=to_dict(cfg),
         elapsed_s=round(time.time() - start, 1),

@@ -64,11 +64,12 @@ def set_rng_state(state: dict) -> None:
 
 def save_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                         scaler: torch.amp.GradScaler, iteration: int, config: dict, keep: int = 0,
-                        labels_sha256: str | None = None) -> Path:
+                        labels_sha256: str | None = None, priors_sha256: str | None = None) -> Path:
     """Write a resumable checkpoint atomically; keep only the newest ``keep`` in its folder (0 = all).
 
-    ``labels_sha256`` identifies the label folder trained on: a resume from a
-    different folder is refused (:func:`load_training_state`).
+    ``labels_sha256`` identifies the label folder trained on, ``priors_sha256``
+    its soft priors when the objective used them (else None): a resume from a
+    different folder or other priors is refused (:func:`load_training_state`).
     """
     path = Path(path)
     save_checkpoint({
@@ -80,6 +81,7 @@ def save_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
         "rng": rng_state(),
         "config": config,
         "labels_sha256": labels_sha256,
+        "priors_sha256": priors_sha256,
     }, path)
     if keep > 0:
         old = sorted(p for p in path.parent.glob("iter_*.pth") if _CKPT_RE.search(p.name))[:-keep]
@@ -101,12 +103,14 @@ def _section(config: dict, dotted: str):
 
 
 def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        scaler: torch.amp.GradScaler, config: dict, labels_sha256: str | None = None) -> int:
+                        scaler: torch.amp.GradScaler, config: dict, labels_sha256: str | None = None,
+                        priors_sha256: str | None = None) -> int:
     """Restore model, optimizer, scaler and RNG from a training checkpoint; returns its iteration.
 
     Refuses a checkpoint whose model or objective settings differ from ``config``,
-    or that was trained on another label set than ``labels_sha256`` (resuming
-    those would silently train something else).
+    or that was trained on another label set than ``labels_sha256`` or on other
+    soft priors than ``priors_sha256`` (None: no priors used) (resuming those
+    would silently train something else).
     """
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != STATE_FORMAT:
@@ -123,6 +127,11 @@ def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
             f"{path}: it was trained on another label set (labels_sha256 {str(ckpt['labels_sha256'])[:12]}..., "
             f"data.labels now gives {labels_sha256[:12]}... from {_section(config, 'data.labels') or 'the synthetic data'}); "
             "resume with the same label folder, or use a new out_dir")
+    if ckpt.get("priors_sha256") != priors_sha256:  # None on both sides: no soft priors used
+        raise CheckpointError(
+            f"{path}: it was trained on other soft priors (priors_sha256 {str(ckpt.get('priors_sha256'))[:12]}..., "
+            f"now {str(priors_sha256)[:12]}... from {_section(config, 'data.labels') or 'the synthetic data'}); "
+            "resume with the same label folder and priors, or use a new out_dir")
     state = ckpt["model"]
     check_keys(model.state_dict().keys(), state.keys(), path, "model")
     model.load_state_dict(state)

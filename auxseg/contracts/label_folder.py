@@ -3,6 +3,8 @@
 ``auxlabels`` writes a folder with :func:`label_rel`, :func:`labels_digest` and
 :data:`MANIFEST_FORMAT`; ``pretrain`` opens it with :func:`read_label_folder`,
 which checks the manifest against the files before any training starts.
+Optional soft priors (``priors/<rel>.npz``, manifest key ``prior``) are read
+and written by :mod:`auxseg.contracts.priors`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from auxseg.io import atomic_write_json, list_images, read_json, read_label, sha
 MANIFEST_FORMAT = "auxseg.auxlabels/1"
 MANIFEST_NAME = "manifest.json"
 LABELS_DIR = "labels"
+PRIORS_DIR = "priors"  # optional soft priors beside labels/ (auxseg.contracts.priors)
+PRIOR_FORMAT = "auxseg.prior/1"
 SCOPES = ("global", "image")  # global: an id means the same in every image; image: only inside one image
 
 
@@ -29,6 +33,11 @@ class LabelFolderError(AuxsegError, ValueError):
 def label_rel(rel: str | Path) -> str:
     """Label PNG path (relative to ``labels/``) of an image path: the suffix becomes ``.png``."""
     return Path(rel).with_suffix(".png").as_posix()
+
+
+def prior_rel(rel: str | Path) -> str:
+    """Prior file path (relative to ``priors/``) of an image path: the suffix becomes ``.npz``."""
+    return Path(rel).with_suffix(".npz").as_posix()
 
 
 def labels_digest(pairs: list[tuple[str, str]]) -> str:
@@ -60,9 +69,21 @@ class LabelFolder:
     image_root: Path
     images: tuple[str, ...]  # the training images: the manifest's images less its eval_images
     labels_sha256: str
+    priors_sha256: str | None = None  # the manifest's prior.priors_sha256; None: the folder has no priors
+    prior_topk: int = 0  # labels stored per pixel in the prior files (0 without priors)
+    prior_stride: int = 1  # a prior cell covers stride x stride image pixels (grid ceil(H/s) x ceil(W/s))
+
+    @property
+    def has_priors(self) -> bool:
+        """True when the folder carries soft priors (``priors/`` and the manifest's ``prior`` key)."""
+        return self.priors_sha256 is not None
 
     def label_path(self, rel: str) -> Path:
         return self.root / LABELS_DIR / label_rel(rel)
+
+    def prior_path(self, rel: str) -> Path:
+        """The prior file of image ``rel`` (meaningful only when :attr:`has_priors`)."""
+        return self.root / PRIORS_DIR / prior_rel(rel)
 
 
 def read_label_folder(path: str | Path, image_root: str | Path | None = None, verify_hash: bool = True) -> LabelFolder:
@@ -74,6 +95,9 @@ def read_label_folder(path: str | Path, image_root: str | Path | None = None, ve
     ``centroids.npy`` does not have ``num_labels`` rows, when a label PNG is
     missing, and (``verify_hash``) when a label PNG holds a value that is
     neither a label nor the ignore value or the label hash does not match.
+    With a ``prior`` key it also refuses a malformed key, a missing prior
+    file, a prior file of another K (every file with ``verify_hash``, else
+    the first) and (``verify_hash``) a ``priors_sha256`` that does not match.
     """
     root = Path(path)
     manifest_path = root / MANIFEST_NAME
@@ -95,6 +119,7 @@ def read_label_folder(path: str | Path, image_root: str | Path | None = None, ve
         if key not in m:
             raise LabelFolderError(f"{manifest_path}: missing key {key!r}")
     _check_manifest_values(manifest_path, m)
+    prior = _check_prior_key(manifest_path, m.get("prior"))
     labelled = tuple(str(r) for r in m["images"])
     # validation images are labelled only so their PmIoU can be measured: never train on them
     eval_only = {str(r) for r in m.get("eval_images", [])}
@@ -113,6 +138,9 @@ def read_label_folder(path: str | Path, image_root: str | Path | None = None, ve
         image_root=Path(image_root) if image_root else Path(m["image_root"]),
         images=images,
         labels_sha256=str(m["labels_sha256"]),
+        priors_sha256=None if prior is None else prior["priors_sha256"],
+        prior_topk=0 if prior is None else prior["topk"],
+        prior_stride=1 if prior is None else prior["stride"],
     )
     missing = [r for r in labelled if not folder.label_path(r).is_file()]
     if missing:
@@ -122,6 +150,8 @@ def read_label_folder(path: str | Path, image_root: str | Path | None = None, ve
             f"{manifest_path}: image_root {folder.image_root} does not exist (set data.image_root if the images moved)"
         )
     _check_centroids(root, folder)
+    if folder.has_priors:
+        _check_priors(folder, labelled, verify_hash)
     if verify_hash:
         digest = _verify_labels(folder, labelled)
         if digest != folder.labels_sha256:
@@ -156,6 +186,48 @@ def _check_manifest_values(manifest_path: Path, m: dict) -> None:
         raise LabelFolderError(f"{manifest_path}: scope {m['scope']!r} is not 'global' or 'image'")
     if not isinstance(m["images"], list) or not all(isinstance(r, str) for r in m["images"]):
         raise LabelFolderError(f"{manifest_path}: images must be a list of relative paths")
+
+
+def _check_prior_key(manifest_path: Path, prior) -> dict | None:
+    """The manifest's ``prior`` entry (None when absent), checked for the keys a consumer relies on."""
+    if prior is None:
+        return None
+    if not isinstance(prior, dict) or prior.get("format") != PRIOR_FORMAT:
+        found = prior.get("format") if isinstance(prior, dict) else prior
+        raise LabelFolderError(f"{manifest_path}: prior format {found!r}, expected {PRIOR_FORMAT!r}")
+    for key in ("topk", "stride"):
+        if not _is_int(prior.get(key)) or prior[key] < 1:
+            raise LabelFolderError(f"{manifest_path}: prior.{key} must be an integer >= 1, got {prior.get(key)!r}")
+    if not isinstance(prior.get("priors_sha256"), str):
+        raise LabelFolderError(f"{manifest_path}: prior.priors_sha256 missing (a string is required)")
+    return prior
+
+
+def _check_priors(folder: LabelFolder, images: tuple[str, ...], verify_hash: bool) -> None:
+    """Every image has its prior file; with ``verify_hash`` each is of this K and ``priors_sha256`` matches."""
+    from auxseg.contracts.priors import prior_num_labels  # it imports this module
+
+    missing = [r for r in images if not folder.prior_path(r).is_file()]
+    if missing:
+        raise LabelFolderError(f"{folder.root}: {len(missing)} prior files missing, e.g. {folder.prior_path(missing[0])}"
+                               f" ({folder.manifest_path} has a prior key)")
+    check = images if verify_hash else images[:1]  # K of one file always; every file with the hash check
+    pairs = []
+    for rel in check:
+        path = folder.prior_path(rel)
+        k = prior_num_labels(path)
+        if k != folder.num_labels:
+            raise LabelFolderError(f"{path}: prior written for K={k} labels, but {folder.manifest_path} says "
+                                   f"num_labels={folder.num_labels}")
+        if verify_hash:
+            pairs.append((prior_rel(rel), sha256_file(path)))
+    if verify_hash:
+        digest = labels_digest(pairs)
+        if digest != folder.priors_sha256:
+            raise LabelFolderError(
+                f"{folder.manifest_path}: prior.priors_sha256 does not match the prior files on disk "
+                f"(manifest {folder.priors_sha256[:12]}..., files {digest[:12]}...); the priors changed "
+                "after the manifest was written (data.verify_hash=false skips this check)")
 
 
 def _check_centroids(root: Path, folder: LabelFolder) -> None:

@@ -1,14 +1,16 @@
 """QR and RQ (implicit posterior, Rolf et al., UAI 2022) as pre-training objectives on auxiliary labels.
 
 A K-way 1x1-conv head on the dense features gives q; the prior p of each pixel
-comes from the batch's soft priors when the label folder has them
-(``StepBatch.prior``), else from its hard auxiliary label (one-hot). Both are
+comes from the label folder's soft priors with ``use_priors: true``
+(``StepBatch.prior``, top-k per pixel, densified only at the pixels the loss
+uses; outlier pixels, ignored by the hard labels, then take part with their
+flatter prior), else from its hard auxiliary label (one-hot). Both are
 smoothed additively (1e-4). The batch class mass qbar is taken over all valid
 pixels of both views of the batch, optionally mixed with a running estimate
 (``mass_momentum``) for small batches. A cross-entropy warm-up on the prior
 (``warmup_iters``) guards against the degenerate solution the paper describes
 (q collapsing onto few classes while r follows the prior); the math is in
-:mod:`pretrain.implicit_posterior`.
+:mod:`auxseg.implicit_posterior`.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from pretrain.implicit_posterior import SMOOTHING, class_mass, implied_posterior, qr_loss, rq_loss, smooth
+from auxseg.contracts.label_folder import LabelFolderError
+from auxseg.implicit_posterior import SMOOTHING, class_mass, implied_posterior, qr_loss, rq_loss, smooth
 from pretrain.losses import nearest_to_grid
-from pretrain.objectives.base import Objective, StepBatch, register_objective
+from pretrain.objectives.base import Objective, SoftPrior, StepBatch, register_objective
 
 
 @dataclass
@@ -31,6 +33,7 @@ class ImplicitPosteriorConfig:
     warmup_iters: int = 0  # cross-entropy on the prior for the first iterations (guard against collapse)
     max_pixels: int = 8192  # pixels per step the loss uses (a seeded subset when there are more): bounds memory
     lr_mult: float = 1.0  # learning-rate multiplier of the K-way head
+    use_priors: bool = False  # p from the label folder's soft priors (priors/, docs/contracts.md 1b), not one-hot
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.smoothing < 1.0 or not 0.0 <= self.mass_momentum < 1.0:
@@ -42,6 +45,7 @@ class ImplicitPosteriorConfig:
 class _ImplicitPosterior(Objective):
     Config = ImplicitPosteriorConfig
     progress_stats = {"posterior_agreement": "agree"}
+    uses_prior = True
     loss_fn = staticmethod(qr_loss)
 
     def __init__(self, cfg: ImplicitPosteriorConfig, in_channels: int):
@@ -50,6 +54,10 @@ class _ImplicitPosterior(Objective):
         self.register_buffer("running_mass", torch.zeros(0))
 
     def check_folder(self, folder) -> None:
+        if self.cfg.use_priors and not folder.has_priors:
+            raise LabelFolderError(
+                f"{folder.root}: loss.{self.name}.use_priors=true but this label folder has no soft priors "
+                "(write them with auxlabels soft_labels.enabled=true)")
         # the head has one output per auxiliary label; built here so it exists before the optimizer
         self.head = nn.Conv2d(self.in_channels, folder.num_labels, 1)
         self.running_mass = torch.full((folder.num_labels,), 1.0 / folder.num_labels)
@@ -59,22 +67,23 @@ class _ImplicitPosterior(Objective):
         h, w = features.shape[-2:]
         logits = self.head(features).float()  # [b*2, K, h, w]
         logits = logits.permute(0, 2, 3, 1).reshape(-1, k)  # [b*2*h*w, K]
-        if batch.prior is not None:  # soft priors [b, 2, K, S, S] at input resolution
-            prior = nearest_to_grid(batch.prior.flatten(0, 1), h, w).permute(0, 2, 3, 1).reshape(-1, k)
-            valid = prior.sum(dim=1) > 0
-        else:  # hard auxiliary labels -> one-hot priors
+        if batch.prior is not None:  # soft priors, top-k per pixel: [b*2*h*w, k] ids and probs
+            ids, probs = batch.prior.at_grid(h, w)
+            valid = probs.sum(dim=1) > 0  # 0 only on view padding
+        else:  # hard auxiliary labels -> one-hot priors, in the same top-1 form
             label = nearest_to_grid(batch.label, h, w).reshape(-1)  # [b*2*h*w]
             valid = (label >= 0) & (label < k)
-            prior = F.one_hot(label.clamp(0, k - 1), k).float()
+            ids, probs = label.clamp(0, k - 1)[:, None], torch.ones(label.numel(), 1, device=label.device)
         idx = valid.nonzero().squeeze(1)
         if idx.numel() > c.max_pixels:
             pick = torch.randperm(idx.numel(), generator=batch.generator)[: c.max_pixels].to(idx.device)
             idx = idx[pick]
         if idx.numel() < 2:
             return logits.sum() * 0.0, {"pixels": float(idx.numel())}
+        prior = SoftPrior.dense(ids[idx], probs[idx], k)  # [N, K]: dense only at the N pixels used
         with torch.autocast(features.device.type, enabled=False):
             q = smooth(logits[idx].softmax(dim=1), c.smoothing)  # [N, K]
-            p = smooth(prior[idx], c.smoothing) if c.smoothing > 0 else prior[idx]
+            p = smooth(prior, c.smoothing) if c.smoothing > 0 else prior
             qbar = class_mass(q)
             if c.mass_momentum > 0:
                 qbar = c.mass_momentum * self.running_mass.to(q.device) + (1 - c.mass_momentum) * qbar

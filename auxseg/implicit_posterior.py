@@ -16,6 +16,10 @@ the form of the authors' land-cover code):
 
 Both smooth q and p additively (1e-4, then renormalise; supplement E.1.3).
 With a hard (one-hot) prior and no smoothing r = p, and RQ is cross-entropy.
+Prediction is argmax q, or argmax r with the class mass of the evaluated image
+(A.6 step 5): :func:`posterior_labels`. The pre-training objectives
+(``pretrain/objectives/implicit_posterior.py``) and the fine-tuning losses
+(``finetune/losses.py``) both use these functions.
 """
 
 from __future__ import annotations
@@ -56,3 +60,28 @@ def rq_loss(q: torch.Tensor, p: torch.Tensor, qbar: torch.Tensor | None = None) 
     """RQ: ``mean_i sum_l r_i(l) (log r_i(l) - log q_i(l))``, r not detached; q, p ``[N, K]``."""
     r = implied_posterior(q, p, qbar)
     return (r * (r.clamp_min(1e-12).log() - q.clamp_min(1e-12).log())).sum(dim=1).mean()
+
+
+def soft_cross_entropy(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``-mean_i sum_l p_i(l) log q_i(l)``; q, p ``[N, K]``: the warm-up loss on a soft prior (A.6 step 6)."""
+    return -(p * q.clamp_min(1e-12).log()).sum(dim=1).mean()
+
+
+def posterior_labels(logits: torch.Tensor, prior: torch.Tensor, eps: float = SMOOTHING) -> torch.Tensor:
+    """argmax r ``[H, W]`` int64 of one image: logits and prior ``[K, H, W]``, class mass over the image.
+
+    q = smooth(softmax(logits)), p = smooth(prior); r as :func:`implied_posterior`
+    with qbar the mean of q over the pixels whose prior row is not all zero
+    (the evaluated image, A.6 step 5). Pixels with an all-zero prior (no
+    information) take argmax q.
+    """
+    k = logits.shape[0]
+    q = smooth(logits.float().softmax(dim=0).reshape(k, -1).T, eps)  # [H*W, K]
+    p = prior.float().reshape(k, -1).T  # [H*W, K]
+    pred = q.argmax(dim=1)
+    valid = p.sum(dim=1) > 0
+    if int(valid.sum()) > 0:
+        qv, pv = q[valid], p[valid]
+        pv = smooth(pv, eps) if eps > 0 else pv / pv.sum(dim=1, keepdim=True)
+        pred[valid] = implied_posterior(qv, pv, class_mass(qv)).argmax(dim=1)
+    return pred.reshape(logits.shape[1:])

@@ -1,0 +1,45 @@
+"""tools/bench_camvid_coarse.py on tiny synthetic data: one coarse-prior fine-tune, the table, and a rerun that skips it."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_camvid_coarse.py"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("bench_camvid_coarse", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_camvid_coarse_smoke(tmp_path, capsys):
+    root = make_synthetic_dataset(tmp_path / "data", SyntheticSpec(num_train=4, num_val=2, height=48, width=64))
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "train_100pct_seed0.txt").write_text("".join(f"{i:04d}\n" for i in range(4)))
+    argv = ["--data", str(root), "--pipeline-config", "configs/pipeline/demo.yaml", "--splits", str(splits),
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "table.md"), "--labelled", "100",
+            "--factors", "16", "--losses", "rq", "--no-reference", "--max-iters", "2", "--warmup-frac", "0.5",
+            "--set", "tensorboard=false", "num_workers=0"]
+    assert _tool().main(argv) == 0
+    out = capsys.readouterr().out
+    assert "100pct_coarse16_rq_seed0: mIoU" in out and "mIoU_r" in out
+    results = (tmp_path / "runs" / "100pct_coarse16_rq_seed0" / "results.json")
+    assert results.is_file()
+    table = (tmp_path / "table.md").read_text()
+    assert "| 100% | coarse x16 | RQ |" in table and "| 1/1 |" in table
+    assert "Command: `python tools/bench_camvid_coarse.py --data" in table and "Seeds: 0" in table
+    assert "warm up with cross-entropy on the prior for 1 iterations" in table
+    before = results.stat().st_mtime_ns
+    assert _tool().main(argv) == 0  # finished runs are skipped
+    assert "finished before, skipped" in capsys.readouterr().out and results.stat().st_mtime_ns == before
+
+
+def test_bench_camvid_coarse_skips_without_data(tmp_path, capsys):
+    assert _tool().main(["--data", str(tmp_path / "nothing"), "--results", str(tmp_path / "t.md")]) == 0
+    assert "skipped: CamVid not found" in capsys.readouterr().err and not (tmp_path / "t.md").exists()
