@@ -77,6 +77,20 @@ class SuperpixelConfig:
 
 
 @dataclass
+class SoftLabelsConfig:
+    """Soft auxiliary labels: a prior over the K clusters per working-stride cell, beside each label PNG.
+
+    The rule is in :mod:`auxlabels.soft_labels` and docs/auxlabels.md; K-means only.
+    """
+
+    enabled: bool = False  # off: the stage writes exactly what it wrote before (no priors/)
+    topk: int = 3  # nearest centroids searched per cell and labels stored per cell (choice)
+    temperature: float = 0.1  # tau, in units of the median squared nearest-centroid distance (choice)
+    outlier_temperature: float = 4.0  # outlier cells use tau * this (flatter prior instead of ignore; choice)
+    superpixel_weight: float = 0.5  # w: p = (1 - w) p_own + w * superpixel mean (choice); 0 = no soft vote
+
+
+@dataclass
 class AuxLabelsConfig:
     """Everything the auxlabels stage needs: inputs, extractor, clusterer, cleaning, outputs."""
 
@@ -96,6 +110,7 @@ class AuxLabelsConfig:
     dbscan: DBSCANConfig = field(default_factory=DBSCANConfig)
     outliers: OutlierConfig = field(default_factory=OutlierConfig)
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
+    soft_labels: SoftLabelsConfig = field(default_factory=SoftLabelsConfig)
     num_workers: int = 0  # CPU worker processes for superpixels/vote/PNG writing (0: in-process)
     on_bad_image: Literal["skip", "stop"] = "skip"  # unreadable image: report and skip, or stop the run
     feature_cache_gb: float = 4.0  # disk budget for caching the fit images' features between passes
@@ -144,6 +159,17 @@ def validate(cfg: AuxLabelsConfig) -> None:
         )
     if cfg.clusterer == "superpixel" and not cfg.superpixels.enabled:
         raise ConfigError("superpixels.enabled: the superpixel clusterer needs superpixels")
+    soft = cfg.soft_labels
+    if soft.enabled:
+        if cfg.clusterer != "kmeans":
+            raise ConfigError(f"soft_labels.enabled: soft labels need clusterer=kmeans, not {cfg.clusterer!r}")
+        if soft.topk < 1 or soft.topk > 255:
+            raise ConfigError(f"soft_labels.topk: must be in 1..255, got {soft.topk}")
+        if not soft.temperature > 0 or not soft.outlier_temperature > 0:
+            raise ConfigError("soft_labels.temperature and soft_labels.outlier_temperature: must be > 0, got "
+                              f"{soft.temperature} and {soft.outlier_temperature}")
+        if not 0.0 <= soft.superpixel_weight <= 1.0:
+            raise ConfigError(f"soft_labels.superpixel_weight: must be in [0, 1], got {soft.superpixel_weight}")
     if cfg.num_workers < 0:
         raise ConfigError(f"num_workers: must be >= 0, got {cfg.num_workers}")
 

@@ -361,6 +361,26 @@ def build_auxseg_export(cfg: ExtractorConfig) -> FeatureExtractor:
     return FeatureExtractor(_MMSegBackboneStage(backbone, index), mean=mean, std=std, description=desc)
 
 
+# ----------------------------------------------------------------------------- small local-prediction networks
+
+
+@register_extractor("small_model", "a pixel/linear/predseg1 network exported by `auxseg pretrain` (small_model.pth)")
+def build_small_model_export(cfg: ExtractorConfig) -> FeatureExtractor:
+    """A small network (:mod:`auxseg.small_models`, e.g. trained with ``loss.name=local_prediction``) from its
+    ``small_model.pth`` export; features are the network's output (``layer``: output, or the default layer4
+    meaning the same)."""
+    from auxseg.small_models import read_small_model
+
+    path = _require_checkpoint(cfg)
+    if path is None:
+        raise CheckpointError("extractor small_model needs a checkpoint (random_init is meaningless here)")
+    if cfg.layer not in ("output", "layer4"):
+        raise ConfigError(f"extractor.layer: {cfg.layer!r}: a small model has one output (layer: output)")
+    export = read_small_model(path)
+    return FeatureExtractor(export.model, mean=export.mean, std=export.std,
+                            description={"arch": export.meta["arch"], "iteration": export.meta.get("iteration")})
+
+
 def build_extractor(cfg: ExtractorConfig, checkpoint_sha256: str | None = None) -> FeatureExtractor:
     """Build the configured extractor, frozen and in eval mode, with a description for the manifest.
 

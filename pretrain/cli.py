@@ -22,7 +22,9 @@ pre-training objective (default: supervised pixel InfoNCE, loss.name=infonce) ov
 writes to out_dir: config.yaml, log.jsonl, tensorboard/, checkpoints/iter_*.pth
 (resumable; a rerun resumes automatically) and the backbone export
 backbone_mmseg.pth (+ backbone_torchvision.pth for the plain stem, + decoder_mmseg.pth
-with model.decoder=aspp).
+with model.decoder=aspp; small_model.pth instead for model.arch=pixel|linear|predseg1).
+Objectives that use no labels (loss.name=local_prediction) also train on a plain
+image folder: data.source=images data.images=PATH.
 
 Multi-process: torchrun --nproc_per_node=N -m loop pretrain CONFIG ...
 """
@@ -32,6 +34,7 @@ examples:
   auxseg pretrain configs/pretrain/tiny.yaml
   auxseg pretrain configs/pretrain/default.yaml data.labels=work/auxlabels out_dir=work/pretrain
   auxseg pretrain configs/pretrain/default.yaml loss.infonce.mode=pixel model.stem=deep train.device=cuda train.amp=bf16
+  auxseg pretrain configs/pretrain/local_prediction.yaml data.images=data/camvid/train model.arch=linear
   auxseg pretrain --export work/pretrain/checkpoints/iter_0010000.pth --out work/export
 """
 
@@ -59,9 +62,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def export_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None) -> dict[str, Path]:
     """Write the backbone export(s) of a training checkpoint; returns key format -> path."""
     from auxseg.checkpoint_io import load_checkpoint
+    from auxseg.small_models import SMALL_MODELS
     from pretrain.checkpoint import STATE_FORMAT
     from pretrain.data import read_label_folder
-    from pretrain.export import export_backbone, export_decoder
+    from pretrain.export import export_backbone, export_decoder, export_small_model
     from pretrain.train import PretrainModel
 
     ckpt = load_checkpoint(checkpoint)
@@ -75,13 +79,22 @@ def export_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None
     model.net.load_state_dict(net_state)
     sha, manifest = None, None
     try:
-        labels = cfg.data.labels if cfg.data.source == "folder" else Path(cfg.out_dir) / "synthetic_data" / "auxlabels"
+        labels = {"folder": cfg.data.labels, "images": Path(cfg.out_dir) / "unlabelled"}.get(
+            cfg.data.source, Path(cfg.out_dir) / "synthetic_data" / "auxlabels")
         folder = read_label_folder(labels, image_root=cfg.data.image_root, verify_hash=False)
         sha, manifest = folder.labels_sha256, str(folder.manifest_path)
     except (ValueError, OSError) as err:
         print(f"warning: label folder not readable ({err}); the export meta will not name it", file=sys.stderr)
     provenance = dict(config=ckpt["config"], iteration=ckpt["iteration"], auxlabels_sha256=sha,
                       auxlabels_manifest=manifest)
+    if cfg.model.arch in SMALL_MODELS:
+        # the predictor parameters of local_prediction travel with a small model (the boundary production
+        # needs them); their shapes depend on the config only
+        if hasattr(model.objective, "predictor"):
+            obj_state = {k[len("objective."):]: v for k, v in ckpt["model"].items() if k.startswith("objective.")}
+            check_keys(model.objective.state_dict().keys(), obj_state.keys(), checkpoint, "objective")
+            model.objective.load_state_dict(obj_state)
+        return export_small_model(model.net.backbone, model.objective, out or cfg.out_dir, **provenance)
     paths = export_backbone(model.net.backbone, out or cfg.out_dir, **provenance)
     if model.net.decoder is not None:
         paths["decoder"] = export_decoder(model.net.decoder, out or cfg.out_dir, **provenance)

@@ -17,8 +17,11 @@ class DataConfig:
     # "folder": read an auxiliary-label folder (docs/contracts.md section 1).
     # "synthetic": generate auxseg.synthetic images and write their ground truth as a label
     # folder under <out_dir>/synthetic_data (for the tiny preset and demos; no downloads).
-    source: Literal["folder", "synthetic"] = "folder"
+    # "images": a plain image folder (data.images), only for objectives that use no labels
+    # (e.g. local_prediction); an all-ignore label folder is written under <out_dir>/unlabelled.
+    source: Literal["folder", "synthetic", "images"] = "folder"
     labels: str = ""  # auxiliary-label folder holding manifest.json
+    images: str = ""  # only for source="images": the image folder (searched recursively)
     image_root: str | None = None  # overrides the manifest's image_root (data moved elsewhere)
     verify_hash: bool = True  # recompute labels_sha256 and refuse a folder whose labels changed
     batch_size: int = 16  # global number of images per step (each gives two views); paper choice
@@ -55,7 +58,10 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["resnet18", "resnet50"] = "resnet50"
+    # resnet18 / resnet50: dilated ResNet (output stride 8, exported for mmseg). pixel / linear / predseg1:
+    # the small networks of the local-prediction method (auxseg.small_models; random init, no decoder,
+    # exported as small_model.pth).
+    arch: Literal["resnet18", "resnet50", "pixel", "linear", "predseg1"] = "resnet50"
     stem: Literal["plain", "deep"] = "plain"  # plain = torchvision/ResNetV1b, deep = mmseg ResNetV1c
     decoder: Literal["none", "aspp"] = "none"  # pre-train the DeepLabV3 ASPP decoder too
     decoder_channels: int = 512  # choice (mmseg's DeepLabV3 uses 512)
@@ -65,6 +71,13 @@ class ModelConfig:
     # "train": ordinary BN; "sync": SyncBatchNorm across processes (CUDA only in torch);
     # "frozen": BN layers in eval mode with fixed statistics (affine still trained).
     norm: Literal["train", "sync", "frozen"] = "train"
+
+    def __post_init__(self) -> None:
+        from auxseg.small_models import SMALL_MODELS
+
+        if self.arch in SMALL_MODELS and (self.decoder != "none" or self.init != "random"):
+            raise ValueError(f"model.arch={self.arch} is a small model: it takes no decoder (model.decoder=none) "
+                             "and starts from random weights (model.init=random)")
 
 
 def _loss_schema() -> type:

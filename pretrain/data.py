@@ -12,20 +12,28 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from auxseg.contracts.label_folder import (  # noqa: F401  (re-exported for the stage's users)
+    LABELS_DIR,
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
     LabelFolder,
     LabelFolderError,
+    compute_labels_sha256,
+    label_rel,
     read_label_folder,
     write_groundtruth_label_folder,
 )
-from auxseg.io import read_label, read_rgb
+from auxseg.contracts.priors import read_prior_topk
+from auxseg.io import atomic_write_json, list_images, read_json, read_label, read_rgb, write_label_png
 from pretrain.config import AugmentConfig
-from pretrain.transforms import make_view, sample_view_params
+from pretrain.transforms import make_view, prior_view, sample_view_params
 
 
 def sample_rng(seed: int, iteration: int, slot: int) -> np.random.Generator:
@@ -40,12 +48,18 @@ class TwoViewDataset(Dataset):
     float (normalised), ``label [2, S, S]`` int64 (ignore = the folder's
     ``ignore_index``), ``coords [2, S, S]`` int64 (original ``y * W + x``, -1 on
     padding), ``index`` (the image's position in the folder) and ``size`` (H, W).
+    With ``priors`` (the folder must have them) also ``prior_ids`` int64 and
+    ``prior_probs`` float32 ``[2, k, S, S]``: the soft prior in top-k form, warped
+    exactly as the label map (:func:`pretrain.transforms.prior_view`).
     """
 
-    def __init__(self, folder: LabelFolder, augment: AugmentConfig, seed: int = 0):
+    def __init__(self, folder: LabelFolder, augment: AugmentConfig, seed: int = 0, priors: bool = False):
+        if priors and not folder.has_priors:
+            raise LabelFolderError(f"{folder.root}: soft priors were asked for but this label folder has none")
         self.folder = folder
         self.augment = augment
         self.seed = seed
+        self.priors = priors
 
     def __len__(self) -> int:
         return len(self.folder.images)
@@ -66,13 +80,29 @@ class TwoViewDataset(Dataset):
         for _ in range(2):
             params = sample_view_params(rng, image.shape[0], image.shape[1], self.augment)
             views.append(make_view(image, label, params, self.folder.ignore_index))
-        return {
+        sample = {
             "image": torch.stack([v[0] for v in views]),
             "label": torch.stack([v[1] for v in views]),
             "coords": torch.stack([v[2] for v in views]),
             "index": torch.tensor(index),
             "size": torch.tensor(image.shape[:2]),
         }
+        if self.priors:
+            sample.update(self._prior_views(rel, image.shape[:2], sample["coords"]))
+        return sample
+
+    def _prior_views(self, rel: str, size_hw: tuple[int, int], coords: torch.Tensor) -> dict:
+        """``prior_ids`` / ``prior_probs [2, k, S, S]`` of both views (top-k, never densified over K)."""
+        f = self.folder
+        ids, probs = read_prior_topk(f.prior_path(rel), f.num_labels)
+        h, w = ids.shape[1:]
+        want = (-(-size_hw[0] // f.prior_stride), -(-size_hw[1] // f.prior_stride))
+        if (h, w) != want:
+            raise LabelFolderError(
+                f"{f.prior_path(rel)}: prior grid is {w}x{h} but its image {f.image_root / rel} "
+                f"({size_hw[1]}x{size_hw[0]}) at prior stride {f.prior_stride} needs {want[1]}x{want[0]}")
+        pv = [prior_view(ids, probs, c.numpy(), size_hw[1], f.prior_stride) for c in coords]
+        return {"prior_ids": torch.stack([v[0] for v in pv]), "prior_probs": torch.stack([v[1] for v in pv])}
 
 
 @functools.lru_cache(maxsize=4)
@@ -119,5 +149,44 @@ class StepSampler(Sampler):
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack samples: ``image [B, 2, 3, S, S]``, ``label``/``coords [B, 2, S, S]``, ``index [B]``, ``size [B, 2]``."""
+    """Stack samples: ``image [B, 2, 3, S, S]``, ``label``/``coords [B, 2, S, S]``, ``index [B]``, ``size [B, 2]``
+    (and, with priors, ``prior_ids``/``prior_probs [B, 2, k, S, S]``, which the loop puts in ``StepBatch.prior``)."""
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+UNLABELLED_EXTRACTOR = "none: unlabelled images, every pixel ignore"
+
+
+def write_unlabelled_label_folder(image_root: str | Path, out: str | Path) -> Path:
+    """Write a label folder for a plain image folder whose labels are all the ignore value (255).
+
+    For objectives that use no labels (``needs_labels = False``, ``data.source=images``):
+    the data path, the resume check (``labels_sha256`` identifies the image set and
+    sizes) and the export provenance stay those of any label folder. Each label PNG
+    is one constant plane (some hundred bytes). Rewritten only when the image list changed.
+    """
+    image_root, out = Path(image_root), Path(out)
+    if not image_root.is_dir():
+        raise LabelFolderError(f"data.images: {image_root} is not a folder")
+    images = [p.as_posix() for p in list_images(image_root)]
+    if not images:
+        raise LabelFolderError(f"data.images: no images under {image_root}")
+    manifest = out / MANIFEST_NAME
+    if manifest.is_file():
+        m = read_json(manifest)
+        if m.get("images") == images and m.get("image_root") == str(image_root.resolve()):
+            return out
+    for rel in images:
+        try:
+            with Image.open(image_root / rel) as img:
+                width, height = img.size
+        except OSError as err:
+            raise LabelFolderError(f"{image_root / rel}: not a readable image ({err})") from err
+        write_label_png(out / LABELS_DIR / label_rel(rel), np.full((height, width), 255, np.uint8))
+    atomic_write_json(manifest, {
+        "format": MANIFEST_FORMAT, "num_labels": 1, "ignore_index": 255, "dtype": "uint8", "scope": "image",
+        "image_root": str(image_root.resolve()), "images": images,
+        "labels_sha256": compute_labels_sha256(out / LABELS_DIR, images), "complete": True,
+        "extractor": UNLABELLED_EXTRACTOR,
+    })
+    return out

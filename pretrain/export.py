@@ -13,6 +13,7 @@ from pathlib import Path
 from auxseg.checkpoint_io import save_checkpoint
 from auxseg.contracts.backbone import DECODER_FILENAME, decoder_meta, export_filenames, export_meta
 from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD
+from auxseg.small_models import SMALL_MODEL_FILENAME, SmallModel, save_small_model
 from pretrain.model import ASPP, DilatedResNet
 
 
@@ -37,3 +38,15 @@ def export_decoder(decoder: ASPP, out_dir: str | Path, *, config: dict, iteratio
                         config=config, iteration=iteration, auxlabels_sha256=auxlabels_sha256,
                         auxlabels_manifest=auxlabels_manifest)
     return save_checkpoint({"state_dict": state, "meta": meta}, Path(out_dir) / DECODER_FILENAME)
+
+
+def export_small_model(model: SmallModel, objective, out_dir: str | Path, *, config: dict, iteration: int,
+                       auxlabels_sha256: str | None, auxlabels_manifest: str | None) -> dict[str, Path]:
+    """Write ``small_model.pth`` (:mod:`auxseg.small_models`): a pixel / linear / predseg1 network cannot
+    be an mmseg backbone. The local-prediction objective's predictor parameters go with it (the boundary
+    production needs them); other objectives' heads are dropped as for every export."""
+    predictor = objective.predictor() if hasattr(objective, "predictor") else None
+    path = save_small_model(Path(out_dir) / SMALL_MODEL_FILENAME, model, config=config, iteration=iteration,
+                            predictor=predictor, auxlabels_sha256=auxlabels_sha256,
+                            auxlabels_manifest=auxlabels_manifest)
+    return {"small_model": path}

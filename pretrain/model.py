@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from auxseg.small_models import SMALL_MODELS, build_small_model
+
 if TYPE_CHECKING:  # not imported at run time: pretrain.config builds its loss schema from the objectives,
     from pretrain.config import ModelConfig  # which import this module
 
@@ -134,11 +136,16 @@ class PretrainNet(nn.Module):
 
     ``forward(x [B, 3, H, W]) -> features [B, C, h, w]`` with ``C = out_channels``.
     Heads belong to the objective (:mod:`pretrain.objectives`), not to the network.
+    The backbone is a dilated ResNet, or one of the small networks of
+    :mod:`auxseg.small_models` (``model.arch`` pixel / linear / predseg1).
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.backbone = DilatedResNet(cfg.arch, cfg.stem)
+        if cfg.arch in SMALL_MODELS:
+            self.backbone = build_small_model(cfg.arch)
+        else:
+            self.backbone = DilatedResNet(cfg.arch, cfg.stem)
         channels = self.backbone.out_channels
         self.decoder = ASPP(channels, cfg.decoder_channels) if cfg.decoder == "aspp" else None
         if self.decoder is not None:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from auxseg.config import save_config, to_dict
 from auxseg.errors import AuxsegError
 from auxseg.io import append_jsonl, atomic_write_text, read_jsonl
+from auxseg.small_models import SMALL_MODEL_FILENAME, SMALL_MODELS
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 from pretrain.checkpoint import (
     checkpoint_path,
@@ -42,6 +43,7 @@ from pretrain.data import (
     collate,
     read_label_folder,
     write_groundtruth_label_folder,
+    write_unlabelled_label_folder,
 )
 from pretrain.distributed import (
     DistInfo,
@@ -49,9 +51,10 @@ from pretrain.distributed import (
     cleanup,
     init_distributed,
 )
-from pretrain.export import export_backbone, export_decoder
+from pretrain.export import export_backbone, export_decoder, export_small_model
 from pretrain.model import PretrainNet, set_frozen_bn
 from pretrain.objectives import StepBatch, build_objective
+from pretrain.objectives.base import SoftPrior
 
 
 class NonFiniteLossError(AuxsegError, FloatingPointError):
@@ -76,6 +79,9 @@ def lr_at(it: int, cfg: OptimConfig, max_iters: int) -> float:
 def build_optimizer(model: PretrainModel, cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD (momentum) or AdamW; no weight decay on norm weights and biases (choice).
 
+    ``foreach=True`` on every device: torch picks the per-tensor loop on the CPU,
+    which is several times slower for a ResNet and gives bitwise the same update.
+
     The objective's parameters get their own groups with ``lr_mult`` (the loop
     sets each group's lr to ``lr_at(it) * lr_mult``).
     """
@@ -88,9 +94,9 @@ def build_optimizer(model: PretrainModel, cfg: OptimConfig) -> torch.optim.Optim
         groups += [{"params": ps, "weight_decay": wd, "lr_mult": mult}
                    for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)) if ps]
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)
     raise ValueError(f"optim.name: {cfg.name!r} is not 'sgd' or 'adamw'")
 
 
@@ -161,6 +167,8 @@ def train(cfg: PretrainConfig, st: TrainState) -> int:
             label=batch["label"].to(st.device), coords=batch["coords"].to(st.device),
             index=batch["index"].to(st.device), size=batch["size"].to(st.device), folder=st.folder, iteration=it,
             generator=torch.Generator().manual_seed(tc.seed * 1_000_003 + it),  # same draw on every rank, every run
+            prior=SoftPrior(batch["prior_ids"].to(st.device), batch["prior_probs"].to(st.device))
+            if "prior_ids" in batch else None,  # only when the objective wants_priors
         )
         with torch.autocast(st.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             features = st.model(images)  # [b*2, C, h, w]
@@ -197,7 +205,8 @@ def train(cfg: PretrainConfig, st: TrainState) -> int:
             if st.dist.is_main:
                 save_training_state(checkpoint_path(out, it), model=model, optimizer=st.optimizer, scaler=st.scaler,
                                     iteration=it, config=to_dict(cfg), keep=tc.keep_checkpoints,
-                                    labels_sha256=st.folder.labels_sha256)
+                                    labels_sha256=st.folder.labels_sha256,
+                                    priors_sha256=st.folder.priors_sha256 if objective.wants_priors else None)
             barrier()
         t_data = time.perf_counter()
         if it >= stop:
@@ -212,8 +221,23 @@ def train(cfg: PretrainConfig, st: TrainState) -> int:
 
 
 def prepare_label_folder(cfg: PretrainConfig, dist: DistInfo) -> LabelFolder:
-    """Open the label folder (generating the synthetic one first when ``data.source`` is "synthetic")."""
+    """Open the label folder (generating the synthetic one first when ``data.source`` is "synthetic",
+    the all-ignore one of a plain image folder when it is "images")."""
     dc = cfg.data
+    if dc.source == "images":
+        from auxseg.config import ConfigError
+        from pretrain.objectives import OBJECTIVES
+
+        if OBJECTIVES[cfg.loss.name].needs_labels:
+            raise ConfigError(f"data.source=images: objective {cfg.loss.name!r} needs auxiliary labels; give a "
+                              "label folder (data.source=folder, data.labels=PATH)")
+        if not dc.images:
+            raise ConfigError("data.images is empty: give the image folder (data.images=PATH)")
+        root = Path(cfg.out_dir) / "unlabelled"
+        if dist.is_main:
+            write_unlabelled_label_folder(dc.images, root)
+        barrier()
+        return read_label_folder(root, verify_hash=dc.verify_hash)
     if dc.source == "synthetic":
         root = Path(cfg.out_dir) / "synthetic_data"
         if dist.is_main and not (root / "auxlabels" / "manifest.json").is_file():
@@ -255,7 +279,8 @@ def _worker_init(_: int) -> None:
 
 
 def run(cfg: PretrainConfig) -> Path:
-    """Pre-train as configured and return the path of the mmseg-format backbone export.
+    """Pre-train as configured and return the path of the mmseg-format backbone export
+    (of ``small_model.pth`` for the small networks, ``model.arch`` pixel / linear / predseg1).
 
     If ``train.stop_at`` stops the run before ``max_iters``, no export is written
     and the path of the last training checkpoint is returned instead.
@@ -290,7 +315,8 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
     resume = latest_checkpoint(out) if tc.resume == "auto" else (None if tc.resume == "none" else Path(tc.resume))
     if resume is not None:
         start = load_training_state(resume, model=model, optimizer=optimizer, scaler=scaler, config=to_dict(cfg),
-                                    labels_sha256=folder.labels_sha256)
+                                    labels_sha256=folder.labels_sha256,
+                                    priors_sha256=folder.priors_sha256 if model.objective.wants_priors else None)
     if dist.is_main:  # records of a run killed after its last checkpoint (or before its first) are redone
         truncate_log(out / "log.jsonl", start)
     ddp_model = model
@@ -298,7 +324,8 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler = StepSampler(len(folder.images), cfg.data.batch_size, tc.seed, start, tc.max_iters,
                           rank=dist.rank, world_size=dist.world_size)
-    loader = DataLoader(TwoViewDataset(folder, cfg.augment, tc.seed), batch_sampler=sampler, collate_fn=collate,
+    dataset = TwoViewDataset(folder, cfg.augment, tc.seed, priors=model.objective.wants_priors)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                         num_workers=cfg.data.num_workers, worker_init_fn=_worker_init,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     if dist.is_main:
@@ -315,8 +342,13 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
     if dist.is_main:
         provenance = dict(config=to_dict(cfg), iteration=it, auxlabels_sha256=folder.labels_sha256,
                           auxlabels_manifest=str(folder.manifest_path))
-        paths = export_backbone(model.net.backbone, out, **provenance)
+        if cfg.model.arch in SMALL_MODELS:  # no mmseg backbone: its own self-describing file
+            paths = export_small_model(model.net.backbone, model.objective, out, **provenance)
+        else:
+            paths = export_backbone(model.net.backbone, out, **provenance)
         if model.net.decoder is not None:
             export_decoder(model.net.decoder, out, **provenance)
     barrier()
+    if cfg.model.arch in SMALL_MODELS:
+        return paths.get("small_model", out / SMALL_MODEL_FILENAME)
     return paths.get("mmseg", out / "backbone_mmseg.pth")

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from auxseg.contracts.label_folder import LabelFolder
+from pretrain.losses import nearest_to_grid
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 """Registered objectives by name (``loss.name``): the one list that config validation, ``--help`` and docs read."""
@@ -30,12 +31,40 @@ def register_objective(name: str):
 
 
 @dataclass
+class SoftPrior:
+    """A batch's soft per-pixel priors in the label folder's top-k form (docs/contracts.md section 1b).
+
+    Carried through the views as top-k so memory does not grow with K; an
+    objective densifies only the pixels it uses (:meth:`dense`). Padding pixels
+    of a view have all ``probs`` 0.
+    """
+
+    ids: torch.Tensor  # [b, 2, k, S, S] int64 label ids, most probable first
+    probs: torch.Tensor  # [b, 2, k, S, S] float32, sum to 1 over k (0 on padding)
+
+    def at_grid(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both views at the feature grid (nearest, as the labels): ids, probs ``[b*2*h*w, k]`` (rows image-major)."""
+        k = self.ids.shape[2]
+        ids = nearest_to_grid(self.ids.flatten(0, 1), h, w).permute(0, 2, 3, 1).reshape(-1, k)
+        probs = nearest_to_grid(self.probs.flatten(0, 1), h, w).permute(0, 2, 3, 1).reshape(-1, k)
+        return ids, probs
+
+    @staticmethod
+    def dense(ids: torch.Tensor, probs: torch.Tensor, num_labels: int) -> torch.Tensor:
+        """``[N, K]`` float32 from top-k rows ``ids, probs [N, k]``."""
+        out = torch.zeros(ids.shape[0], num_labels, dtype=torch.float32, device=probs.device)
+        return out.scatter_add_(1, ids, probs.float())
+
+
+@dataclass
 class StepBatch:
     """One training step's batch as an objective sees it (all tensors on the training device).
 
-    ``label`` and ``coords`` are at input resolution ``S``; feature maps are
-    ``h x w`` (stride 8). Views are image-major: feature row ``2 * i + v`` is
-    view ``v`` of image ``i``.
+    ``label``, ``coords`` and ``prior`` are at input resolution ``S``; feature
+    maps are ``h x w`` (stride 8). Views are image-major: feature row
+    ``2 * i + v`` is view ``v`` of image ``i``. ``prior`` is filled only for an
+    objective whose :attr:`Objective.wants_priors` is true (the folder then has
+    priors); it is the top-k form (:class:`SoftPrior`), never a dense ``[.., K, S, S]``.
     """
 
     label: torch.Tensor  # [b, 2, S, S] int64 auxiliary label per view pixel, folder.ignore_index = ignore
@@ -45,7 +74,8 @@ class StepBatch:
     folder: LabelFolder  # num_labels, ignore_index, scope of the label folder
     iteration: int
     generator: torch.Generator  # seeded by (train.seed, iteration): the same draw on every rank and every run
-    prior: torch.Tensor | None = None  # optional soft per-pixel priors [b, 2, K, S, S] (rows sum to 1)
+    # soft per-pixel priors (top-k) when the objective asked for them (wants_priors) and the folder has them
+    prior: SoftPrior | None = None
 
 
 class Objective(nn.Module):
@@ -60,6 +90,12 @@ class Objective(nn.Module):
     name: ClassVar[str] = ""
     Config: ClassVar[type]
     progress_stats: ClassVar[dict[str, str]] = {}  # stat key -> short label on the progress bar
+    # False: the objective ignores the labels, so `auxseg pretrain` also accepts a plain image folder
+    # (data.source=images) for it
+    needs_labels: ClassVar[bool] = True
+    # True: the objective can use the label folder's soft priors (StepBatch.prior); its config field
+    # ``use_priors`` switches them on
+    uses_prior: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, in_channels: int):
         super().__init__()
@@ -69,6 +105,11 @@ class Objective(nn.Module):
     @property
     def lr_mult(self) -> float:
         return float(getattr(self.cfg, "lr_mult", 1.0))
+
+    @property
+    def wants_priors(self) -> bool:
+        """True when the data path must load the folder's soft priors into ``StepBatch.prior``."""
+        return self.uses_prior and bool(getattr(self.cfg, "use_priors", False))
 
     def check_folder(self, folder: LabelFolder) -> None:
         """Called once with the label folder, before the optimizer is built and any checkpoint is loaded.

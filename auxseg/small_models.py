@@ -1,0 +1,201 @@
+"""The small feature networks of the local-prediction method (docs/related-methods.md C.5) and their export.
+
+``pixel``, ``linear`` and ``predseg1`` are pre-trained by ``auxseg pretrain``
+(``model.arch``) and read back by ``auxlabels`` (extractor ``small_model``) and
+by the boundary production (``auxseg boundaries predict``), so the definitions
+and the export format live here, on the ground floor, written once.
+
+They cannot become an mmseg backbone, so their export is its own
+self-describing file, ``small_model.pth`` (format :data:`SMALL_MODEL_FORMAT`):
+the network weights, the meta block (architecture, channels, stride,
+normalisation, the training config) and, when trained with the
+``local_prediction`` objective, its predictor parameters (``logit_p``,
+``log_var``, neighbourhood) which the boundary production needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from auxseg.checkpoint_io import CheckpointError, check_keys, load_checkpoint, save_checkpoint
+from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD, versions
+
+SMALL_MODEL_FORMAT = "auxseg.small-model/1"
+SMALL_MODEL_FILENAME = "small_model.pth"
+
+
+class SmallModel(nn.Module):
+    """Base of the small networks: ``forward(x [B, 3, H, W]) -> [B, out_channels, ~H/stride, ~W/stride]``."""
+
+    arch: str = ""
+    out_channels: int = 0
+    stride: int = 1
+
+
+class PixelModel(SmallModel):
+    """``pixel`` (C.5): the identity; the features are the (normalised) colour values."""
+
+    arch, out_channels, stride = "pixel", 3, 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class LinearModel(SmallModel):
+    """``linear`` (C.5): one 11x11 convolution to 50 channels (padding 5: the map keeps the image size)."""
+
+    arch, out_channels, stride = "linear", 50, 1
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 50, 11, padding=5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class ResidualBlock(nn.Module):
+    """``x + conv(relu(conv(x)))`` with two 3x3 convolutions (C.5; kernel size inferred)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(torch.relu(self.conv1(x)))
+
+
+class PredSeg1(SmallModel):
+    """``predseg1`` (C.5): four processing steps separated by strided 1x1 convolutions; total stride 12.
+
+    3x3 conv (3 ch) + ReLU -> 1x1 stride 3 (3 -> 64) -> 11x11 conv (64 ch) + ReLU -> 1x1 stride 2 (64 -> 128)
+    -> residual block (128) -> 1x1 stride 2 (128 -> 256) -> residual block (256).
+    Inferred where the supplement is silent: channel changes happen in the strided
+    1x1 convs, the residual convs are 3x3, a ReLU follows each of the first two
+    steps (else steps 1-2 and the subsampling would compose into one linear map),
+    no normalisation layers.
+    """
+
+    arch, out_channels, stride = "predseg1", 256, 12
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(3, 64, 1, stride=3),
+            nn.Conv2d(64, 64, 11, padding=5), nn.ReLU(),
+            nn.Conv2d(64, 128, 1, stride=2),
+            ResidualBlock(128),
+            nn.Conv2d(128, 256, 1, stride=2),
+            ResidualBlock(256),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+SMALL_MODELS: dict[str, type[SmallModel]] = {"pixel": PixelModel, "linear": LinearModel, "predseg1": PredSeg1}
+"""The small architectures by name (``model.arch`` in the pretrain config)."""
+
+
+def build_small_model(arch: str) -> SmallModel:
+    """A freshly initialised small network by name."""
+    if arch not in SMALL_MODELS:
+        raise ValueError(f"model.arch: {arch!r} is not a small model ({', '.join(SMALL_MODELS)})")
+    return SMALL_MODELS[arch]()
+
+
+def small_model_meta(model: SmallModel, *, config: dict, iteration: int, predictor: dict | None,
+                     auxlabels_sha256: str | None = None, auxlabels_manifest: str | None = None,
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict[str, Any]:
+    """The meta block of a small-model export."""
+    return {
+        "format": SMALL_MODEL_FORMAT,
+        "arch": model.arch,
+        "out_channels": model.out_channels,
+        "stride": model.stride,
+        "mean": [float(v) for v in mean],  # 0-255 scale, RGB order
+        "std": [float(v) for v in std],
+        "channel_order": "rgb",
+        "has_predictor": predictor is not None,
+        "config": config,
+        "auxlabels_sha256": auxlabels_sha256,  # the (possibly all-ignore) label folder trained on
+        "auxlabels_manifest": auxlabels_manifest,
+        "iteration": int(iteration),
+        "versions": versions(("torch",)),
+    }
+
+
+def save_small_model(path: str | Path, model: SmallModel, *, config: dict, iteration: int,
+                     predictor: dict | None = None, auxlabels_sha256: str | None = None,
+                     auxlabels_manifest: str | None = None) -> Path:
+    """Write the small-model export (atomically).
+
+    ``predictor``: ``{"neighbourhood": int, "log_u": float, "logit_p": [n/2] tensor, "log_var": [n/2, c]
+    tensor}`` of the ``local_prediction`` objective, or None.
+    """
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if predictor is not None:
+        predictor = {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in predictor.items()}
+    meta = small_model_meta(model, config=config, iteration=iteration, predictor=predictor,
+                            auxlabels_sha256=auxlabels_sha256, auxlabels_manifest=auxlabels_manifest)
+    return save_checkpoint({"format": SMALL_MODEL_FORMAT, "state_dict": state, "predictor": predictor, "meta": meta},
+                           path)
+
+
+@dataclass
+class SmallModelExport:
+    """A loaded small-model export: the network (eval mode), its predictor parameters (or None) and meta."""
+
+    model: SmallModel
+    predictor: dict | None
+    meta: dict
+    path: Path
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.meta["mean"])
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.meta["std"])
+
+
+def read_small_model(path: str | Path) -> SmallModelExport:
+    """Load a small-model export, checking its format, architecture and exact key set; errors name the file."""
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != SMALL_MODEL_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        if isinstance(ckpt, dict) and found is None and isinstance(ckpt.get("meta"), dict):
+            found = ckpt["meta"].get("format")
+        raise CheckpointError(f"{path}: not a small-model export (format {found!r}, expected {SMALL_MODEL_FORMAT!r}; "
+                              f"`auxseg pretrain` writes {SMALL_MODEL_FILENAME} for model.arch in "
+                              f"{'|'.join(SMALL_MODELS)})")
+    meta = ckpt.get("meta") or {}
+    arch = meta.get("arch")
+    if arch not in SMALL_MODELS:
+        raise CheckpointError(f"{path}: meta.arch {arch!r} is not one of {', '.join(SMALL_MODELS)}")
+    model = build_small_model(arch)
+    state = ckpt.get("state_dict") or {}
+    check_keys(model.state_dict().keys(), state.keys(), path, f"{arch} network")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: {arch} weights do not fit the model: {str(err).splitlines()[-1].strip()}") from err
+    predictor = ckpt.get("predictor")
+    if predictor is not None:
+        missing = {"neighbourhood", "log_u", "logit_p", "log_var"} - set(predictor)
+        if missing:
+            raise CheckpointError(f"{path}: predictor lacks {', '.join(sorted(missing))}")
+        n, c = int(predictor["neighbourhood"]), model.out_channels
+        if tuple(predictor["logit_p"].shape) != (n // 2,) or tuple(predictor["log_var"].shape) != (n // 2, c):
+            raise CheckpointError(f"{path}: predictor shapes {tuple(predictor['logit_p'].shape)}, "
+                                  f"{tuple(predictor['log_var'].shape)} do not fit neighbourhood {n} and {c} channels")
+    return SmallModelExport(model.eval(), predictor, meta, path)

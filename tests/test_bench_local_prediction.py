@@ -1,0 +1,37 @@
+"""Smoke test of tools/bench_local_prediction.py on tiny synthetic data (both branches: small model, ResNet)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("bench_local_prediction", REPO / "tools/bench_local_prediction.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run_writes_every_number(tmp_path):
+    assert _tool().main(["--smoke", "--out", str(tmp_path), "--models", "pixel", "resnet18"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    pixel, resnet = results["models"]["pixel"], results["models"]["resnet18"]
+    for r in (pixel, resnet):
+        assert r["pretrain"]["iters"] == 2 and r["pretrain"]["s_per_iter"] > 0
+        assert 0.0 < r["auxlabels"]["pmiou"] <= 100.0 and r["auxlabels"]["k"] == 9
+    assert pixel["boundaries"]["images"] == 3 and 0.0 <= pixel["boundaries"]["ods_f"] <= 1.0
+    assert "boundaries" not in resnet and resnet["auxlabels"]["extractor"] == "auxseg_export"
+    assert Path(pixel["pretrain"]["export"]).name == "small_model.pth"
+    table = (tmp_path / "results.md").read_text()
+    assert "| pixel | 2 |" in table and "| resnet18 | 2 |" in table
+
+
+def test_cost_mode_times_a_step_and_a_boundary_map(tmp_path):
+    assert _tool().main(["--cost", "--out", str(tmp_path), "--models", "pixel", "--set", "augment.out_size=24",
+                         "data.batch_size=1", "loss.local_prediction.repetitions=1"]) == 0
+    row = (tmp_path / "cost.md").read_text().splitlines()[2]
+    assert row.startswith("| pixel | 1 x 2 | 24 px | 1 |") and row.count("|") == 8

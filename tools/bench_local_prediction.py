@@ -1,0 +1,222 @@
+"""Label-free local prediction on CamVid: train, boundaries, auxiliary-label quality.
+
+For each model (``pixel``, ``linear``, ``predseg1``, ``resnet18``):
+
+1. pre-train without labels on the CamVid training images (``configs/pretrain/local_prediction.yaml``,
+   ``data.source=images``; per-model batch size and repetitions of supplement A / Table 2 unless
+   overridden), recording seconds per iteration and the first and last logged loss;
+2. small models only: boundary maps of the validation images (``auxseg boundaries predict``; with
+   ``--globalize`` the spectral globalisation too) scored with ``auxseg.boundaries.evaluate_folder``
+   against the boundaries of the validation label maps (ODS / OIS F, AP);
+3. K-means auxiliary labels of the validation images from the learned features
+   (``configs/auxlabels/camvid_r18.yaml`` with extractor ``small_model``, or ``auxseg_export``
+   (layer4) for the ResNet-18) and their PmIoU against the validation ground truth.
+
+Writes ``OUT/results.json`` and ``OUT/results.md`` (the commands' settings and every number).
+
+Usage:
+  python tools/bench_local_prediction.py --camvid ../shared/data/camvid --out bench/results/local_prediction \\
+      --models pixel linear resnet18 --iters 5000 --device cuda
+  python tools/bench_local_prediction.py --smoke --out /tmp/lp_smoke     # tiny synthetic data, CPU, seconds
+  python tools/bench_local_prediction.py --cost --out /tmp/lp_cost --models pixel linear predseg1 resnet18
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from auxseg.config import load_config  # noqa: E402
+from auxseg.io import atomic_write_json, atomic_write_text, read_json, read_jsonl  # noqa: E402
+from auxseg.small_models import SMALL_MODELS  # noqa: E402
+
+CAMVID = {"num_classes": 11, "ignore_index": 11,
+          "class_names": ["Sky", "Building", "Pole", "Road", "Sidewalk", "Tree", "SignSymbol", "Fence", "Car",
+                          "Pedestrian", "Bicyclist"]}
+# supplement A / Table 2: batch size and gradient-accumulation repetitions per model (resnet18: choice)
+PER_MODEL = {"pixel": ["data.batch_size=32", "loss.local_prediction.repetitions=5"],
+             "linear": ["data.batch_size=6", "loss.local_prediction.repetitions=10"],
+             "predseg1": ["data.batch_size=16", "loss.local_prediction.repetitions=10"],
+             "resnet18": ["data.batch_size=8", "loss.local_prediction.repetitions=10"]}
+SMOKE = ["data.batch_size=2", "data.num_workers=0", "augment.crop=[40,48]", "augment.out_size=48",
+         "loss.local_prediction.repetitions=1", "loss.local_prediction.locations=32"]
+
+
+def pretrain(root: Path, out: Path, arch: str, args) -> dict:
+    from pretrain.config import PretrainConfig
+    from pretrain.train import run
+
+    overrides = [f"out_dir={out}", f"data.images={root / 'train'}", f"model.arch={arch}",
+                 f"train.max_iters={args.iters}", f"train.device={args.device}", "train.tensorboard=false",
+                 f"train.progress={'false' if args.smoke else 'true'}", "train.log_every=1" if args.smoke else
+                 "train.log_every=20", *PER_MODEL[arch], *(SMOKE if args.smoke else []), *args.set]
+    if arch == "predseg1" and args.smoke:
+        overrides += ["augment.crop=[72,72]", "augment.out_size=72", "loss.local_prediction.neighbourhood=4"]
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain/local_prediction.yaml", overrides)
+    t0 = time.perf_counter()
+    export = run(cfg)
+    seconds = time.perf_counter() - t0
+    log = read_jsonl(out / "log.jsonl")
+    return {"export": str(export), "seconds": round(seconds, 2), "s_per_iter": round(seconds / args.iters, 4),
+            "iters": args.iters, "first_loss": log[0]["loss"], "last_loss": log[-1]["loss"],
+            "last_posterior": log[-1].get("posterior"), "last_connection_probability":
+            log[-1].get("connection_probability"), "overrides": overrides}
+
+
+def boundaries(root: Path, export: Path, out: Path, info: dict, args) -> dict:
+    from auxseg.boundaries import evaluate_folder
+    from auxseg.learned_boundaries import BoundaryOptions, predict_folder
+
+    t0 = time.perf_counter()
+    paths = predict_folder(export, root / "val", out, BoundaryOptions(globalize=args.globalize, device=args.device),
+                           progress=not args.smoke)
+    predict_s = time.perf_counter() - t0
+    result = evaluate_folder(out, root / "valannot", "labels", ignore_index=info["ignore_index"],
+                             progress=not args.smoke)
+    return {"images": len(paths), "predict_s_per_image": round(predict_s / max(1, len(paths)), 4),
+            "globalize": args.globalize, "ods_f": result["ods"]["f"], "ois_f": result["ois"]["f"], "ap": result["ap"]}
+
+
+def pmiou(root: Path, export: Path, arch: str, out: Path, info: dict, args) -> dict:
+    from auxlabels.config import AuxLabelsConfig
+    from auxlabels.pipeline import run
+
+    name, layer = ("small_model", "output") if arch in SMALL_MODELS else ("auxseg_export", "layer4")
+    ckpt = export if arch in SMALL_MODELS else export.parent / "backbone_torchvision.pth"
+    overrides = [f"image_dir={root / 'val'}", f"gt_dir={root / 'valannot'}", f"out_dir={out}",
+                 f"num_classes={info['num_classes']}", f"class_names={json.dumps(info['class_names'])}",
+                 f"gt_ignore_values=[{info['ignore_index']}]", f"extractor.name={name}", f"extractor.checkpoint={ckpt}",
+                 "extractor.random_init=false", f"extractor.layer={layer}",
+                 f"extractor.device={args.device}", f"progress={'false' if args.smoke else 'true'}"]
+    if args.smoke:
+        overrides += ["kmeans.n_fit=8", "kmeans.fit_pixels=4000", "kmeans.niter=5", "superpixels.n_segments=100",
+                      "num_workers=0", "extractor.stride=4"]
+    manifest = run(load_config(AuxLabelsConfig, REPO / "configs/auxlabels/camvid_r18.yaml", overrides))
+    return {"extractor": name, "layer": layer, "k": manifest["num_labels"], "pmiou": manifest["pmiou"]["pmiou"]}
+
+
+def cost(args) -> str:
+    """Seconds per training step (forward, loss, backward, SGD step on random crops of the preset's size and
+    each model's batch) and per boundary map of a 480x360 image, on this machine; no data loading."""
+    import numpy as np
+    import torch
+
+    from auxseg.learned_boundaries import BoundaryOptions, boundary_strength
+    from auxseg.small_models import read_small_model
+    from pretrain.config import PretrainConfig
+    from pretrain.export import export_small_model
+    from pretrain.objectives import StepBatch
+    from pretrain.train import PretrainModel, build_optimizer
+
+    rows = ["| model | batch x 2 views | crop | repetitions | s/step | network alone s/step | "
+            "boundary s/image 480x360 (local / globalised) |", "|---|---|---|---|---|---|---|"]
+    rgb = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    for arch in args.models:
+        cfg = load_config(PretrainConfig, REPO / "configs/pretrain/local_prediction.yaml",
+                          [f"model.arch={arch}", "data.images=unused", *PER_MODEL[arch], *args.set])
+        torch.manual_seed(0)
+        model = PretrainModel(cfg)
+        opt = build_optimizer(model, cfg.optim)
+        b, s = cfg.data.batch_size, cfg.augment.out_size
+        images = torch.randn(b * 2, 3, s, s)
+        times = []
+        for it in range(4):  # one warm-up step, then three timed
+            t0 = time.perf_counter()
+            loss, _ = model.objective(model(images), StepBatch(None, None, None, None, None, it,
+                                                               torch.Generator().manual_seed(it)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        step = sorted(times[1:])[1]
+        alone = []  # the same network forward and backward with a trivial loss: what the objective adds
+        for _ in range(3):
+            t0 = time.perf_counter()
+            feats = model(images)
+            if feats.requires_grad:
+                feats.mean().backward()
+            alone.append(time.perf_counter() - t0)
+        net = sorted(alone)[1]
+        bnd = "n/a"
+        if arch in SMALL_MODELS:
+            path = export_small_model(model.net.backbone, model.objective, args.out / f"cost_{arch}", config={},
+                                      iteration=0, auxlabels_sha256=None, auxlabels_manifest=None)["small_model"]
+            export = read_small_model(path)
+            spent = []
+            for globalize in (False, True):
+                t0 = time.perf_counter()
+                boundary_strength(export, rgb, BoundaryOptions(globalize=globalize))
+                spent.append(time.perf_counter() - t0)
+            bnd = f"{spent[0]:.2f} / {spent[1]:.2f}"
+        rows.append(f"| {arch} | {b} x 2 | {s} px | {cfg.loss.local_prediction.repetitions} | {step:.2f} | "
+                    f"{net:.2f} | {bnd} |")
+    return "\n".join(rows) + "\n"
+
+
+def _markdown(results: dict) -> str:
+    lines = [f"# Local prediction on {results['data']}", "", f"command: `{results['command']}`", "",
+             "| model | iters | s/iter | loss first -> last | ODS F | OIS F | AP | PmIoU (K) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arch, r in results["models"].items():
+        p, b, m = r["pretrain"], r.get("boundaries"), r["auxlabels"]
+        bnd = (f"{b['ods_f']:.3f} | {b['ois_f']:.3f} | {b['ap']:.3f}" if b else "n/a | n/a | n/a")
+        lines.append(f"| {arch} | {p['iters']} | {p['s_per_iter']:.3f} | {p['first_loss']:.3f} -> "
+                     f"{p['last_loss']:.3f} | {bnd} | {m['pmiou']:.2f} ({m['k']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--camvid", type=Path, default=REPO.parent / "shared/data/camvid", help="CamVid root")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--models", nargs="+", default=["pixel", "linear", "resnet18"],
+                    choices=[*SMALL_MODELS, "resnet18"])
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--globalize", action="store_true", help="spectral globalisation for the boundaries")
+    ap.add_argument("--set", nargs="*", default=[], metavar="key=value", help="extra pretrain config overrides")
+    ap.add_argument("--smoke", action="store_true", help="tiny synthetic data in OUT/data, a few iterations")
+    ap.add_argument("--cost", action="store_true",
+                    help="only time one training step per model and one boundary map on random data")
+    args = ap.parse_args(argv)
+    if args.cost:
+        table = cost(args)
+        atomic_write_text(args.out / "cost.md", table)
+        print(table)
+        return 0
+    if args.smoke:
+        from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
+
+        root = args.out / "data"
+        if not (root / "dataset.json").is_file():
+            make_synthetic_dataset(root, SyntheticSpec(num_train=4, num_val=3, height=48, width=64, seed=1))
+        meta = read_json(root / "dataset.json")
+        info = {k: meta[k] for k in ("num_classes", "ignore_index", "class_names")}
+        args.iters = min(args.iters, 2)
+    else:
+        root, info = args.camvid, CAMVID
+    results = {"data": str(root), "command": " ".join(["python tools/bench_local_prediction.py", *(argv or sys.argv[1:])]),
+               "models": {}}
+    for arch in args.models:
+        out = args.out / arch
+        r = {"pretrain": pretrain(root, out / "pretrain", arch, args)}
+        export = Path(r["pretrain"]["export"])
+        if arch in SMALL_MODELS:
+            r["boundaries"] = boundaries(root, export, out / "boundaries", info, args)
+        r["auxlabels"] = pmiou(root, export, arch, out / "auxlabels", info, args)
+        results["models"][arch] = r
+        atomic_write_json(args.out / "results.json", results)  # partial results survive a later failure
+    atomic_write_text(args.out / "results.md", _markdown(results))
+    print(_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
