@@ -1,6 +1,8 @@
 """The pipeline's report: a Markdown file with the numbers and PNG figures.
 
-Figures: auxiliary-label overlays on validation images, per-class IoU of the
+Figures: auxiliary-label overlays on validation images, the feature view of the
+same images (the auxiliary-label extractor's features, guided-filtered and
+reduced to RGB by PCA; :mod:`auxlabels.feature_view`), per-class IoU of the
 baseline vs the pre-trained model, and training curves (pre-training loss,
 fine-tuning loss and validation mIoU).
 """
@@ -20,6 +22,7 @@ import numpy as np  # noqa: E402
 
 from auxseg.colours import blend, colourise, palette  # noqa: E402
 from auxseg.contracts.label_folder import label_rel  # noqa: E402
+from auxseg.errors import AuxsegError  # noqa: E402
 from auxseg.io import atomic_path, atomic_write_text, read_jsonl, read_label, read_rgb  # noqa: E402
 
 
@@ -41,6 +44,32 @@ def overlay_figure(pairs: list[tuple[Path, Path, Path]], num_labels: int, num_cl
         for col, (title, arr) in enumerate((("image", image), ("auxiliary labels", aux), ("ground truth", gt))):
             ax = axes[row][col]
             ax.imshow(arr if col == 0 else blend(image, arr, 0.55))
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(title)
+    return _save(fig, path)
+
+
+def feature_view_figure(images: list[Path], extractor_config: dict, path: Path) -> Path:
+    """Rows of image | PCA of the features | guided filter + PCA (the feature view) for validation images.
+
+    ``extractor_config`` is the ``extractor`` section of the label folder's config: the
+    views show what the auxiliary labels were clustered from.
+    """
+    from auxlabels.config import ExtractorConfig
+    from auxlabels.feature_view import views_of_image
+    from auxlabels.features import build_extractor
+    from auxseg.config import from_dict
+
+    cfg = from_dict(ExtractorConfig, extractor_config)
+    extractor = build_extractor(cfg).to(cfg.device)
+    fig, axes = plt.subplots(len(images), 3, figsize=(9, 2.4 * len(images)), squeeze=False)
+    for row, img_p in enumerate(images):
+        views = views_of_image(extractor, read_rgb(img_p), extract_max_side=cfg.max_side)
+        for col, (title, key) in enumerate((("image", "image"), ("features (PCA)", "pca"),
+                                            ("guided filter + PCA", "view"))):
+            ax = axes[row][col]
+            ax.imshow(views[key])
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(title)
@@ -161,6 +190,15 @@ def write_report(work_dir: Path, data_root: Path, class_names: list[str], manife
         figures.append(("Auxiliary labels on validation images (overlay)", overlay_figure(
             pairs, manifest["num_labels"], len(class_names), manifest.get("gt_ignore_values", [255]),
             manifest["ignore_index"], fig_dir / "auxlabels_overlay.png")))
+        extractor_config = (manifest.get("config") or {}).get("extractor")
+        try:
+            if extractor_config is None:
+                raise ValueError(f"{labels_dir / 'manifest.json'} names no extractor")
+            figures.append(("Feature view of the same images (extractor features, guided filter + PCA)",
+                            feature_view_figure([img for img, _, _ in pairs], extractor_config,
+                                                fig_dir / "feature_view.png")))
+        except (AuxsegError, OSError, ValueError) as err:  # a moved checkpoint must not cost the whole report
+            warnings.warn(f"the report has no feature-view figure: {err}", UserWarning, stacklevel=2)
     else:
         warnings.warn(f"{labels_dir / 'manifest.json'}: no validation image with its auxiliary label and ground "
                       "truth was found (eval_images); the report has no auxiliary-label overlay figure",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pretrain.distributed import all_gather_cat, gather_rows_with_grad
+from pretrain.distributed import all_gather_cat, gather_rows_with_grad, is_distributed
 from pretrain.losses import sample_balanced
 
 
@@ -23,9 +23,23 @@ def sampled_embeddings(features: torch.Tensor, ids_local: torch.Tensor, budget: 
     """
     ids_global = all_gather_cat(ids_local).reshape(-1)  # [B*V*h*w], rank order = single-process order
     sel = sample_balanced(ids_global, budget, min_per_label, generator)  # [N], identical on all ranks
-    per_rank = ids_local.numel()
+    return embeddings_at(features, sel, ids_local.numel(), project), ids_global[sel]
+
+
+def embeddings_at(features: torch.Tensor, sel: torch.Tensor, per_rank: int, project=None) -> torch.Tensor:
+    """The (projected) feature rows at global flat pixel indices ``sel``, gathered from all processes.
+
+    Args:
+        features: ``[b*V, C, h, w]`` this process's feature maps (image-major, then view).
+        sel: ``[N]`` int64 indices into the global ``[B*V*h*w]`` pixels (rank order), identical on all ranks.
+        per_rank: pixels per process, ``b*V*h*w``.
+        project: ``[n, C] -> [n, D]`` applied before the gather; None keeps the features.
+
+    Returns:
+        ``[N, D]`` with gradient, in the order of ``sel``.
+    """
     owner = sel // per_rank  # [N] which process holds each sampled pixel
-    world = ids_global.numel() // per_rank
+    world = torch.distributed.get_world_size() if is_distributed() else 1
     rank = torch.distributed.get_rank() if world > 1 else 0
     mine = sel[owner == rank] - rank * per_rank  # local flat indices (image*V+view, y, x)
     _, _, h, w = features.shape
@@ -37,5 +51,4 @@ def sampled_embeddings(features: torch.Tensor, ids_local: torch.Tensor, budget: 
     pieces = gather_rows_with_grad(feats_local, counts)  # per rank, in that rank's sel order
     # back to the order of `sel`: position of each row of cat(pieces) in sel
     where = torch.cat([(owner == r).nonzero().squeeze(1) for r in range(world)])
-    feats = torch.cat(pieces)[torch.argsort(where)]  # [N, D] in the order of sel
-    return feats, ids_global[sel]
+    return torch.cat(pieces)[torch.argsort(where)]  # [N, D] in the order of sel

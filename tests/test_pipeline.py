@@ -46,7 +46,7 @@ def test_loop_writes_report_figures_and_summary(finished_run):
     work = tmp_path / "run"
     text = report.read_text()
     assert "fine-tune only (baseline)" in text and "PmIoU" in text
-    for fig in ("auxlabels_overlay.png", "per_class_iou.png", "training_curves.png"):
+    for fig in ("auxlabels_overlay.png", "feature_view.png", "per_class_iou.png", "training_curves.png"):
         path = work / "figures" / fig
         assert path.stat().st_size > 1000 and f"figures/{fig}" in text
     summary = json.loads((work / "summary.json").read_text())
@@ -197,6 +197,39 @@ def test_strategy_benchmark_pretrains_and_finetunes_other_labellings(finished_ru
     assert rows[1]["pmiou"] < 1.0 < rows[2]["pmiou"]  # the #1 bound; superpixels of 4 small images
     text = results.read_text()
     assert "#1 same pixel" in text and "(upper bound)" in text and "Spearman rank correlation over 3 strategies" in text
+
+
+def test_metric_l2_benchmark_pretrains_with_only_the_loss_changed(finished_run):
+    """tools/bench_camvid_metric_l2.py: a metric_l2 pre-training on the pipeline's labels, then its fine-tune."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tmp_path, _, _ = finished_run
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_camvid_metric_l2.py"
+    out, results = tmp_path / "metric_l2", tmp_path / "metric_l2.md"
+    proc = subprocess.run(
+        [sys.executable, str(tool), str(tmp_path / "run"), "--out", str(out), "--results", str(results),
+         "--set", "loss.metric_l2.pixels_per_label=20", "loss.metric_l2.repeats=2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = json.loads((out / "pretrain" / "step.json").read_text())
+    pipeline = json.loads((tmp_path / "run" / "3_pretrain" / "step.json").read_text())
+    assert step["config"]["loss"]["name"] == "metric_l2" and pipeline["config"]["loss"]["name"] == "infonce"
+    assert step["config"]["loss"]["metric_l2"]["pixels_per_label"] == 20
+    # nothing but the loss differs from the pipeline's pre-training
+    assert {k: v for k, v in step["config"].items() if k not in ("loss", "out_dir")} == {
+        k: v for k, v in pipeline["config"].items() if k not in ("loss", "out_dir")}
+    init = json.loads((out / "finetune_seed0" / "results.json").read_text())["init"]
+    assert init["checkpoint"] == str(out / "pretrain" / "backbone_mmseg.pth") and init["decoder"]
+    rows = json.loads((out / "metric_l2.json").read_text())["rows"]
+    assert [r["key"] for r in rows] == ["baseline", "infonce", "metric_l2"]
+    assert all(0.0 <= r["miou"]["0"] <= 100.0 for r in rows)
+    text = results.read_text()
+    assert "| metric_l2 (loss.metric_l2.pixels_per_label=20, loss.metric_l2.repeats=2) |" in text
+    assert "| InfoNCE (the pipeline's) |" in text
+    bad = subprocess.run([sys.executable, str(tool), str(tmp_path / "run"), "--set", "train.max_iters=9"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "only loss.* keys" in bad.stderr
 
 
 def test_report_finds_overlay_pairs_through_the_manifest_and_warns_without(tmp_path):
