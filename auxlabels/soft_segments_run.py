@@ -1,0 +1,267 @@
+"""``auxseg softsegments``: semantic soft segments of a folder of images, written as a label folder with priors.
+
+For every image (docs/auxlabels.md, "Soft segments"): the semantic features
+``f~`` (the extractor's feature view -- guided filter + per-image PCA to 3-D,
+:func:`auxlabels.feature_view.views_of_image` -- or the image's colour with
+``features: colour``), then :func:`auxlabels.soft_segments.soft_segments_of_image`.
+The output is an auxiliary-label folder (docs/contracts.md sections 1 and 1b):
+
+- ``priors/<rel>.npz`` -- the K soft layers as a per-pixel prior over K segments
+  (full image resolution, :func:`auxseg.contracts.priors.write_prior`);
+- ``labels/<rel>.png`` -- their argmax (uint8; no pixel is ignored);
+- ``manifest.json`` with ``scope: "image"`` (segment ids mean nothing across
+  images) and the ``prior`` key, plus ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from auxseg.config import ConfigError, to_dict
+from auxseg.contracts.common import versions
+from auxseg.contracts.label_folder import (
+    LABELS_DIR,
+    MANIFEST_FORMAT,
+    PRIORS_DIR,
+    label_rel,
+    labels_digest,
+    prior_rel,
+)
+from auxseg.contracts.priors import prior_manifest_entry, write_prior
+from auxseg.errors import AuxsegError
+from auxseg.io import ImageReadError, atomic_write_json, read_rgb, scan_images, sha256_file, write_label_png
+
+from .config import ExtractorConfig
+from .soft_segments import SoftSegmentsParams, soft_segments_of_image
+
+IGNORE = 255  # the uint8 ignore value (never written: every pixel has a segment)
+
+
+class SoftSegmentsError(AuxsegError, RuntimeError):
+    """The soft segmentation of one image failed; the message names the image."""
+
+
+@dataclass
+class SoftSegmentsConfig:
+    """``auxseg softsegments``: which images, which semantic features, the segmentation's parameters, where to write."""
+
+    image_dir: str = ""  # folder of images (searched recursively)
+    image_list: str | None = None  # optional text file of paths relative to image_dir, one per line
+    max_images: int | None = None  # only the first N images (sorted by path)
+    out_dir: str = "runs/soft_segments"
+    features: Literal["extractor", "colour"] = "extractor"  # f~: the extractor's feature view, or the RGB colour
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
+    clip: float = 5.0  # feature view: standardised features clipped to [-clip, clip] (official: raw features +-5)
+    guide_radius: int = 5  # feature view: guided-filter window 2r+1 = 11 px (official: NeighborhoodSize 10)
+    guide_eps: float = 0.01  # feature view: guided-filter epsilon on the [0, 1] image (MATLAB's default)
+    soft: SoftSegmentsParams = field(default_factory=SoftSegmentsParams)
+    topk: int | None = None  # segments stored per pixel in the prior files (null: all soft.segments, exact)
+    on_bad_image: Literal["skip", "stop"] = "skip"  # unreadable image: report and skip, or stop the run
+    progress: bool = True  # tqdm progress bar over images
+
+
+def validate(cfg: SoftSegmentsConfig) -> None:
+    """Cross-field rules; raise ConfigError naming the key."""
+    if not cfg.image_dir:
+        raise ConfigError("image_dir: required (a folder of images)")
+    if cfg.features == "extractor":
+        from .features import EXTRACTORS
+
+        if cfg.extractor.name not in EXTRACTORS:
+            raise ConfigError(f"extractor.name: {cfg.extractor.name!r} is not one of {sorted(EXTRACTORS)}")
+        if cfg.extractor.checkpoint is None and not cfg.extractor.random_init:
+            raise ConfigError("extractor.checkpoint: required (a weights file); random weights only with "
+                              "extractor.random_init=true (or features=colour for no extractor)")
+    s = cfg.soft
+    checks = [
+        ("soft.working_side", s.working_side >= 8, ">= 8"),
+        ("soft.segments", 2 <= s.segments <= 255, "in 2..255"),
+        ("soft.matting_eps", s.matting_eps > 0, "> 0"),
+        ("soft.superpixels", s.superpixels is None or s.superpixels >= 2, ">= 2 or null"),
+        ("soft.eigenvectors", s.eigenvectors >= 2, ">= 2"),
+        ("soft.eig_shift", s.eig_shift < 0, "< 0 (the Laplacian is singular at 0)"),
+        ("soft.initial_layers", s.initial_layers >= 2, ">= 2"),
+        ("soft.initial_iterations", s.initial_iterations >= 1, ">= 1"),
+        ("soft.sparsity", 0 < s.sparsity < 2, "in (0, 2)"),
+        ("soft.final_outer_iterations", s.final_outer_iterations >= 0, ">= 0"),
+        ("soft.final_cg_iterations", s.final_cg_iterations >= 1, ">= 1"),
+        ("soft.final_polish_iterations", s.final_polish_iterations >= 0, ">= 0"),
+        ("soft.colour_radius", s.colour_radius >= 0, ">= 0"),
+        ("topk", cfg.topk is None or cfg.topk >= 1, ">= 1 or null"),
+        ("max_images", cfg.max_images is None or cfg.max_images >= 1, ">= 1 or null"),
+        ("guide_radius", cfg.guide_radius >= 1, ">= 1"),
+        ("guide_eps", cfg.guide_eps > 0, "> 0"),
+        ("clip", cfg.clip > 0, "> 0"),
+    ]
+    for key, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{key}: must be {rule}, got {_get(cfg, key)!r}")
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def list_inputs(cfg: SoftSegmentsConfig) -> tuple[Path, list[str], dict[str, str]]:
+    """The image root, the sorted image paths relative to it, and unreadable entries ``{rel: reason}``."""
+    root = Path(cfg.image_dir).expanduser()
+    problems: dict[str, str] = {}
+    if cfg.image_list:
+        listing = Path(cfg.image_list)
+        if not listing.is_file():
+            raise FileNotFoundError(f"image_list not found: {listing}")
+        rels = sorted({line.strip() for line in listing.read_text().splitlines()
+                       if line.strip() and not line.strip().startswith("#")})
+        for rel in rels:
+            if not (root / rel).is_file():
+                raise FileNotFoundError(f"{listing}: image {root / rel} not found")
+    else:
+        found, problems = scan_images(root)
+        rels = [p.as_posix() for p in found]
+    rels = rels[: cfg.max_images]
+    if not rels:
+        raise FileNotFoundError(f"no images found in {root}" + (f" (list {cfg.image_list})" if cfg.image_list else ""))
+    owner: dict[str, str] = {}
+    for rel in rels:  # x.png and x.jpg would write one label PNG
+        if label_rel(rel) in owner:
+            raise ConfigError(f"image_dir: {root / owner[label_rel(rel)]} and {root / rel} would both be labelled as "
+                              f"{LABELS_DIR}/{label_rel(rel)}; rename one of them")
+        owner[label_rel(rel)] = rel
+    return root, rels, {rel: f"cannot read image {root / rel}: {why}" for rel, why in problems.items()}
+
+
+class _Semantic:
+    """The semantic features ``f~`` of an image: the extractor's feature view in [0, 1], or None (colour)."""
+
+    def __init__(self, cfg: SoftSegmentsConfig):
+        self.cfg = cfg
+        self.extractor = None
+        if cfg.features == "extractor":
+            import torch
+
+            from .features import build_extractor
+
+            self.extractor = build_extractor(cfg.extractor).to(torch.device(cfg.extractor.device))
+
+    @property
+    def description(self) -> dict | None:
+        return None if self.extractor is None else self.extractor.description
+
+    def __call__(self, image: np.ndarray) -> np.ndarray | None:
+        if self.extractor is None:
+            return None
+        from .feature_view import views_of_image
+
+        view = views_of_image(self.extractor, image, max_side=self.cfg.soft.working_side, clip=self.cfg.clip,
+                              radius=self.cfg.guide_radius, eps=self.cfg.guide_eps, guide="colour",
+                              extract_max_side=self.cfg.extractor.max_side)["view"]
+        return view.astype(np.float64) / 255.0  # [h, w, 3] in [0, 1], per-channel min-max as in B.4
+
+
+def _fingerprint(cfg: SoftSegmentsConfig, rels: list[str]) -> str:
+    data = json.dumps({"config": to_dict(cfg), "images": rels}, sort_keys=True, default=str)
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def run(cfg: SoftSegmentsConfig) -> dict:
+    """Write the label folder (labels/, priors/, manifest.json, config.yaml) and return the manifest.
+
+    An image that cannot be read is skipped and listed in the manifest (``on_bad_image: stop``
+    stops instead); a soft segmentation that fails raises :class:`SoftSegmentsError` naming the image.
+    """
+    from .inputs import progress_bar
+    from .manifest import write_started
+
+    validate(cfg)
+    t_start = time.perf_counter()
+    created = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    root, rels, skipped = list_inputs(cfg)
+    if skipped and cfg.on_bad_image == "stop":
+        raise ImageReadError(f"{min(skipped.items())[1]} (on_bad_image=stop)")
+    semantic = _Semantic(cfg)  # a wrong checkpoint fails here, before anything is written
+    out = Path(cfg.out_dir)
+    write_started(cfg, out, _fingerprint(cfg, rels), None)
+    k = cfg.soft.segments
+    topk = min(cfg.topk or k, k)
+    label_pairs, prior_pairs, written = [], [], []
+    counts = np.zeros(k, dtype=np.int64)
+    timings: dict[str, float] = {}
+    seconds, cpu_seconds = [], []  # per image: wall and CPU time (this process, all its threads)
+    todo = [r for r in rels if r not in skipped]
+    with progress_bar(len(todo), "soft segments", cfg.progress) as bar:
+        for rel in todo:
+            path = root / rel
+            try:
+                image = read_rgb(path)
+            except ImageReadError as err:
+                if cfg.on_bad_image == "stop":
+                    raise
+                skipped[rel] = str(err)
+                bar.update(1)
+                continue
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                feats = semantic(image)
+                result = soft_segments_of_image(image, feats, cfg.soft)
+            except (ValueError, ArithmeticError, RuntimeError, np.linalg.LinAlgError) as err:
+                raise SoftSegmentsError(f"{path}: soft segmentation failed ({type(err).__name__}: "
+                                        f"{str(err).splitlines()[0] if str(err) else ''})") from err
+            seconds.append(time.perf_counter() - t0)
+            cpu_seconds.append(time.process_time() - c0)
+            for key, value in result.info["seconds"].items():
+                timings[key] = timings.get(key, 0.0) + value
+            layers = result.layers  # [K, H, W] float32, sums to one
+            label = layers.argmax(axis=0).astype(np.uint8)
+            label_path = out / LABELS_DIR / label_rel(rel)
+            prior_path = out / PRIORS_DIR / prior_rel(rel)
+            write_label_png(label_path, label)
+            write_prior(prior_path, layers, topk)
+            label_pairs.append((label_rel(rel), sha256_file(label_path)))
+            prior_pairs.append((prior_rel(rel), sha256_file(prior_path)))
+            counts += np.bincount(label.ravel(), minlength=k)[:k]
+            written.append(rel)
+            bar.update(1)
+    if not written:
+        raise SoftSegmentsError(f"{root}: no image could be read ({len(skipped)} skipped, first: {min(skipped.values())})")
+    timings["total_wall"] = time.perf_counter() - t_start
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "num_labels": int(k),
+        "ignore_index": IGNORE,
+        "dtype": "uint8",
+        "scope": "image",  # segment j of one image has nothing to do with segment j of another
+        "image_root": str(root.resolve()),
+        "images": written,
+        "eval_images": [],
+        "labels_sha256": labels_digest(label_pairs),
+        "complete": True,
+        "clusterer": "soft_segments",
+        "extractor": semantic.description,
+        "semantic_features": "feature view (guided filter + PCA-3)" if cfg.features == "extractor" else "colour",
+        "prior": prior_manifest_entry(topk, 1, prior_pairs, source="auxlabels.soft_segments",
+                                      resolution="image", working_side=cfg.soft.working_side),
+        "soft_segments": to_dict(cfg.soft),
+        "label_pixel_counts": counts.tolist(),
+        "ignored_pixels": 0,
+        "ignored_share": 0.0,
+        "skipped": [{"path": rel, "error": err} for rel, err in sorted(skipped.items())],
+        "seconds_per_image": float(np.mean(seconds)),  # wall, features to upsampled layers (no reading/writing)
+        "cpu_seconds_per_image": float(np.mean(cpu_seconds)),
+        "timings": timings,
+        "versions": versions(),
+        "config": to_dict(cfg),
+        "fingerprint": _fingerprint(cfg, rels),
+        "created": created,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
