@@ -155,8 +155,10 @@ def photometric(image: np.ndarray, p: ViewParams) -> torch.Tensor:
     img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # [3, S, S] uint8
     if p.jitter is not None:
         ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+        identity = (1.0, 1.0, 1.0, 0.0)  # factors that leave a uint8 image unchanged, bit for bit
         for i in p.jitter_order:
-            img = ops[i](img, p.jitter[i])
+            if p.jitter[i] != identity[i]:  # a hue range of 0 would otherwise cost an RGB->HSV->RGB round trip
+                img = ops[i](img, p.jitter[i])
     if p.grayscale:
         img = TF.rgb_to_grayscale(img, num_output_channels=3)
     out = (img.float() - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
@@ -164,6 +166,32 @@ def photometric(image: np.ndarray, p: ViewParams) -> torch.Tensor:
     if side > 0:
         out[:, top : top + side, left : left + side] = 0.0
     return out
+
+
+def prior_view(ids: np.ndarray, probs: np.ndarray, coords: np.ndarray, width: int,
+               stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A view's soft prior: the stored top-k prior read through the view's coordinate map.
+
+    The same warp as the label map (which is ``label[coords]``): output pixel
+    ``(i, j)`` shows original pixel ``coords[i, j] = y * W + x``, whose prior is
+    that of stored cell ``(min(y // stride, h - 1), min(x // stride, w - 1))``
+    (the mapping the label PNGs were upsampled with).
+
+    Args:
+        ids, probs: ``[k, h, w]`` the image's stored prior (``auxseg.contracts.priors.read_prior_topk``).
+        coords: int64 ``[S, S]`` from :func:`warp_view` (-1 on padding).
+        width: W of the original image.
+        stride: the folder's ``prior_stride``.
+    Returns:
+        ids int64 ``[k, S, S]`` and probs float32 ``[k, S, S]`` (all 0 on padding).
+    """
+    k, h, w = ids.shape
+    inside = coords >= 0
+    c = np.clip(coords, 0, None)
+    cell = np.minimum(c // width // stride, h - 1) * w + np.minimum(c % width // stride, w - 1)  # [S, S]
+    out_ids = ids.reshape(k, -1)[:, cell]
+    out_probs = np.where(inside[None], probs.reshape(k, -1)[:, cell], 0.0).astype(np.float32)
+    return torch.from_numpy(out_ids.astype(np.int64)), torch.from_numpy(out_probs)
 
 
 def make_view(

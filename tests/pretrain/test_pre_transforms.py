@@ -93,3 +93,26 @@ def test_sampled_parameters_stay_in_table_8_ranges():
     assert min(b) >= 0.6 and max(b) <= 1.4 and min(hue) >= -0.1 and max(hue) <= 0.1
     # parameters differ per sample
     assert len({p.scale for p in params}) == 300
+
+
+def test_identity_jitter_factors_are_skipped_without_changing_a_single_colour():
+    """photometric() skips an adjustment whose factor is its identity; that is only safe if the
+    adjustment maps every uint8 colour to itself, which this checks for all 2^24 colours."""
+    import torch
+    import torchvision.transforms.v2.functional as TF
+
+    from pretrain.transforms import STD, photometric
+
+    v = torch.arange(256, dtype=torch.uint8)
+    every = torch.stack(torch.meshgrid(v, v, v, indexing="ij")).reshape(3, 4096, 4096)  # all RGB triples
+    for op, identity in ((TF.adjust_hue, 0.0), (TF.adjust_saturation, 1.0), (TF.adjust_contrast, 1.0),
+                         (TF.adjust_brightness, 1.0)):
+        assert torch.equal(op(every, identity), every), op.__name__
+    image = np.random.default_rng(0).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    p = ViewParams(scale=1.0, angle=0.0, crop=16, window=(-8.0, -8.0), flip=False, out_size=16,
+                   jitter=(1.2, 0.9, 1.1, 0.0), jitter_order=(3, 0, 2, 1))
+    img = torch.from_numpy(image).permute(2, 0, 1)
+    for i, op in zip((3, 0, 2, 1), (TF.adjust_hue, TF.adjust_brightness, TF.adjust_saturation, TF.adjust_contrast)):
+        img = op(img, p.jitter[i])
+    expected = (img.float() - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    torch.testing.assert_close(photometric(image, p), expected, rtol=0, atol=0)
