@@ -15,12 +15,16 @@ import sys
 # Modules that contribute subcommands, in the order they appear in --help.
 SUBCOMMAND_MODULES = (
     "auxlabels.cli",
+    "auxlabels.feature_view_cli",
+    "auxlabels.soft_segments_cli",
     "pretrain.cli",
     "finetune.cli",
     "loop.pipeline_cli",
     "loop.launch",
     "auxseg.presets",
     "auxseg.env_report",
+    "auxseg.boundaries_cli",
+    "auxseg.learned_boundaries_cli",
 )
 
 
