@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 from collections.abc import Callable
@@ -84,6 +85,18 @@ def _mmseg_import() -> object:
     import_mmseg()
     importlib.import_module("mmseg.models")
     return True
+
+
+def machine_line() -> str:
+    """One line naming this machine for a benchmark's results file: CPU model, cores, memory, Python."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 def collect_env() -> dict:

@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from auxseg.env_report import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Sidewalk", "Tree", "SignSymbol", "Fence", "Car",
@@ -165,21 +166,11 @@ def ours_cmd(camvid: Path, out: Path, *overrides: str) -> list[str]:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, no GPU" if not torch.cuda.is_available() else
-            f"{cpu}, {os.cpu_count()} cores, GPU {torch.cuda.get_device_name(0)}")
 
+    return (f"{machine_line()}, torch {torch.__version__}, no GPU" if not torch.cuda.is_available() else
+            f"{machine_line()}, GPU {torch.cuda.get_device_name(0)}")
 
 def share_table(timings: dict, wall: float) -> list[str]:
     rows = ["| phase | seconds | share of stage wall time |", "|---|---:|---:|"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from auxseg.env_report import machine_line  # noqa: E402
 
 DESCRIPTIONS = {
     "sobel": "gradient magnitude after a Gaussian of 1 px, max-normalised per image",
@@ -41,16 +42,7 @@ METHODS = tuple(DESCRIPTIONS)
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
+    return machine_line()
 
 
 def make_maps(method: str, image_dir: Path, rels: list[Path], out: Path) -> float:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import sys
 import time
@@ -43,23 +42,14 @@ import numpy as np  # noqa: E402
 from auxseg.boundaries import evaluate_image, label_boundaries, read_label_ground_truth, summarize, thresholds  # noqa: E402
 from auxseg.config import load_config, to_dict  # noqa: E402
 from auxseg.contracts.label_folder import read_label_folder  # noqa: E402
+from auxseg.env_report import machine_line  # noqa: E402
 from auxseg.io import atomic_write_text, read_label, read_rgb  # noqa: E402
 
 CAMVID_IGNORE = 11
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}, "
-            f"numpy {np.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    return f"{machine_line()}, numpy {np.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
 
 
 class Scorer:
