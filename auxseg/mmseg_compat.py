@@ -203,6 +203,33 @@ def patch_package_lookup() -> bool:
     return True
 
 
+def memoise_config_formatting() -> None:
+    """Format each distinct config text with yapf once per process.
+
+    mmengine formats the whole config with yapf every time it needs
+    ``Config.pretty_text`` (the log, the dumped config, every checkpoint's meta):
+    about 0.6 s a call on a 2-core CPU and 7 calls per fine-tune of a tiny model.
+    The memo returns the very string yapf returned for the same input and style.
+    """
+    import mmengine.config.config as mmengine_config
+
+    format_code = mmengine_config.FormatCode
+    if getattr(format_code, "_auxseg_memo", False):
+        return
+    memo: dict[tuple[str, str], tuple[str, bool]] = {}
+
+    def memoised(text, style_config=None, **kwargs):
+        key = (text, repr(style_config) + repr(sorted(kwargs.items())))
+        if key not in memo:
+            if len(memo) > 64:  # configs of one process; bound it all the same
+                memo.clear()
+            memo[key] = format_code(text, style_config=style_config, **kwargs)
+        return memo[key]
+
+    memoised._auxseg_memo = True
+    mmengine_config.FormatCode = memoised
+
+
 def import_mmseg():
     """Install the compatibility layer if needed, then import and return ``mmseg``.
 
@@ -211,6 +238,7 @@ def import_mmseg():
     """
     compat = install()
     patch_package_lookup()
+    memoise_config_formatting()
     with warnings.catch_warnings():
         if compat:
             # mmcv's transformer module warns on import that its deformable-attention op needs

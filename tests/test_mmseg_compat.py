@@ -134,3 +134,22 @@ def test_mmseg_config_bases_resolve_without_pkg_resources(tmp_path):
     cfg_file.write_text("_base_ = 'mmseg::_base_/models/pspnet_r50-d8.py'\nmodel = dict(pretrained=None)\n")
     cfg = Config.fromfile(str(cfg_file))
     assert cfg.model.decode_head.type == "PSPHead" and cfg.model.pretrained is None
+
+
+def test_config_text_is_formatted_once_and_exactly_as_yapf_formats_it():
+    import mmengine.config.config as mmengine_config
+    from mmengine.config import Config
+    from yapf.yapflib.yapf_api import FormatCode
+
+    import_mmseg()
+    memoised = mmengine_config.FormatCode
+    memo = next(c.cell_contents for c in memoised.__closure__ if isinstance(c.cell_contents, dict))
+    cfg = Config(dict(model=dict(type="EncoderDecoder", backbone=dict(depth=18)), crop_size=(64, 64), n=len(memo)))
+    first = cfg.pretty_text
+    size = len(memo)
+    assert cfg.pretty_text == first and Config(cfg.to_dict()).pretty_text == first
+    assert len(memo) == size  # the same text again: served from the memo, yapf not called
+    unformatted = Config(cfg.to_dict(), format_python_code=False).pretty_text
+    assert first == FormatCode(unformatted, style_config=dict(
+        based_on_style="pep8", blank_line_before_nested_class_or_def=True,
+        split_before_expression_after_opening_paren=True))[0]  # exactly what yapf itself returns
