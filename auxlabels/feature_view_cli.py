@@ -46,13 +46,7 @@ def _summary(cfg, record: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Write the views; exit 0 on success, 1 on bad input, 2 on config errors (auxseg.cli)."""
-    from pathlib import Path
-
     from .feature_view import FeatureViewConfig, run, validate
 
-    if args.config and "=" in args.config and not Path(args.config).is_file():
-        # no CONFIG given: the first key=value was taken for it
-        args.overrides.insert(0, args.config)
-        args.config = None
     return run_config_command(args, prog="auxseg featureview", schema=FeatureViewConfig, run=run, summary=_summary,
                               check=validate)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from auxseg.config import ConfigError, dump_config, load_config
@@ -31,12 +32,25 @@ def add_config_arguments(parser: argparse.ArgumentParser, stage: str, example: s
                         help=f"YAML config (see configs/{stage}/; keys in docs/{stage}.md)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {example}")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.set_defaults(config_optional=optional)
+
+
+def config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """``(CONFIG, overrides)`` of the command line.
+
+    Where CONFIG is optional, argparse takes the first ``key=value`` for it when
+    no config file is given; such a word that names no file is an override.
+    """
+    config, overrides = args.config, list(args.overrides)
+    if getattr(args, "config_optional", False) and config and "=" in config and not Path(config).is_file():
+        return None, [config, *overrides]
+    return config, overrides
 
 
 def load_cli_config(schema: type, args: argparse.Namespace, prog: str, check: Callable | None = None) -> Any:
     """Load ``args.config`` + overrides as ``schema`` (and ``check`` it); None after printing a config error."""
     try:
-        cfg = load_config(schema, args.config, args.overrides)
+        cfg = load_config(schema, *config_and_overrides(args))
         if check is not None:
             check(cfg)
     except ConfigError as err:

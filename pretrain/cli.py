@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 from auxseg.checkpoint_io import CheckpointError, check_keys
-from auxseg.cli import EXIT_CONFIG_ERROR, add_config_arguments, report_error, run_config_command
+from auxseg.cli import (
+    EXIT_CONFIG_ERROR,
+    add_config_arguments,
+    config_and_overrides,
+    report_error,
+    run_config_command,
+)
 from auxseg.config import from_dict
 from auxseg.errors import AuxsegError
 from pretrain.config import PretrainConfig
@@ -116,7 +122,7 @@ def main(args: argparse.Namespace) -> int:
         except (AuxsegError, FileNotFoundError) as err:
             return report_error("auxseg pretrain", err)
         return 0
-    if not args.config:
+    if config_and_overrides(args)[0] is None:
         print("auxseg pretrain: give a CONFIG (or --export CHECKPOINT)", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     return run_config_command(args, prog="auxseg pretrain", schema=PretrainConfig, run=run, summary=_summary)
