@@ -30,13 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
-from bench_camvid_strategies import _mean_spread, _override  # noqa: E402
+from bench_camvid_strategies import _mean_spread, _override, open_pipeline_run, step_record  # noqa: E402
 
-from auxseg.config import load_config  # noqa: E402
 from auxseg.contracts.backbone import DECODER_FILENAME  # noqa: E402
 from auxseg.io import atomic_write_json, atomic_write_text, list_images, read_json  # noqa: E402
 from finetune.config import InitConfig  # noqa: E402
-from loop.pipeline import PipelineConfig, finetune_config, prepare_data, pretrain_config, run_step  # noqa: E402
+from loop.pipeline import finetune_config, pretrain_config, run_step  # noqa: E402
 from pretrain.config import PretrainConfig  # noqa: E402
 
 OBJECTIVE_OVERRIDES = ["loss.name=metric_l2"]
@@ -75,24 +74,15 @@ def main() -> int:
     args = parser.parse_args()
 
     pipeline_dir = Path(args.pipeline).resolve()
-    config_path = pipeline_dir / "config.yaml"
-    if not config_path.is_file():
-        print(f"{config_path}: not found; run `auxseg pipeline` first", file=sys.stderr)
-        return 2
     overrides = OBJECTIVE_OVERRIDES + list(args.set)
     if any(not o.startswith("loss.") for o in overrides):
         print(f"--set: only loss.* keys may differ from the pipeline's pre-training, got {args.set}", file=sys.stderr)
         return 2
-    cfg = load_config(PipelineConfig, config_path)
-    cfg.seeds = args.seeds or cfg.seeds
-    data = prepare_data(cfg, pipeline_dir)
+    cfg, data = open_pipeline_run(pipeline_dir, args.seeds)
     out = Path(args.out).resolve()
 
     def recorded(step: str) -> dict:
-        path = pipeline_dir / step / "step.json"
-        if not path.is_file():
-            raise SystemExit(f"{path}: not found; the pipeline run has not finished step {step}")
-        return read_json(path)
+        return step_record(pipeline_dir, step)
 
     seed0 = cfg.seeds[0]
     split = (pipeline_dir / f"1_segmenter_seed{seed0}" / "split.txt").read_text().split()

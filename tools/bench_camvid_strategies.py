@@ -62,6 +62,25 @@ STRATEGIES = {
 DEFAULT = "K-means + vote, segmenter features (the pipeline's labels)"
 
 
+def open_pipeline_run(pipeline_dir: Path, seeds: list[int] | None) -> tuple[PipelineConfig, object]:
+    """The config (with ``seeds`` if given) and dataset of a finished ``auxseg pipeline`` run; exits if absent."""
+    config_path = pipeline_dir / "config.yaml"
+    if not config_path.is_file():
+        print(f"{config_path}: not found; run `auxseg pipeline` first", file=sys.stderr)
+        raise SystemExit(2)
+    cfg = load_config(PipelineConfig, config_path)
+    cfg.seeds = seeds or cfg.seeds
+    return cfg, prepare_data(cfg, pipeline_dir)
+
+
+def step_record(pipeline_dir: Path, step: str) -> dict:
+    """The ``step.json`` record of a finished pipeline step; exits naming the file if the step has not finished."""
+    path = pipeline_dir / step / "step.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: not found; the pipeline run has not finished step {step}")
+    return read_json(path)
+
+
 def _override(cfg, schema, overrides: list[str]):
     return from_dict(schema, apply_overrides(to_dict(cfg), overrides))
 
@@ -133,20 +152,11 @@ def main() -> int:
     args = parser.parse_args()
 
     pipeline_dir = Path(args.pipeline).resolve()
-    config_path = pipeline_dir / "config.yaml"
-    if not config_path.is_file():
-        print(f"{config_path}: not found; run `auxseg pipeline` first", file=sys.stderr)
-        return 2
-    cfg = load_config(PipelineConfig, config_path)
-    cfg.seeds = args.seeds or cfg.seeds
-    data = prepare_data(cfg, pipeline_dir)
+    cfg, data = open_pipeline_run(pipeline_dir, args.seeds)
     out = Path(args.out).resolve()
 
     def recorded(step: str) -> dict:
-        path = pipeline_dir / step / "step.json"
-        if not path.is_file():
-            raise SystemExit(f"{path}: not found; the pipeline run has not finished step {step}")
-        return read_json(path)["result"]
+        return step_record(pipeline_dir, step)["result"]
 
     seed0 = cfg.seeds[0]
     baseline = {str(s): recorded(f"1_segmenter_seed{s}")["mIoU"] for s in cfg.seeds}
