@@ -1,7 +1,10 @@
 """Boundaries from a network trained with the local-prediction objective (docs/boundaries.md, "predict").
 
-From a small-model export that carries its predictor (``small_model.pth`` of a
-``local_prediction`` run, :mod:`auxseg.small_models`), per image:
+From a network trained with the ``local_prediction`` objective: a small-model
+export that carries its predictor (``small_model.pth``), or a ResNet's backbone
+export with the ``local_predictor.pth`` written beside it
+(:mod:`auxseg.small_models`; :func:`read_predicting_network` takes either file
+or the run's folder), per image:
 
 1. features of the image, standardised per channel over the image (the
    training standardised over the batch; no noise at prediction);
@@ -38,7 +41,15 @@ from auxseg.checkpoint_io import CheckpointError
 from auxseg.errors import AuxsegError
 from auxseg.io import read_rgb, scan_images, write_label_png
 from auxseg.local_prediction import offsets, posterior_maps, standardise
-from auxseg.small_models import SmallModelExport, read_small_model
+from auxseg.small_models import (
+    LOCAL_PREDICTOR_FILENAME,
+    LOCAL_PREDICTOR_FORMAT,
+    SMALL_MODEL_FILENAME,
+    SMALL_MODEL_FORMAT,
+    SmallModelExport,
+    check_predictor,
+    read_small_model,
+)
 
 
 @dataclass
@@ -119,6 +130,51 @@ def spectral_boundary(wmat: sp.csr_matrix, h: int, w: int, n_vectors: int = 8, s
     return out / out.max() if out.max() > 0 else out
 
 
+def read_predicting_network(path: str | Path) -> SmallModelExport:
+    """The network and predictor of a ``local_prediction`` run, for boundaries.
+
+    ``path``: a ``small_model.pth``, a ``local_predictor.pth`` (its ResNet backbone export is read from the
+    same folder and rebuilt as the dilated ResNet it was trained as, at its output stride), or the pre-training
+    output folder holding either. Errors name the file.
+    """
+    from auxseg.checkpoint_io import check_keys, load_checkpoint
+    from auxseg.contracts.backbone import load_backbone_export
+    from auxseg.dilated_resnet import DilatedResNet
+
+    path = Path(path)
+    if path.is_dir():
+        found = [path / n for n in (SMALL_MODEL_FILENAME, LOCAL_PREDICTOR_FILENAME) if (path / n).is_file()]
+        if not found:
+            raise CheckpointError(f"{path}: neither {SMALL_MODEL_FILENAME} nor {LOCAL_PREDICTOR_FILENAME} here; "
+                                  "boundaries need a run of `auxseg pretrain` with loss.name=local_prediction")
+        path = found[0]
+    ckpt = load_checkpoint(path)
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if fmt != LOCAL_PREDICTOR_FORMAT:
+        if fmt != SMALL_MODEL_FORMAT and path.name == LOCAL_PREDICTOR_FILENAME:
+            raise CheckpointError(f"{path}: not a local-predictor file (format {fmt!r}, expected "
+                                  f"{LOCAL_PREDICTOR_FORMAT!r})")
+        export = read_small_model(path)
+        if export.predictor is None:
+            raise CheckpointError(f"{path}: this small model has no predictor parameters (it was not trained "
+                                  "with loss.name=local_prediction); boundaries need them")
+        return export
+    meta = ckpt.get("meta") or {}
+    backbone_file = path.parent / str(meta.get("backbone", ""))
+    if not meta.get("backbone") or not backbone_file.is_file():
+        raise CheckpointError(f"{path}: its backbone export {backbone_file.name or '(unnamed)'} is not beside it")
+    state, bmeta = load_backbone_export(backbone_file)
+    if (bmeta["arch"], bmeta["stem"]) != (meta.get("arch"), meta.get("stem")):
+        raise CheckpointError(f"{path}: written for {meta.get('arch')}/{meta.get('stem')}, but {backbone_file.name} "
+                              f"is {bmeta['arch']}/{bmeta['stem']}")
+    model = DilatedResNet(bmeta["arch"], bmeta["stem"], int(meta.get("stride", 8)))
+    check_keys(model.state_dict().keys(), state.keys(), backbone_file, f"{bmeta['arch']} backbone")
+    model.load_state_dict(state)
+    check_predictor(ckpt.get("predictor"), model.out_channels, path)
+    return SmallModelExport(model.eval(), ckpt["predictor"], {**meta, "mean": bmeta["mean"], "std": bmeta["std"]},
+                            path)
+
+
 def _predictor_tensors(export: SmallModelExport, device: torch.device):
     p = export.predictor
     return int(p["neighbourhood"]), p["logit_p"].to(device).float(), p["log_var"].to(device).float(), float(p["log_u"])
@@ -173,10 +229,7 @@ def predict_folder(checkpoint: str | Path, image_dir: str | Path, out_dir: str |
     from auxseg.boundary_baselines import non_max_suppression, to_uint8
 
     opts = opts or BoundaryOptions()
-    export = read_small_model(checkpoint)
-    if export.predictor is None:
-        raise CheckpointError(f"{checkpoint}: this small model has no predictor parameters (it was not trained "
-                              "with loss.name=local_prediction); boundaries need them")
+    export = read_predicting_network(checkpoint)
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"{image_dir}: not a folder of images")

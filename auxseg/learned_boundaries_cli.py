@@ -19,8 +19,9 @@ def add_parser(subparsers) -> None:
 
     p = boundary_verbs(subparsers).add_parser(
         "predict", help="boundary PNGs from a network trained with loss.name=local_prediction",
-        description="Boundary maps from the switch posteriors of a small network trained with the local-prediction "
-                    "objective (small_model.pth): 1 - pi per pixel, optional spectral globalisation, non-maximum "
+        description="Boundary maps from the switch posteriors of a network trained with the local-prediction "
+                    "objective (a small model's small_model.pth, or a ResNet's local_predictor.pth with its backbone "
+                    "export beside it, or the run's folder): 1 - pi per pixel, optional spectral globalisation, non-maximum "
                     "suppression; one uint8 PNG per image (255 = strongest), ready for `auxseg boundaries eval`. "
                     "See docs/boundaries.md.",
     )
@@ -29,7 +30,8 @@ def add_parser(subparsers) -> None:
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The arguments of ``auxseg boundaries predict``."""
-    p.add_argument("checkpoint", help="small_model.pth written by `auxseg pretrain` with loss.name=local_prediction")
+    p.add_argument("checkpoint", help="small_model.pth or local_predictor.pth (or the output folder) of `auxseg "
+                                      "pretrain` with loss.name=local_prediction")
     p.add_argument("images", help="folder of images (searched recursively)")
     p.add_argument("out", help="output folder: one 8-bit PNG per image, same relative path")
     p.add_argument("--reduce", choices=("mean", "max"), default="mean",

@@ -150,36 +150,36 @@ def prediction_score(cand: torch.Tensor, neigh: torch.Tensor, logit_p: torch.Ten
     return factor_scores(cand, neigh, logit_p, log_var, log_u).sum(-1)
 
 
-def position_loss(cand: torch.Tensor, neigh: torch.Tensor, logit_p: torch.Tensor, log_var: torch.Tensor,
-                  log_u: float) -> torch.Tensor:
-    """Position loss (C.2): InfoNCE of ``S_x(f_x)`` against ``S_x`` of other locations' features.
+def contrastive_loss(scores: torch.Tensor, kind: str) -> torch.Tensor:
+    """The position or factor loss from the factor scores of :func:`factor_scores` (``[N, 1 + K, D]``).
 
+    ``position`` (C.2): InfoNCE of ``S_x(f_x)`` against ``S_x`` of other locations' features,
     ``L = mean_x [ -log exp S_x(f_x) / (exp S_x(f_x) + sum_k exp S_x(f_{y_k})) ]``.
 
-    Args:
-        cand: ``[N, 1 + K, c]``: ``cand[:, 0]`` the true ``f_x``, ``cand[:, 1:]`` the K negatives.
-        neigh, logit_p, log_var, log_u: as :func:`factor_scores`.
-    Returns:
-        scalar.
+    ``factor`` (C.2, form chosen here): the same InfoNCE for each factor on its own,
+    ``L = mean_{x,d} [ -log phi_d(f_x, f_{x+d}) / (phi_d(f_x, f_{x+d}) + sum_k phi_d(f_{y_k}, f_{x+d})) ]``,
+    with the same K negatives ``y_k`` for every offset of a location.
+
+    Candidate 0 is the true ``f_x``; the others are the negatives. Returns a scalar.
     """
-    scores = prediction_score(cand, neigh, logit_p, log_var, log_u)  # [N, 1+K]
+    if kind not in ("position", "factor"):
+        raise ValueError(f"unknown local-prediction loss {kind!r} (position | factor)")
+    if kind == "position":
+        scores = scores.sum(-1)  # [N, 1+K]: the product of the neighbours' factors
     return (torch.logsumexp(scores, dim=1) - scores[:, 0]).mean()
+
+
+def position_loss(cand: torch.Tensor, neigh: torch.Tensor, logit_p: torch.Tensor, log_var: torch.Tensor,
+                  log_u: float) -> torch.Tensor:
+    """Position loss of :func:`contrastive_loss` from candidates ``[N, 1 + K, c]`` (``cand[:, 0]`` the true
+    ``f_x``) and neighbours (shapes as :func:`factor_scores`)."""
+    return contrastive_loss(factor_scores(cand, neigh, logit_p, log_var, log_u), "position")
 
 
 def factor_loss(cand: torch.Tensor, neigh: torch.Tensor, logit_p: torch.Tensor, log_var: torch.Tensor,
                 log_u: float) -> torch.Tensor:
-    """Factor loss (C.2, form chosen here): the same InfoNCE, but for each factor on its own.
-
-    ``L = mean_{x,d} [ -log phi_d(f_x, f_{x+d}) / (phi_d(f_x, f_{x+d}) + sum_k phi_d(f_{y_k}, f_{x+d})) ]``
-    with the same K negatives ``y_k`` for every offset of a location.
-
-    Args and shapes as :func:`position_loss`; returns a scalar.
-    """
-    scores = factor_scores(cand, neigh, logit_p, log_var, log_u)  # [N, 1+K, D]
-    return (torch.logsumexp(scores, dim=1) - scores[:, 0]).mean()
-
-
-LOSSES = {"position": position_loss, "factor": factor_loss}
+    """Factor loss of :func:`contrastive_loss`; arguments as :func:`position_loss`."""
+    return contrastive_loss(factor_scores(cand, neigh, logit_p, log_var, log_u), "factor")
 
 
 def shifted(features: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,10 @@ self-describing file, ``small_model.pth`` (format :data:`SMALL_MODEL_FORMAT`):
 the network weights, the meta block (architecture, channels, stride,
 normalisation, the training config) and, when trained with the
 ``local_prediction`` objective, its predictor parameters (``logit_p``,
-``log_var``, neighbourhood) which the boundary production needs.
+``log_var``, neighbourhood) which the boundary production needs. A ResNet
+trained with that objective is exported as an ordinary backbone plus
+``local_predictor.pth`` (format :data:`LOCAL_PREDICTOR_FORMAT`): the same
+predictor parameters and the name of the backbone file beside it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD, versions
 
 SMALL_MODEL_FORMAT = "auxseg.small-model/1"
 SMALL_MODEL_FILENAME = "small_model.pth"
+LOCAL_PREDICTOR_FORMAT = "auxseg.local-predictor/1"
+LOCAL_PREDICTOR_FILENAME = "local_predictor.pth"
 
 
 class SmallModel(nn.Module):
@@ -142,18 +147,52 @@ def save_small_model(path: str | Path, model: SmallModel, *, config: dict, itera
     """
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if predictor is not None:
-        predictor = {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in predictor.items()}
+        predictor = _plain_predictor(predictor)
     meta = small_model_meta(model, config=config, iteration=iteration, predictor=predictor,
                             auxlabels_sha256=auxlabels_sha256, auxlabels_manifest=auxlabels_manifest)
     return save_checkpoint({"format": SMALL_MODEL_FORMAT, "state_dict": state, "predictor": predictor, "meta": meta},
                            path)
 
 
+def check_predictor(predictor: Any, channels: int, path: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` unless ``predictor`` fits a ``channels``-wide feature map."""
+    if not isinstance(predictor, dict):
+        raise CheckpointError(f"{path}: the predictor is a {type(predictor).__name__}, not a dict")
+    missing = {"neighbourhood", "log_u", "logit_p", "log_var"} - set(predictor)
+    if missing:
+        raise CheckpointError(f"{path}: predictor lacks {', '.join(sorted(missing))}")
+    n = int(predictor["neighbourhood"])
+    if tuple(predictor["logit_p"].shape) != (n // 2,) or tuple(predictor["log_var"].shape) != (n // 2, channels):
+        raise CheckpointError(f"{path}: predictor shapes {tuple(predictor['logit_p'].shape)}, "
+                              f"{tuple(predictor['log_var'].shape)} do not fit neighbourhood {n} and {channels} channels")
+
+
+def _plain_predictor(predictor: dict) -> dict:
+    return {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in predictor.items()}
+
+
+def save_local_predictor(path: str | Path, predictor: dict, *, arch: str, stem: str, out_channels: int,
+                         stride: int, backbone: str, iteration: int) -> Path:
+    """Write ``local_predictor.pth`` beside a ResNet's backbone export (atomically).
+
+    A ResNet trained with ``loss.name=local_prediction`` is exported as an
+    ordinary backbone (``backbone`` names the file, in the same folder); this
+    file adds what the boundary production needs: the predictor parameters
+    (as in :func:`save_small_model`) and the network they belong to.
+    """
+    meta = {"format": LOCAL_PREDICTOR_FORMAT, "arch": arch, "stem": stem, "out_channels": int(out_channels),
+            "stride": int(stride), "backbone": backbone, "iteration": int(iteration), "versions": versions(("torch",))}
+    return save_checkpoint({"format": LOCAL_PREDICTOR_FORMAT, "predictor": _plain_predictor(predictor),
+                            "meta": meta}, path)
+
+
 @dataclass
 class SmallModelExport:
-    """A loaded small-model export: the network (eval mode), its predictor parameters (or None) and meta."""
+    """A loaded network that the boundary production and the extractors can run: the network (eval mode), its
+    predictor parameters (or None) and meta (with ``mean`` / ``std``). A small-model export, or a ResNet backbone
+    export with its ``local_predictor.pth`` (:func:`auxseg.learned_boundaries.read_predicting_network`)."""
 
-    model: SmallModel
+    model: nn.Module
     predictor: dict | None
     meta: dict
     path: Path
@@ -191,11 +230,5 @@ def read_small_model(path: str | Path) -> SmallModelExport:
         raise CheckpointError(f"{path}: {arch} weights do not fit the model: {str(err).splitlines()[-1].strip()}") from err
     predictor = ckpt.get("predictor")
     if predictor is not None:
-        missing = {"neighbourhood", "log_u", "logit_p", "log_var"} - set(predictor)
-        if missing:
-            raise CheckpointError(f"{path}: predictor lacks {', '.join(sorted(missing))}")
-        n, c = int(predictor["neighbourhood"]), model.out_channels
-        if tuple(predictor["logit_p"].shape) != (n // 2,) or tuple(predictor["log_var"].shape) != (n // 2, c):
-            raise CheckpointError(f"{path}: predictor shapes {tuple(predictor['logit_p'].shape)}, "
-                                  f"{tuple(predictor['log_var'].shape)} do not fit neighbourhood {n} and {c} channels")
+        check_predictor(predictor, model.out_channels, path)
     return SmallModelExport(model.eval(), predictor, meta, path)

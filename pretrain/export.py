@@ -13,7 +13,13 @@ from pathlib import Path
 from auxseg.checkpoint_io import save_checkpoint
 from auxseg.contracts.backbone import DECODER_FILENAME, decoder_meta, export_filenames, export_meta
 from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD
-from auxseg.small_models import SMALL_MODEL_FILENAME, SmallModel, save_small_model
+from auxseg.small_models import (
+    LOCAL_PREDICTOR_FILENAME,
+    SMALL_MODEL_FILENAME,
+    SmallModel,
+    save_local_predictor,
+    save_small_model,
+)
 from pretrain.model import ASPP, DilatedResNet
 
 
@@ -50,3 +56,14 @@ def export_small_model(model: SmallModel, objective, out_dir: str | Path, *, con
                             predictor=predictor, auxlabels_sha256=auxlabels_sha256,
                             auxlabels_manifest=auxlabels_manifest)
     return {"small_model": path}
+
+
+def export_local_predictor(backbone: DilatedResNet, objective, out_dir: str | Path, *, iteration: int,
+                           backbone_file: str) -> Path | None:
+    """Write ``local_predictor.pth`` beside a ResNet backbone export when the objective has predictor parameters
+    (``local_prediction``), so ``auxseg boundaries predict`` can run the ResNet; None otherwise."""
+    if not hasattr(objective, "predictor"):
+        return None
+    return save_local_predictor(Path(out_dir) / LOCAL_PREDICTOR_FILENAME, objective.predictor(), arch=backbone.arch,
+                                stem=backbone.stem_type, out_channels=backbone.out_channels,
+                                stride=backbone.output_stride, backbone=backbone_file, iteration=iteration)

@@ -51,7 +51,7 @@ from pretrain.distributed import (
     cleanup,
     init_distributed,
 )
-from pretrain.export import export_backbone, export_decoder, export_small_model
+from pretrain.export import export_backbone, export_decoder, export_local_predictor, export_small_model
 from pretrain.model import PretrainNet, set_frozen_bn
 from pretrain.objectives import StepBatch, build_objective
 from pretrain.objectives.base import SoftPrior
@@ -346,6 +346,8 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
             paths = export_small_model(model.net.backbone, model.objective, out, **provenance)
         else:
             paths = export_backbone(model.net.backbone, out, **provenance)
+            export_local_predictor(model.net.backbone, model.objective, out, iteration=it,
+                                   backbone_file=paths["mmseg"].name)
         if model.net.decoder is not None:
             export_decoder(model.net.decoder, out, **provenance)
     barrier()

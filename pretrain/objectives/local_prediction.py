@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 
 from auxseg.local_prediction import (
-    LOSSES,
     NEIGHBOURHOODS,
     add_noise,
+    contrastive_loss,
     factor_scores,
     log_gaussian_pairs,
     log_uniform_density,
@@ -120,13 +120,14 @@ class LocalPrediction(Objective):
             neigh = rows[take, neigh_idx].flatten(0, 1)  # [N, D, C]
             # every draw has n_maps * L locations, so the mean over all of them is the mean over the
             # repetitions of each draw's loss
-            loss = LOSSES[c.loss](cand, neigh, logit_p, log_var, self.log_u)
+            # the factor scores once: the loss and the step's statistics both read them
+            scores = factor_scores(cand, neigh, logit_p, log_var, self.log_u)  # [N, 1+K, D]
+            loss = contrastive_loss(scores, c.loss)
             with torch.no_grad():
                 log_n = log_gaussian_pairs(cand[:, :1], neigh, log_var)[:, 0]  # [N, D]
                 posterior = float(torch.sigmoid(logit_p + log_n - self.log_u).mean())
-                scores = factor_scores(cand, neigh, logit_p, log_var, self.log_u)  # [N, 1+K, D]
-                scores = scores.sum(-1, keepdim=True) if c.loss == "position" else scores
-                top1 = float((scores.argmax(1) == 0).float().mean())
+                ranked = scores.detach().sum(-1, keepdim=True) if c.loss == "position" else scores.detach()
+                top1 = float((ranked.argmax(1) == 0).float().mean())
         p = float(torch.sigmoid(self.logit_p.detach()).mean())
         return loss, {"connection_probability": p, "posterior": posterior, "connection_pct": 100 * p,
                       "posterior_pct": 100 * posterior, "top1": top1}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -13,6 +14,8 @@ import torch.nn as nn
 from auxseg.checkpoint_io import CheckpointError, load_checkpoint
 from auxseg.config import ConfigError, load_config
 from auxseg.contracts.backbone import read_backbone_weights
+from auxseg.io import read_label, write_rgb_png
+from auxseg.learned_boundaries import read_predicting_network
 from auxseg.local_prediction import offsets
 from auxseg.small_models import SMALL_MODEL_FILENAME, build_small_model, read_small_model
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
@@ -163,6 +166,20 @@ def test_resnet18_on_a_label_folder_trains_and_resumes(gt_label_folder, tmp_path
     assert moved > 1e-4  # iterations 3-4 changed the weights far more than the tolerance
     losses = [[json.loads(x)["loss"] for x in (tmp_path / r / "log.jsonl").read_text().splitlines()] for r in "ab"]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4) and len(losses[0]) == 2
+
+    # the ResNet's predictor goes beside its backbone export, and boundaries run from the folder
+    export = read_predicting_network(tmp_path / "a")
+    assert export.path.name == "local_predictor.pth" and export.meta["backbone"] == "backbone_mmseg.pth"
+    torch.testing.assert_close(export.predictor["log_var"], a["model"]["objective.log_var"])
+    feats = export.model(torch.zeros(1, 3, 40, 48))
+    assert feats.shape == (1, 512, 5, 6)  # dilated, output stride 8, as trained
+    write_rgb_png(tmp_path / "img" / "x.png", np.random.default_rng(0).integers(0, 255, (40, 48, 3), np.uint8))
+    assert auxseg_main(["boundaries", "predict", str(tmp_path / "a"), str(tmp_path / "img"), str(tmp_path / "bd"),
+                        "--no-progress"]) == 0
+    assert read_label(tmp_path / "bd" / "x.png").shape == (40, 48)
+    (tmp_path / "a" / "backbone_mmseg.pth").unlink()
+    with pytest.raises(CheckpointError, match="backbone_mmseg.pth is not beside it"):
+        read_predicting_network(tmp_path / "a" / "local_predictor.pth")
 
 
 def test_offsets_of_the_objective_are_the_neighbourhood():
