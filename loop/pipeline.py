@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -180,6 +181,8 @@ OWNED_KEYS: dict[str, str] = {
     "auxlabels.extractor.config": "the segmenter's own mmseg_config.py is used",
     "pretrain.model.arch": "the backbone follows `finetune.mmseg_config` (choose an r18 or r50 config there)",
     "pretrain.model.stem": "the stem follows `finetune.mmseg_config` (ResNetV1c = deep, ResNet = plain)",
+    "pretrain.model.output_stride": "the output stride follows the backbone strides of `finetune.mmseg_config` "
+                                    "(-d8 configs: 8, -d16: 16)",
     "pretrain.model.init": "set `baseline_init`",
 }
 
@@ -250,6 +253,21 @@ def planned_backbone(cfg: PipelineConfig) -> tuple[int | None, str | None]:
     return depth, backbone_type
 
 
+def planned_output_stride(cfg: PipelineConfig) -> int:
+    """The output stride of the segmenter's backbone (``model.backbone.strides`` of ``finetune.mmseg_config``),
+    which pre-training must share: 8 or 16."""
+    from finetune.run import load_mmseg_config
+
+    backbone = load_mmseg_config(cfg.finetune.mmseg_config).get("model", {}).get("backbone", {})
+    strides = tuple(backbone.get("strides", (1, 2, 2, 2)))  # mmseg ResNet's default
+    output_stride = 4 * math.prod(strides[1:])  # the stem and its max-pool: 4
+    if output_stride not in (8, 16):
+        raise ConfigError(f"finetune.mmseg_config: {cfg.finetune.mmseg_config} has backbone strides {strides} "
+                          f"(output stride {output_stride}); pre-training supports output stride 8 or 16 "
+                          "(strides (1, 2, 1, 1) or (1, 2, 2, 1))")
+    return output_stride
+
+
 def finetune_config(cfg: PipelineConfig, data: Dataset, work_dir: Path, init: InitConfig, seed: int) -> FinetuneConfig:
     ft = copy.deepcopy(cfg.finetune)
     ft.data_root = str(data.root)
@@ -299,6 +317,7 @@ def pretrain_config(cfg: PipelineConfig, out_dir: Path, labels_dir: Path, depth:
         pre.model.arch = f"resnet{depth}"
     if backbone_type is not None:
         pre.model.stem = "deep" if backbone_type == "ResNetV1c" else "plain"
+    pre.model.output_stride = planned_output_stride(cfg)
     pre.model.init = cfg.baseline_init.checkpoint if cfg.baseline_init.type != "random" else "random"
     pre.train.progress = cfg.progress
     return pre

@@ -63,6 +63,9 @@ class ModelConfig:
     # exported as small_model.pth).
     arch: Literal["resnet18", "resnet50", "pixel", "linear", "predseg1"] = "resnet50"
     stem: Literal["plain", "deep"] = "plain"  # plain = torchvision/ResNetV1b, deep = mmseg ResNetV1c
+    # ResNets: 8 (mmseg's -d8 configs: stages 3 and 4 dilated) or 16 (-d16: only stage 4 dilated; about half
+    # the compute). The weights do not depend on it: fine-tune with the mmseg config of the same stride.
+    output_stride: int = 8
     decoder: Literal["none", "aspp"] = "none"  # pre-train the DeepLabV3 ASPP decoder too
     decoder_channels: int = 512  # choice (mmseg's DeepLabV3 uses 512)
     # Initialisation: "random", or a checkpoint path (torchvision ImageNet state_dict, MoCo v2
@@ -75,6 +78,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         from auxseg.small_models import SMALL_MODELS
 
+        if self.output_stride not in (8, 16):
+            raise ValueError(f"model.output_stride must be 8 or 16, got {self.output_stride}")
         if self.arch in SMALL_MODELS and (self.decoder != "none" or self.init != "random"):
             raise ValueError(f"model.arch={self.arch} is a small model: it takes no decoder (model.decoder=none) "
                              "and starts from random weights (model.init=random)")

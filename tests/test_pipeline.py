@@ -124,6 +124,21 @@ def test_the_value_the_pipeline_would_set_is_accepted(tmp_path):
     check_owned_keys(cfg, {"finetune": ft, "auxlabels": aux, "pretrain": pre})  # no error
 
 
+def test_pretraining_follows_the_output_stride_of_the_fine_tune_config(tmp_path):
+    from loop.pipeline import planned_output_stride, pretrain_config
+
+    demo = load_config(PipelineConfig, DEMO_CONFIG)  # the -d16 tiny config
+    assert planned_output_stride(demo) == 16
+    assert pretrain_config(demo, tmp_path / "3", tmp_path / "2", 18, "ResNetV1c").model.output_stride == 16
+    d8 = tiny_config(tmp_path, "finetune.mmseg_config=configs/finetune/mmseg/tiny/deeplabv3_r18-d8_tiny.py")
+    assert planned_output_stride(d8) == 8
+    plain = tmp_path / "r18_os32.py"
+    plain.write_text("_base_ = ['{}']\nmodel = dict(backbone=dict(strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1)))\n"
+                     .format(DEMO_CONFIG.parents[1] / "finetune/mmseg/tiny/deeplabv3_r18-d8_tiny.py"))
+    with pytest.raises(ConfigError, match=r"r18_os32.py has backbone strides \(1, 2, 2, 2\) \(output stride 32\)"):
+        planned_output_stride(tiny_config(tmp_path, f"finetune.mmseg_config={plain}"))
+
+
 @pytest.mark.parametrize("preset", ["demo.yaml", "camvid_cpu.yaml", "camvid_gpu.yaml"])
 def test_shipped_presets_and_their_saved_config_pass_the_ownership_check(tmp_path, preset):
     """The presets set no owned key to another value, and the config.yaml a run saves (owned keys left

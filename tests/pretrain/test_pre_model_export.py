@@ -54,6 +54,31 @@ def test_export_loads_into_mmseg_with_zero_missing_keys(tmp_path, arch, stem):
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_output_stride_16_computes_what_mmseg_d16_computes_with_the_same_weights(arch):
+    """model.output_stride=16: only the last stage dilated, as mmseg's -d16 backbone (strides (1, 2, 2, 1),
+    dilations (1, 1, 1, 2), contract_dilation); the weights are the stride-8 network's, key for key."""
+    from auxseg.mmseg_compat import import_mmseg
+
+    import_mmseg()
+    from mmseg.models.backbones import ResNetV1c
+
+    torch.manual_seed(0)
+    ours = DilatedResNet(arch, "deep", output_stride=16).eval()
+    assert ours.state_dict().keys() == DilatedResNet(arch, "deep").state_dict().keys()
+    theirs = ResNetV1c(depth=int(arch[6:]), strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2),
+                       contract_dilation=True)
+    theirs.load_state_dict(ours.state_dict())
+    theirs.eval()  # mmseg's ResNet.train() returns None: no chaining
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        out = ours(x)
+        assert out.shape[-2:] == (3, 4)
+        torch.testing.assert_close(theirs(x)[-1], out, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="output_stride"):
+        DilatedResNet(arch, "deep", output_stride=32)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_plain_export_loads_into_torchvision_with_zero_missing_keys(tmp_path, arch):
     _, paths = export(tmp_path, arch, "plain")
     state, meta = load_backbone_export(paths["torchvision"])
