@@ -102,6 +102,11 @@ def _section(config: dict, dotted: str):
     return config
 
 
+# Resume-checked config keys that appeared after checkpoints had been written, with the value every
+# older checkpoint implies (so those checkpoints still resume).
+ADDED_SINCE = {"model": {"output_stride": 8}}
+
+
 def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                         scaler: torch.amp.GradScaler, config: dict, labels_sha256: str | None = None,
                         priors_sha256: str | None = None) -> int:
@@ -117,7 +122,10 @@ def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
         raise CheckpointError(f"{path}: not a pretrain training checkpoint (format {STATE_FORMAT!r})")
     saved = ckpt.get("config", {})
     for section in _resume_sections(config):
-        if _section(saved, section) != _section(config, section):
+        before = _section(saved, section)
+        if isinstance(before, dict):  # keys added since: a checkpoint without one was trained with its old meaning
+            before = {**ADDED_SINCE.get(section, {}), **before}
+        if before != _section(config, section):
             raise CheckpointError(
                 f"{path}: its {section} config differs from this run's; resume with the same settings "
                 f"(saved {_section(saved, section)}, now {_section(config, section)})"

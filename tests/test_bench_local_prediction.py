@@ -24,10 +24,15 @@ def test_smoke_run_writes_every_number(tmp_path):
         assert r["pretrain"]["iters"] == 2 and r["pretrain"]["s_per_iter"] > 0
         assert 0.0 < r["auxlabels"]["pmiou"] <= 100.0 and r["auxlabels"]["k"] == 9
     assert pixel["boundaries"]["images"] == 3 and 0.0 <= pixel["boundaries"]["ods_f"] <= 1.0
-    assert "boundaries" not in resnet and resnet["auxlabels"]["extractor"] == "auxseg_export"
+    assert resnet["boundaries"]["images"] == 3 and resnet["auxlabels"]["extractor"] == "auxseg_export"
+    assert "finetune" not in resnet  # only with --finetune-seeds
     assert Path(pixel["pretrain"]["export"]).name == "small_model.pth"
     table = (tmp_path / "results.md").read_text()
     assert "| pixel | 2 |" in table and "| resnet18 | 2 |" in table
+    # a second invocation into the same folder adds its model to the table
+    assert _tool().main(["--smoke", "--out", str(tmp_path), "--models", "linear"]) == 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| pixel | 2 |" in table and "| linear | 2 |" in table and table.count("`python tools/") == 3
 
 
 def test_cost_mode_times_a_step_and_a_boundary_map(tmp_path):

@@ -5,18 +5,26 @@ For each model (``pixel``, ``linear``, ``predseg1``, ``resnet18``):
 1. pre-train without labels on the CamVid training images (``configs/pretrain/local_prediction.yaml``,
    ``data.source=images``; per-model batch size and repetitions of supplement A / Table 2 unless
    overridden), recording seconds per iteration and the first and last logged loss;
-2. small models only: boundary maps of the validation images (``auxseg boundaries predict``; with
-   ``--globalize`` the spectral globalisation too) scored with ``auxseg.boundaries.evaluate_folder``
-   against the boundaries of the validation label maps (ODS / OIS F, AP);
+2. boundary maps of the validation images (``auxseg boundaries predict``, which reads a small model's
+   ``small_model.pth`` or a ResNet's ``local_predictor.pth``; with ``--globalize`` the spectral
+   globalisation too) scored with ``auxseg.boundaries.evaluate_folder`` against the boundaries of
+   the validation label maps (ODS / OIS F, AP);
 3. K-means auxiliary labels of the validation images from the learned features
    (``configs/auxlabels/camvid_r18.yaml`` with extractor ``small_model``, or ``auxseg_export``
-   (layer4) for the ResNet-18) and their PmIoU against the validation ground truth.
+   (layer4 of ``backbone_mmseg.pth``) for the ResNet-18) and their PmIoU against the validation
+   ground truth;
+4. ResNets with ``--finetune-seeds``: fine-tune the export on the labelled 10% exactly as
+   ``auxseg pipeline configs/pipeline/camvid_cpu.yaml`` fine-tunes after pre-training (its
+   ``finetune`` section, split and schedule), mIoU on val per seed.
 
-Writes ``OUT/results.json`` and ``OUT/results.md`` (the commands' settings and every number).
+Writes ``OUT/results.json`` and ``OUT/results.md`` (each model's command and settings, every number);
+a later invocation with the same ``--out`` adds its models to both.
 
 Usage:
   python tools/bench_local_prediction.py --camvid ../shared/data/camvid --out bench/results/local_prediction \\
       --models pixel linear resnet18 --iters 5000 --device cuda
+  python tools/bench_local_prediction.py --out runs/lp --models resnet18 --iters 200 --finetune-seeds 0 1 \\
+      --set model.stem=deep "augment.crop=[160,180]" augment.out_size=160
   python tools/bench_local_prediction.py --smoke --out /tmp/lp_smoke     # tiny synthetic data, CPU, seconds
   python tools/bench_local_prediction.py --cost --out /tmp/lp_cost --models pixel linear predseg1 resnet18
 """
@@ -33,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from auxseg.config import load_config  # noqa: E402
+from auxseg.env_report import machine_line  # noqa: E402
 from auxseg.io import atomic_write_json, atomic_write_text, read_json, read_jsonl  # noqa: E402
 from auxseg.small_models import SMALL_MODELS  # noqa: E402
 
@@ -88,7 +97,7 @@ def pmiou(root: Path, export: Path, arch: str, out: Path, info: dict, args) -> d
     from auxlabels.pipeline import run
 
     name, layer = ("small_model", "output") if arch in SMALL_MODELS else ("auxseg_export", "layer4")
-    ckpt = export if arch in SMALL_MODELS else export.parent / "backbone_torchvision.pth"
+    ckpt = export if arch in SMALL_MODELS else export.parent / "backbone_mmseg.pth"  # written for either stem
     overrides = [f"image_dir={root / 'val'}", f"gt_dir={root / 'valannot'}", f"out_dir={out}",
                  f"num_classes={info['num_classes']}", f"class_names={json.dumps(info['class_names'])}",
                  f"gt_ignore_values=[{info['ignore_index']}]", f"extractor.name={name}", f"extractor.checkpoint={ckpt}",
@@ -99,6 +108,22 @@ def pmiou(root: Path, export: Path, arch: str, out: Path, info: dict, args) -> d
                       "num_workers=0", "extractor.stride=4"]
     manifest = run(load_config(AuxLabelsConfig, REPO / "configs/auxlabels/camvid_r18.yaml", overrides))
     return {"extractor": name, "layer": layer, "k": manifest["num_labels"], "pmiou": manifest["pmiou"]["pmiou"]}
+
+
+def finetune(root: Path, export: Path, out: Path, args) -> dict:
+    """Fine-tune the ResNet export on the labelled 10% with the CamVid CPU pipeline's fine-tune settings."""
+    from finetune.config import InitConfig
+    from finetune.run import run
+    from loop.pipeline import Dataset, PipelineConfig, finetune_config
+
+    cfg = load_config(PipelineConfig, REPO / "configs/pipeline/camvid_cpu.yaml", [f"data.root={root}"])
+    data = Dataset(root, CAMVID["num_classes"], CAMVID["class_names"], [CAMVID["ignore_index"]])
+    init = InitConfig(type="export", checkpoint=str(export))
+    miou = {}
+    for seed in args.finetune_seeds:
+        result = run(finetune_config(cfg, data, out / f"finetune_seed{seed}", init, seed))
+        miou[str(seed)] = result["mIoU"]
+    return {"mIoU": miou, "split": "labelled fraction 0.1, seed 0 (configs/pipeline/camvid_cpu.yaml)"}
 
 
 def cost(args) -> str:
@@ -160,14 +185,28 @@ def cost(args) -> str:
 
 
 def _markdown(results: dict) -> str:
-    lines = [f"# Local prediction on {results['data']}", "", f"command: `{results['command']}`", "",
+    import statistics
+
+    lines = [f"# Local prediction on {results['data']}", "", results.get("machine", ""), "",
              "| model | iters | s/iter | loss first -> last | ODS F | OIS F | AP | PmIoU (K) |",
              "|---|---|---|---|---|---|---|---|"]
+    tuned = []
     for arch, r in results["models"].items():
         p, b, m = r["pretrain"], r.get("boundaries"), r["auxlabels"]
         bnd = (f"{b['ods_f']:.3f} | {b['ois_f']:.3f} | {b['ap']:.3f}" if b else "n/a | n/a | n/a")
         lines.append(f"| {arch} | {p['iters']} | {p['s_per_iter']:.3f} | {p['first_loss']:.3f} -> "
                      f"{p['last_loss']:.3f} | {bnd} | {m['pmiou']:.2f} ({m['k']}) |")
+        if "finetune" in r:
+            tuned.append((arch, r["finetune"]["mIoU"]))
+    if tuned:
+        lines += ["", "| pre-trained with local_prediction | mIoU per fine-tune seed | mean ± sd |", "|---|---|---|"]
+        for arch, miou in tuned:
+            values = [miou[k] for k in sorted(miou, key=int)]
+            spread = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else \
+                f"{values[0]:.2f}"
+            lines.append(f"| {arch} | {', '.join(f'{v:.2f}' for v in values)} | {spread} |")
+    lines += ["", "Commands:", ""] + [f"- {arch}: `{r.get('command', results.get('command'))}`"
+                                      for arch, r in results["models"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -182,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--globalize", action="store_true", help="spectral globalisation for the boundaries")
     ap.add_argument("--set", nargs="*", default=[], metavar="key=value", help="extra pretrain config overrides")
+    ap.add_argument("--finetune-seeds", nargs="*", type=int, default=[],
+                    help="ResNets: fine-tune the export on the labelled 10%% with these seeds (CamVid CPU pipeline "
+                         "settings)")
     ap.add_argument("--smoke", action="store_true", help="tiny synthetic data in OUT/data, a few iterations")
     ap.add_argument("--cost", action="store_true",
                     help="only time one training step per model and one boundary map on random data")
@@ -202,15 +244,20 @@ def main(argv: list[str] | None = None) -> int:
         args.iters = min(args.iters, 2)
     else:
         root, info = args.camvid, CAMVID
-    results = {"data": str(root), "command": " ".join(["python tools/bench_local_prediction.py", *(argv or sys.argv[1:])]),
-               "models": {}}
+    command = " ".join(["python tools/bench_local_prediction.py", *(argv or sys.argv[1:])])
+    previous = args.out / "results.json"
+    results = read_json(previous) if previous.is_file() else {"data": str(root), "models": {}}
+    results["machine"] = machine_line()
     for arch in args.models:
         out = args.out / arch
-        r = {"pretrain": pretrain(root, out / "pretrain", arch, args)}
+        r = {"command": command, "pretrain": pretrain(root, out / "pretrain", arch, args)}
         export = Path(r["pretrain"]["export"])
-        if arch in SMALL_MODELS:
-            r["boundaries"] = boundaries(root, export, out / "boundaries", info, args)
+        # a small model's small_model.pth, or the folder with a ResNet's local_predictor.pth
+        r["boundaries"] = boundaries(root, export if arch in SMALL_MODELS else export.parent, out / "boundaries",
+                                     info, args)
         r["auxlabels"] = pmiou(root, export, arch, out / "auxlabels", info, args)
+        if args.finetune_seeds and arch not in SMALL_MODELS:
+            r["finetune"] = finetune(root, export, out, args)
         results["models"][arch] = r
         atomic_write_json(args.out / "results.json", results)  # partial results survive a later failure
     atomic_write_text(args.out / "results.md", _markdown(results))

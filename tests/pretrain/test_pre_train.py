@@ -109,6 +109,20 @@ def test_resume_refuses_a_different_model(gt_label_folder, tmp_path, tiny_config
     run(tiny_config(tmp_path / "a", gt_label_folder, "train.max_iters=4", "train.stop_at=1"))
     with pytest.raises(CheckpointError, match="model config differs"):
         run(tiny_config(tmp_path / "a", gt_label_folder, "train.max_iters=4", "model.decoder=aspp"))
+    with pytest.raises(CheckpointError, match="model config differs"):
+        run(tiny_config(tmp_path / "a", gt_label_folder, "train.max_iters=4", "model.output_stride=16"))
+
+
+def test_a_checkpoint_from_before_output_stride_existed_resumes_at_stride_8(gt_label_folder, tmp_path, tiny_config):
+    from auxseg.checkpoint_io import save_checkpoint
+
+    run(tiny_config(tmp_path / "a", gt_label_folder, "train.max_iters=2", "train.stop_at=1",
+                    "train.checkpoint_every=1"))
+    path = tmp_path / "a" / "checkpoints" / "iter_0000001.pth"
+    ckpt = load_checkpoint(path)
+    del ckpt["config"]["model"]["output_stride"]  # as written before the key existed
+    save_checkpoint(ckpt, path)
+    assert run(tiny_config(tmp_path / "a", gt_label_folder, "train.max_iters=2")).name == "backbone_mmseg.pth"
 
 
 def _free_port() -> int:
