@@ -33,6 +33,10 @@ def test_smoke_run_writes_every_number(tmp_path):
     assert _tool().main(["--smoke", "--out", str(tmp_path), "--models", "linear"]) == 0
     table = (tmp_path / "results.md").read_text()
     assert "| pixel | 2 |" in table and "| linear | 2 |" in table and table.count("`python tools/") == 3
+    assert _tool().main(["--smoke", "--figure", "--out", str(tmp_path), "--models", "pixel", "resnet18"]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "boundaries.png").size[0] > 400  # image, ground truth and two models
 
 
 def test_cost_mode_times_a_step_and_a_boundary_map(tmp_path):

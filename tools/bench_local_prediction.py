@@ -126,6 +126,43 @@ def finetune(root: Path, export: Path, out: Path, args) -> dict:
     return {"mIoU": miou, "split": "labelled fraction 0.1, seed 0 (configs/pipeline/camvid_cpu.yaml)"}
 
 
+def figure(root: Path, out: Path, models: list[str], baselines: Path | None, n_images: int = 3) -> Path:
+    """``OUT/boundaries.png``: for validation images spread over the set, the image, the ground-truth boundaries, and the
+    boundary map (after NMS, as scored) of each trained model and of each baseline found under ``baselines``
+    (``tools/bench_boundaries.py``'s output: one folder of PNGs per method)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from auxseg.boundaries import read_label_ground_truth
+    from auxseg.io import atomic_path, read_label, read_rgb
+
+    every = sorted((root / "val").glob("*.png"))
+    images = every[:: max(1, len(every) // n_images)][:n_images]  # spread over the sequence, not 3 similar frames
+    columns = [(f"{arch} (local prediction)", out / arch / "boundaries") for arch in models
+               if (out / arch / "boundaries").is_dir()]
+    if baselines is not None:
+        columns += [(name, baselines / name) for name in ("sobel", "canny", "slic") if (baselines / name).is_dir()]
+    fig, axes = plt.subplots(len(images), 2 + len(columns), figsize=(2.6 * (2 + len(columns)), 2.1 * len(images)),
+                             squeeze=False)
+    for row, img in enumerate(images):
+        gt, _ = read_label_ground_truth(root / "valannot" / img.name, ignore_index=CAMVID["ignore_index"])
+        panels = [("image", read_rgb(img), None), ("ground-truth boundaries", gt, "gray_r")]
+        panels += [(title, read_label(folder / img.name), "gray_r") for title, folder in columns]
+        for col, (title, arr, cmap) in enumerate(panels):
+            ax = axes[row][col]
+            ax.imshow(arr, cmap=cmap)
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(title, fontsize=8)
+    path = out / "boundaries.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
 def cost(args) -> str:
     """Seconds per training step (forward, loss, backward, SGD step on random crops of the preset's size and
     each model's batch) and per boundary map of a 480x360 image, on this machine; no data loading."""
@@ -225,9 +262,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="ResNets: fine-tune the export on the labelled 10%% with these seeds (CamVid CPU pipeline "
                          "settings)")
     ap.add_argument("--smoke", action="store_true", help="tiny synthetic data in OUT/data, a few iterations")
+    ap.add_argument("--figure", action="store_true",
+                    help="only draw OUT/boundaries.png from the boundary maps an earlier run left in OUT")
+    ap.add_argument("--baselines", type=Path, default=None,
+                    help="with --figure: tools/bench_boundaries.py's output folder, to draw its maps too")
     ap.add_argument("--cost", action="store_true",
                     help="only time one training step per model and one boundary map on random data")
     args = ap.parse_args(argv)
+    if args.figure:
+        print(figure(args.out / "data" if args.smoke else args.camvid, args.out, args.models, args.baselines))
+        return 0
     if args.cost:
         table = cost(args)
         atomic_write_text(args.out / "cost.md", table)
