@@ -124,13 +124,16 @@ def working_size(size_hw: tuple[int, int], stride: int) -> tuple[int, int]:
 
 
 class _ResNetTrunk(nn.Module):
-    """A torchvision ResNet up to (and including) one of its stages."""
+    """A torchvision ResNet, or an :class:`auxseg.dilated_resnet.DilatedResNet`, up to (and including) one of
+    its stages."""
 
     def __init__(self, resnet: nn.Module, layer: str):
         super().__init__()
         if layer not in RESNET_LAYERS:
             raise ConfigError(f"extractor.layer: {layer!r} is not one of {list(RESNET_LAYERS)} for a ResNet")
-        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        deep = getattr(resnet, "stem_type", "plain") == "deep"  # DilatedResNet's ResNetV1c stem
+        head = [resnet.stem] if deep else [resnet.conv1, resnet.bn1, resnet.relu]
+        self.stem = nn.Sequential(*head, resnet.maxpool)
         n = RESNET_LAYERS.index(layer) + 1
         self.stages = nn.Sequential(*[getattr(resnet, name) for name in RESNET_LAYERS[:n]])
 
@@ -334,7 +337,12 @@ class _MMSegBackboneStage(nn.Module):
 
 @register_extractor("auxseg_export", "a backbone exported by `auxseg pretrain` (layer: layer1..layer4)")
 def build_auxseg_export(cfg: ExtractorConfig) -> FeatureExtractor:
-    """A backbone exported by our ``pretrain`` stage (docs/contracts.md section 2), validated by the contract."""
+    """A backbone exported by our ``pretrain`` stage (docs/contracts.md section 2), validated by the contract.
+
+    An export whose meta carries its pretrain config runs as it was trained: the dilated ResNet at
+    ``model.output_stride`` (8 or 16). An export without that config (written by hand) runs as a plain
+    ResNet, output stride 32.
+    """
     path = _require_checkpoint(cfg)
     if path is None:
         raise CheckpointError("extractor auxseg_export needs a checkpoint (random_init is meaningless here)")
@@ -344,6 +352,18 @@ def build_auxseg_export(cfg: ExtractorConfig) -> FeatureExtractor:
     meta, arch = weights.meta, weights.arch
     mean, std = tuple(weights.mean), tuple(weights.std)
     desc = {"arch": arch, "key_format": meta["key_format"], "stem": weights.stem}
+    trained = (meta.get("config") or {}).get("model")
+    if isinstance(trained, dict):  # a pretrain export: run it dilated, at the output stride it was trained at
+        from auxseg.dilated_resnet import DilatedResNet
+
+        stride = trained.get("output_stride", 8)  # exports from before the key were all trained at 8
+        try:
+            net = DilatedResNet(arch, weights.stem, stride)
+        except ValueError as err:
+            raise CheckpointError(f"{path}: meta.config.model: {err}") from err
+        _load_exact(net, weights.state_dict, path, f"{arch} backbone export")
+        return FeatureExtractor(_ResNetTrunk(net, cfg.layer), mean=mean, std=std,
+                                description={**desc, "output_stride": stride})
     if meta["key_format"] == "torchvision":
         model = _torchvision_resnet(arch)
         _load_exact(model, weights.state_dict, path, f"torchvision {arch} backbone export", ignore_prefix="fc.")

@@ -139,7 +139,7 @@ def read_predicting_network(path: str | Path) -> SmallModelExport:
     """
     from auxseg.checkpoint_io import check_keys, load_checkpoint
     from auxseg.contracts.backbone import load_backbone_export
-    from auxseg.dilated_resnet import DilatedResNet
+    from auxseg.dilated_resnet import OUTPUT_STRIDES, DilatedResNet
 
     path = Path(path)
     if path.is_dir():
@@ -159,15 +159,23 @@ def read_predicting_network(path: str | Path) -> SmallModelExport:
             raise CheckpointError(f"{path}: this small model has no predictor parameters (it was not trained "
                                   "with loss.name=local_prediction); boundaries need them")
         return export
-    meta = ckpt.get("meta") or {}
-    backbone_file = path.parent / str(meta.get("backbone", ""))
-    if not meta.get("backbone") or not backbone_file.is_file():
-        raise CheckpointError(f"{path}: its backbone export {backbone_file.name or '(unnamed)'} is not beside it")
+    meta = ckpt.get("meta")
+    name = meta.get("backbone") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise CheckpointError(f"{path}: meta.backbone must name the backbone export beside it, got {name!r}")
+    if meta.get("stride", 8) not in OUTPUT_STRIDES:
+        raise CheckpointError(f"{path}: meta.stride must be one of {OUTPUT_STRIDES}, got {meta.get('stride')!r}")
+    backbone_file = path.parent / name
+    if not backbone_file.is_file():
+        raise CheckpointError(f"{path}: its backbone export {name} is not beside it")
     state, bmeta = load_backbone_export(backbone_file)
     if (bmeta["arch"], bmeta["stem"]) != (meta.get("arch"), meta.get("stem")):
         raise CheckpointError(f"{path}: written for {meta.get('arch')}/{meta.get('stem')}, but {backbone_file.name} "
                               f"is {bmeta['arch']}/{bmeta['stem']}")
-    model = DilatedResNet(bmeta["arch"], bmeta["stem"], int(meta.get("stride", 8)))
+    if meta.get("iteration") != bmeta.get("iteration"):
+        raise CheckpointError(f"{path}: written at iteration {meta.get('iteration')}, but {backbone_file.name} at "
+                              f"{bmeta.get('iteration')}: they come from different runs")
+    model = DilatedResNet(bmeta["arch"], bmeta["stem"], meta.get("stride", 8))
     check_keys(model.state_dict().keys(), state.keys(), backbone_file, f"{bmeta['arch']} backbone")
     model.load_state_dict(state)
     check_predictor(ckpt.get("predictor"), model.out_channels, path)

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,16 +85,18 @@ def _first_difference(a: Any, b: Any, where: str = "") -> str | None:
     return None if a == b else (where or "<root>")
 
 
-def run_step(name: str, step_dir: Path, stage_cfg: Any, fn: Callable[[], Any]) -> Any:
+def run_step(name: str, step_dir: Path, stage_cfg: Any, fn: Callable[[], Any],
+             upgrade: Callable[[Any], Any] = lambda recorded: recorded) -> Any:
     """Run one step unless ``step_dir/step.json`` says it finished with the same config.
 
+    ``upgrade`` fills in keys that a step recorded by an older version lacks (their old meaning).
     Returns the step's result (a JSON-compatible value), fresh or recorded.
     """
     record_path = step_dir / "step.json"
     config = to_dict(stage_cfg)
     if record_path.is_file():
         record = read_json(record_path)
-        diff = _first_difference(record.get("config"), config)
+        diff = _first_difference(upgrade(record.get("config")), config)
         if diff is None:
             print(f"[pipeline] {name}: finished earlier, reusing {step_dir}")
             return record["result"]
@@ -244,28 +246,39 @@ def planned_backbone(cfg: PipelineConfig) -> tuple[int | None, str | None]:
     init, else the one the init checkpoint's stem implies (as ``finetune`` sets it).
     """
     from auxseg.contracts.backbone import read_backbone_weights
-    from finetune.run import load_mmseg_config
 
-    backbone = load_mmseg_config(cfg.finetune.mmseg_config).get("model", {}).get("backbone", {})
+    backbone = _mmseg_backbone(cfg.finetune.mmseg_config)
     depth, backbone_type = backbone.get("depth"), backbone.get("type")
     if cfg.baseline_init.type != "random" and cfg.baseline_init.checkpoint:
         backbone_type = read_backbone_weights(resolve_path(cfg.baseline_init.checkpoint), cfg.baseline_init.type).mmseg_type
     return depth, backbone_type
 
 
+# (strides, dilations) of the two backbone layouts pre-training builds (auxseg.dilated_resnet), by output stride
+_LAYOUTS = {8: ((1, 2, 1, 1), (1, 1, 2, 4)), 16: ((1, 2, 2, 1), (1, 1, 1, 2))}
+
+
 def planned_output_stride(cfg: PipelineConfig) -> int:
-    """The output stride of the segmenter's backbone (``model.backbone.strides`` of ``finetune.mmseg_config``),
-    which pre-training must share: 8 or 16."""
+    """The output stride of the segmenter's backbone (``model.backbone`` strides and dilations of
+    ``finetune.mmseg_config``), which pre-training must share: 8 or 16."""
+    backbone = _mmseg_backbone(cfg.finetune.mmseg_config)
+    layout = (tuple(backbone.get("strides", (1, 2, 2, 2))), tuple(backbone.get("dilations", (1, 1, 1, 1))))
+    contract = bool(backbone.get("contract_dilation", False))  # defaults: mmseg ResNet's
+    for output_stride, expected in _LAYOUTS.items():
+        if layout == expected and contract:
+            return output_stride
+    raise ConfigError(f"finetune.mmseg_config: {cfg.finetune.mmseg_config} has backbone strides {layout[0]}, "
+                      f"dilations {layout[1]}, contract_dilation={contract}; pre-training builds output stride 8 "
+                      f"(strides {_LAYOUTS[8][0]}, dilations {_LAYOUTS[8][1]}) or 16 (strides {_LAYOUTS[16][0]}, "
+                      f"dilations {_LAYOUTS[16][1]}), both with contract_dilation=True")
+
+
+@functools.lru_cache(maxsize=8)
+def _mmseg_backbone(mmseg_config: str) -> dict:
+    """``model.backbone`` of an mmseg config file, loaded once per pipeline start."""
     from finetune.run import load_mmseg_config
 
-    backbone = load_mmseg_config(cfg.finetune.mmseg_config).get("model", {}).get("backbone", {})
-    strides = tuple(backbone.get("strides", (1, 2, 2, 2)))  # mmseg ResNet's default
-    output_stride = 4 * math.prod(strides[1:])  # the stem and its max-pool: 4
-    if output_stride not in (8, 16):
-        raise ConfigError(f"finetune.mmseg_config: {cfg.finetune.mmseg_config} has backbone strides {strides} "
-                          f"(output stride {output_stride}); pre-training supports output stride 8 or 16 "
-                          "(strides (1, 2, 1, 1) or (1, 2, 2, 1))")
-    return output_stride
+    return dict(load_mmseg_config(mmseg_config).get("model", {}).get("backbone", {}))
 
 
 def finetune_config(cfg: PipelineConfig, data: Dataset, work_dir: Path, init: InitConfig, seed: int) -> FinetuneConfig:
@@ -327,6 +340,7 @@ def run(cfg: PipelineConfig) -> Path:
     """Run the whole loop; returns the path of the report."""
     from auxlabels.pipeline import run as run_auxlabels
     from finetune.run import run as run_finetune
+    from pretrain.checkpoint import with_added_defaults
     from pretrain.train import run as run_pretrain
 
     if not cfg.seeds:
@@ -357,7 +371,7 @@ def run(cfg: PipelineConfig) -> Path:
     pre = pretrain_config(cfg, pre_dir, labels_dir, init.get("depth"), init.get("backbone_type"))
     manifest = run_step("auxlabels", labels_dir, aux, lambda: run_auxlabels(aux))
 
-    export = run_step("pretrain", pre_dir, pre, lambda: str(run_pretrain(pre)))
+    export = run_step("pretrain", pre_dir, pre, lambda: str(run_pretrain(pre)), upgrade=with_added_defaults)
 
     pretrained = {}
     for seed in cfg.seeds:

@@ -107,6 +107,17 @@ def _section(config: dict, dotted: str):
 ADDED_SINCE = {"model": {"output_stride": 8}}
 
 
+def with_added_defaults(config: dict) -> dict:
+    """A recorded pretrain config (checkpoint or pipeline step) with the ``ADDED_SINCE`` keys it lacks filled in."""
+    if not isinstance(config, dict):
+        return config
+    out = dict(config)
+    for section, defaults in ADDED_SINCE.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {**defaults, **out[section]}
+    return out
+
+
 def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                         scaler: torch.amp.GradScaler, config: dict, labels_sha256: str | None = None,
                         priors_sha256: str | None = None) -> int:
@@ -120,15 +131,14 @@ def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a pretrain training checkpoint (format {STATE_FORMAT!r})")
-    saved = ckpt.get("config", {})
+    # keys added since: a checkpoint without one was trained with its old meaning
+    saved = with_added_defaults(ckpt.get("config", {}))
     for section in _resume_sections(config):
         before = _section(saved, section)
-        if isinstance(before, dict):  # keys added since: a checkpoint without one was trained with its old meaning
-            before = {**ADDED_SINCE.get(section, {}), **before}
         if before != _section(config, section):
             raise CheckpointError(
                 f"{path}: its {section} config differs from this run's; resume with the same settings "
-                f"(saved {_section(saved, section)}, now {_section(config, section)})"
+                f"(saved {before}, now {_section(config, section)})"
             )
     if labels_sha256 is not None and ckpt.get("labels_sha256") not in (None, labels_sha256):
         raise CheckpointError(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch import nn
+
 from auxseg.checkpoint_io import save_checkpoint
 from auxseg.contracts.backbone import DECODER_FILENAME, decoder_meta, export_filenames, export_meta
 from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD
@@ -59,11 +61,21 @@ def export_small_model(model: SmallModel, objective, out_dir: str | Path, *, con
 
 
 def export_local_predictor(backbone: DilatedResNet, objective, out_dir: str | Path, *, iteration: int,
-                           backbone_file: str) -> Path | None:
+                           backbone_file: str, decoder: nn.Module | None = None) -> Path | None:
     """Write ``local_predictor.pth`` beside a ResNet backbone export when the objective has predictor parameters
-    (``local_prediction``), so ``auxseg boundaries predict`` can run the ResNet; None otherwise."""
-    if not hasattr(objective, "predictor"):
+    (``local_prediction``), so ``auxseg boundaries predict`` can run the ResNet; None otherwise.
+
+    Not written when a decoder was trained (``model.decoder``): the predictor then models the decoder's
+    features, and ``boundaries predict`` runs the backbone alone. Whenever it is not written, a
+    ``local_predictor.pth`` an earlier run left in ``out_dir`` is removed, so it never pairs with this backbone.
+    """
+    path = Path(out_dir) / LOCAL_PREDICTOR_FILENAME
+    if not hasattr(objective, "predictor") or decoder is not None:
+        if hasattr(objective, "predictor"):
+            print(f"[pretrain] no {path.name}: the predictor was fitted to the decoder's features (model.decoder), "
+                  "and boundaries predict runs the backbone alone", flush=True)
+        path.unlink(missing_ok=True)
         return None
-    return save_local_predictor(Path(out_dir) / LOCAL_PREDICTOR_FILENAME, objective.predictor(), arch=backbone.arch,
-                                stem=backbone.stem_type, out_channels=backbone.out_channels,
-                                stride=backbone.output_stride, backbone=backbone_file, iteration=iteration)
+    return save_local_predictor(path, objective.predictor(), arch=backbone.arch, stem=backbone.stem_type,
+                                out_channels=backbone.out_channels, stride=backbone.output_stride,
+                                backbone=backbone_file, iteration=iteration)

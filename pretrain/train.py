@@ -347,7 +347,7 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
         else:
             paths = export_backbone(model.net.backbone, out, **provenance)
             export_local_predictor(model.net.backbone, model.objective, out, iteration=it,
-                                   backbone_file=paths["mmseg"].name)
+                                   backbone_file=paths["mmseg"].name, decoder=model.net.decoder)
         if model.net.decoder is not None:
             export_decoder(model.net.decoder, out, **provenance)
     barrier()

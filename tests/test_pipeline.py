@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 
-from auxseg.config import ConfigError, load_config
+from auxseg.config import ConfigError, load_config, to_dict
 from loop.pipeline import PipelineConfig, run
 from loop.pipeline_cli import DEMO_CONFIG
+from pretrain.config import PretrainConfig
 
 TINY = [
     "data.synthetic={num_train: 12, num_val: 4, height: 64, width: 80, num_classes: 6, seed: 1}",
@@ -132,11 +134,31 @@ def test_pretraining_follows_the_output_stride_of_the_fine_tune_config(tmp_path)
     assert pretrain_config(demo, tmp_path / "3", tmp_path / "2", 18, "ResNetV1c").model.output_stride == 16
     d8 = tiny_config(tmp_path, "finetune.mmseg_config=configs/finetune/mmseg/tiny/deeplabv3_r18-d8_tiny.py")
     assert planned_output_stride(d8) == 8
-    plain = tmp_path / "r18_os32.py"
-    plain.write_text("_base_ = ['{}']\nmodel = dict(backbone=dict(strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1)))\n"
-                     .format(DEMO_CONFIG.parents[1] / "finetune/mmseg/tiny/deeplabv3_r18-d8_tiny.py"))
-    with pytest.raises(ConfigError, match=r"r18_os32.py has backbone strides \(1, 2, 2, 2\) \(output stride 32\)"):
-        planned_output_stride(tiny_config(tmp_path, f"finetune.mmseg_config={plain}"))
+    base = DEMO_CONFIG.parents[1] / "finetune/mmseg/tiny/deeplabv3_r18-d8_tiny.py"
+    for name, backbone in [("r18_os32", "strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1)"),  # no dilation at all
+                           ("r18_os16_undilated", "strides=(1, 2, 2, 1), dilations=(1, 1, 1, 1)")]:
+        other = tmp_path / f"{name}.py"
+        other.write_text(f"_base_ = ['{base}']\nmodel = dict(backbone=dict({backbone}))\n")
+        strides = re.escape(backbone.split("=")[1].split("), ")[0] + ")")
+        with pytest.raises(ConfigError, match=rf"{name}.py has backbone strides {strides}, dilations"):
+            planned_output_stride(tiny_config(tmp_path, f"finetune.mmseg_config={other}"))
+
+
+def test_a_pretrain_step_finished_before_output_stride_existed_is_reused(tmp_path):
+    """step.json of a pretrain step recorded before model.output_stride: its config meant stride 8."""
+    from auxseg.io import atomic_write_json
+    from loop.pipeline import run_step
+    from pretrain.checkpoint import with_added_defaults
+
+    cfg = load_config(PretrainConfig, DEMO_CONFIG.parents[1] / "pretrain" / "tiny.yaml")
+    old = to_dict(cfg)
+    del old["model"]["output_stride"]
+    atomic_write_json(tmp_path / "step.json", {"config": old, "result": "export.pth"})
+    assert run_step("pretrain", tmp_path, cfg, lambda: pytest.fail("ran again"), upgrade=with_added_defaults) == \
+        "export.pth"
+    cfg.model.output_stride = 16  # a stride-16 run is another config
+    with pytest.raises(ConfigError, match="first difference: model.output_stride"):
+        run_step("pretrain", tmp_path, cfg, lambda: pytest.fail("ran again"), upgrade=with_added_defaults)
 
 
 @pytest.mark.parametrize("preset", ["demo.yaml", "camvid_cpu.yaml", "camvid_gpu.yaml"])

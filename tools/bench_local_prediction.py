@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -112,11 +113,25 @@ def pmiou(root: Path, export: Path, arch: str, out: Path, info: dict, args) -> d
 
 def finetune(root: Path, export: Path, out: Path, args) -> dict:
     """Fine-tune the ResNet export on the labelled 10% with the CamVid CPU pipeline's fine-tune settings."""
+    from auxseg.contracts.backbone import load_backbone_export
     from finetune.config import InitConfig
     from finetune.run import run
-    from loop.pipeline import Dataset, PipelineConfig, finetune_config
+    from loop.pipeline import (
+        Dataset,
+        PipelineConfig,
+        finetune_config,
+        planned_backbone,
+        planned_output_stride,
+    )
 
     cfg = load_config(PipelineConfig, REPO / "configs/pipeline/camvid_cpu.yaml", [f"data.root={root}"])
+    trained = load_backbone_export(export)[1]["config"]["model"]
+    planned = {"stem": "deep" if planned_backbone(cfg)[1] == "ResNetV1c" else "plain",
+               "output_stride": planned_output_stride(cfg)}
+    if {k: trained.get(k, 8 if k == "output_stride" else None) for k in planned} != planned:
+        raise SystemExit(f"{export}: pre-trained with model.stem={trained.get('stem')} "
+                         f"model.output_stride={trained.get('output_stride', 8)}, but the fine-tune "
+                         f"({cfg.finetune.mmseg_config}) needs {planned}: add --set model.stem=... to the run")
     data = Dataset(root, CAMVID["num_classes"], CAMVID["class_names"], [CAMVID["ignore_index"]])
     init = InitConfig(type="export", checkpoint=str(export))
     miou = {}
@@ -224,7 +239,7 @@ def cost(args) -> str:
 def _markdown(results: dict) -> str:
     import statistics
 
-    lines = [f"# Local prediction on {results['data']}", "", results.get("machine", ""), "",
+    lines = [f"# Local prediction on {results['data']}", "",
              "| model | iters | s/iter | loss first -> last | ODS F | OIS F | AP | PmIoU (K) |",
              "|---|---|---|---|---|---|---|---|"]
     tuned = []
@@ -242,8 +257,9 @@ def _markdown(results: dict) -> str:
             spread = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else \
                 f"{values[0]:.2f}"
             lines.append(f"| {arch} | {', '.join(f'{v:.2f}' for v in values)} | {spread} |")
-    lines += ["", "Commands:", ""] + [f"- {arch}: `{r.get('command', results.get('command'))}`"
-                                      for arch, r in results["models"].items()]
+    lines += ["", "Commands (and the machine each ran on):", ""] + [
+        f"- {arch}: `{r.get('command', results.get('command'))}` ({r.get('machine', results.get('machine'))})"
+        for arch, r in results["models"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -291,7 +307,6 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python tools/bench_local_prediction.py", *(argv or sys.argv[1:])])
     previous = args.out / "results.json"
     results = read_json(previous) if previous.is_file() else {"data": str(root), "models": {}}
-    results["machine"] = machine_line()
     for arch in args.models:
         out = args.out / arch
         r = {"command": command, "pretrain": pretrain(root, out / "pretrain", arch, args)}
@@ -302,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         r["auxlabels"] = pmiou(root, export, arch, out / "auxlabels", info, args)
         if args.finetune_seeds and arch not in SMALL_MODELS:
             r["finetune"] = finetune(root, export, out, args)
+        # after the work: the load average says whether something shared the cores
+        r["machine"] = f"{machine_line()}, 1-minute load average at the end {os.getloadavg()[0]:.1f}"
         results["models"][arch] = r
         atomic_write_json(args.out / "results.json", results)  # partial results survive a later failure
     atomic_write_text(args.out / "results.md", _markdown(results))

@@ -433,7 +433,7 @@ def estimate_memory(scale: float = 0.5) -> list[dict]:
             from pretrain.model import DilatedResNet
 
             cfg = load_config(PretrainConfig, REPO / path)
-            model = DilatedResNet(cfg.model.arch, cfg.model.stem).train()
+            model = DilatedResNet(cfg.model.arch, cfg.model.stem, cfg.model.output_stride).train()
             s = cfg.augment.out_size
             crops_per_step = 2 * cfg.data.batch_size  # two views per image
 

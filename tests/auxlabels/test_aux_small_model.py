@@ -83,6 +83,9 @@ def test_resnet18_trained_with_local_prediction_works_with_auxseg_export(tmp_pat
     path = tmp_path / "pre" / "backbone_torchvision.pth"
     ex = build_extractor(ExtractorConfig(name="auxseg_export", checkpoint=str(path), layer="layer3"))
     assert ex.dim == 256 and ex.description["arch"] == "resnet18"
+    assert ex.description["output_stride"] == 8  # run as trained: dilated, not a stride-32 ResNet
+    with torch.no_grad():
+        assert ex.body(torch.zeros(1, 3, 40, 48)).shape == (1, 256, 5, 6)
     from auxseg.checkpoint_io import load_checkpoint
 
     trained = load_checkpoint(tmp_path / "pre" / "checkpoints" / "iter_0000001.pth")["model"]

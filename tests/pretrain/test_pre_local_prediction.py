@@ -4,6 +4,7 @@ ResNet-18 through the CLI, resume, and the small-model export."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from auxseg.checkpoint_io import CheckpointError, load_checkpoint
+from auxseg.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 from auxseg.config import ConfigError, load_config
 from auxseg.contracts.backbone import read_backbone_weights
 from auxseg.io import read_label, write_rgb_png
@@ -21,9 +22,10 @@ from auxseg.small_models import SMALL_MODEL_FILENAME, build_small_model, read_sm
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 from loop.cli import main as auxseg_main
 from pretrain.config import PretrainConfig
+from pretrain.export import export_local_predictor
 from pretrain.objectives import OBJECTIVES, StepBatch
 from pretrain.objectives.local_prediction import LocalPrediction, LocalPredictionConfig
-from pretrain.train import run
+from pretrain.train import PretrainModel, run
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs/pretrain/tiny.yaml"
@@ -177,6 +179,19 @@ def test_resnet18_on_a_label_folder_trains_and_resumes(gt_label_folder, tmp_path
     assert auxseg_main(["boundaries", "predict", str(tmp_path / "a"), str(tmp_path / "img"), str(tmp_path / "bd"),
                         "--no-progress"]) == 0
     assert read_label(tmp_path / "bd" / "x.png").shape == (40, 48)
+    saved = load_checkpoint(tmp_path / "a" / "local_predictor.pth")
+    shutil.copytree(tmp_path / "a", tmp_path / "t", ignore=shutil.ignore_patterns("checkpoints"))
+    for change, message in [({"iteration": 2}, "at iteration 2, but backbone_mmseg.pth at 4: they come from different"),
+                            ({"backbone": "../a/backbone_mmseg.pth"}, "meta.backbone must name the backbone export"),
+                            ({"stride": 32}, r"meta.stride must be one of \(8, 16\), got 32")]:
+        save_checkpoint({**saved, "meta": {**saved["meta"], **change}}, tmp_path / "t" / "local_predictor.pth")
+        with pytest.raises(CheckpointError, match=message):
+            read_predicting_network(tmp_path / "t")
+    # a later export without a predictor for the backbone (here: one with a decoder) removes the stale file
+    model = PretrainModel(tiny_config(tmp_path / "a", gt_label_folder, *common))
+    assert export_local_predictor(model.net.backbone, model.objective, tmp_path / "t", iteration=4,
+                                  backbone_file="backbone_mmseg.pth", decoder=nn.Identity()) is None
+    assert not (tmp_path / "t" / "local_predictor.pth").exists()
     (tmp_path / "a" / "backbone_mmseg.pth").unlink()
     with pytest.raises(CheckpointError, match="backbone_mmseg.pth is not beside it"):
         read_predicting_network(tmp_path / "a" / "local_predictor.pth")
