@@ -33,10 +33,20 @@ def test_smoke_run_writes_every_number(tmp_path):
     assert _tool().main(["--smoke", "--out", str(tmp_path), "--models", "linear"]) == 0
     table = (tmp_path / "results.md").read_text()
     assert "| pixel | 2 |" in table and "| linear | 2 |" in table and table.count("`python tools/") == 3
-    assert _tool().main(["--smoke", "--figure", "--out", str(tmp_path), "--models", "pixel", "resnet18"]) == 0
+    # the reference row: random weights, the same PmIoU protocol
+    assert _tool().main(["--smoke", "--reference", "--out", str(tmp_path)]) == 0
+    reference = json.loads((tmp_path / "results.json").read_text())["reference"]
+    assert reference["extractor"] == "resnet18" and 0.0 < reference["pmiou"] <= 100.0
+    table = (tmp_path / "results.md").read_text()
+    assert f"| ResNet-18, random weights (reference; no training) | - | - | - | - | - | - | {reference['pmiou']:.2f}" \
+        in table and "| linear | 2 |" in table and table.count("`python tools/") == 4
     from PIL import Image
 
-    assert Image.open(tmp_path / "boundaries.png").size[0] > 400  # image, ground truth and two models
+    widths = []
+    for models in (["pixel"], ["pixel", "resnet18"]):  # one column per model beside the image and ground truth
+        assert _tool().main(["--smoke", "--figure", "--out", str(tmp_path), "--models", *models]) == 0
+        widths.append(Image.open(tmp_path / "boundaries.png").size[0])
+    assert widths[1] > widths[0] * 1.2
 
 
 def test_cost_mode_times_a_step_and_a_boundary_map(tmp_path):

@@ -93,22 +93,29 @@ def boundaries(root: Path, export: Path, out: Path, info: dict, args) -> dict:
             "globalize": args.globalize, "ods_f": result["ods"]["f"], "ois_f": result["ois"]["f"], "ap": result["ap"]}
 
 
-def pmiou(root: Path, export: Path, arch: str, out: Path, info: dict, args) -> dict:
+def pmiou(root: Path, export: Path | None, arch: str, out: Path, info: dict, args) -> dict:
+    """K-means auxiliary labels of the validation images from the model's features, and their PmIoU.
+    ``export`` None: the reference, a ResNet-18 with random weights (torchvision, layer4) under the same protocol."""
     from auxlabels.config import AuxLabelsConfig
     from auxlabels.pipeline import run
 
-    name, layer = ("small_model", "output") if arch in SMALL_MODELS else ("auxseg_export", "layer4")
-    ckpt = export if arch in SMALL_MODELS else export.parent / "backbone_mmseg.pth"  # written for either stem
+    if export is None:
+        extractor = ["extractor.name=resnet18", "extractor.random_init=true", "extractor.layer=layer4"]
+    else:
+        name, layer = ("small_model", "output") if arch in SMALL_MODELS else ("auxseg_export", "layer4")
+        ckpt = export if arch in SMALL_MODELS else export.parent / "backbone_mmseg.pth"  # written for either stem
+        extractor = [f"extractor.name={name}", f"extractor.checkpoint={ckpt}", "extractor.random_init=false",
+                     f"extractor.layer={layer}"]
     overrides = [f"image_dir={root / 'val'}", f"gt_dir={root / 'valannot'}", f"out_dir={out}",
                  f"num_classes={info['num_classes']}", f"class_names={json.dumps(info['class_names'])}",
-                 f"gt_ignore_values=[{info['ignore_index']}]", f"extractor.name={name}", f"extractor.checkpoint={ckpt}",
-                 "extractor.random_init=false", f"extractor.layer={layer}",
+                 f"gt_ignore_values=[{info['ignore_index']}]", *extractor,
                  f"extractor.device={args.device}", f"progress={'false' if args.smoke else 'true'}"]
     if args.smoke:
         overrides += ["kmeans.n_fit=8", "kmeans.fit_pixels=4000", "kmeans.niter=5", "superpixels.n_segments=100",
                       "num_workers=0", "extractor.stride=4"]
     manifest = run(load_config(AuxLabelsConfig, REPO / "configs/auxlabels/camvid_r18.yaml", overrides))
-    return {"extractor": name, "layer": layer, "k": manifest["num_labels"], "pmiou": manifest["pmiou"]["pmiou"]}
+    return {"extractor": extractor[0].split("=", 1)[1], "k": manifest["num_labels"],
+            "pmiou": manifest["pmiou"]["pmiou"], "overrides": extractor}
 
 
 def finetune(root: Path, export: Path, out: Path, args) -> dict:
@@ -250,6 +257,10 @@ def _markdown(results: dict) -> str:
                      f"{p['last_loss']:.3f} | {bnd} | {m['pmiou']:.2f} ({m['k']}) |")
         if "finetune" in r:
             tuned.append((arch, r["finetune"]["mIoU"]))
+    ref = results.get("reference")
+    if ref:
+        lines.append(f"| ResNet-18, random weights (reference; no training) | - | - | - | - | - | - | "
+                     f"{ref['pmiou']:.2f} ({ref['k']}) |")
     if tuned:
         lines += ["", "| pre-trained with local_prediction | mIoU per fine-tune seed | mean ± sd |", "|---|---|---|"]
         for arch, miou in tuned:
@@ -260,6 +271,8 @@ def _markdown(results: dict) -> str:
     lines += ["", "Commands (and the machine each ran on):", ""] + [
         f"- {arch}: `{r.get('command', results.get('command'))}` ({r.get('machine', results.get('machine'))})"
         for arch, r in results["models"].items()]
+    if ref:
+        lines.append(f"- reference: `{ref['command']}` ({ref['machine']})")
     return "\n".join(lines) + "\n"
 
 
@@ -282,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="only draw OUT/boundaries.png from the boundary maps an earlier run left in OUT")
     ap.add_argument("--baselines", type=Path, default=None,
                     help="with --figure: tools/bench_boundaries.py's output folder, to draw its maps too")
+    ap.add_argument("--reference", action="store_true",
+                    help="only the PmIoU reference: K-means labels from a ResNet-18 with random weights (layer4), "
+                         "the same protocol as the models' PmIoU")
     ap.add_argument("--cost", action="store_true",
                     help="only time one training step per model and one boundary map on random data")
     args = ap.parse_args(argv)
@@ -307,6 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python tools/bench_local_prediction.py", *(argv or sys.argv[1:])])
     previous = args.out / "results.json"
     results = read_json(previous) if previous.is_file() else {"data": str(root), "models": {}}
+    def machine() -> str:  # after the work: the load average says whether something shared the cores
+        return f"{machine_line()}, 1-minute load average at the end {os.getloadavg()[0]:.1f}"
+
+    if args.reference:
+        r = pmiou(root, None, "resnet18", args.out / "reference_random_resnet18", info, args)
+        results["reference"] = {**r, "command": command, "machine": machine()}
+        args.models = []
     for arch in args.models:
         out = args.out / arch
         r = {"command": command, "pretrain": pretrain(root, out / "pretrain", arch, args)}
@@ -317,10 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         r["auxlabels"] = pmiou(root, export, arch, out / "auxlabels", info, args)
         if args.finetune_seeds and arch not in SMALL_MODELS:
             r["finetune"] = finetune(root, export, out, args)
-        # after the work: the load average says whether something shared the cores
-        r["machine"] = f"{machine_line()}, 1-minute load average at the end {os.getloadavg()[0]:.1f}"
+        r["machine"] = machine()
         results["models"][arch] = r
         atomic_write_json(args.out / "results.json", results)  # partial results survive a later failure
+    atomic_write_json(args.out / "results.json", results)
     atomic_write_text(args.out / "results.md", _markdown(results))
     print(_markdown(results))
     return 0
