@@ -275,7 +275,7 @@ def planned_output_stride(cfg: PipelineConfig) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _mmseg_backbone(mmseg_config: str) -> dict:
-    """``model.backbone`` of an mmseg config file, loaded once per pipeline start."""
+    """``model.backbone`` of an mmseg config file (read once per process and path; callers only read it)."""
     from finetune.run import load_mmseg_config
 
     return dict(load_mmseg_config(mmseg_config).get("model", {}).get("backbone", {}))

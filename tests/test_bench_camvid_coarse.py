@@ -33,6 +33,9 @@ def test_bench_camvid_coarse_smoke(tmp_path, capsys):
     assert results.is_file()
     table = (tmp_path / "table.md").read_text()
     assert "| 100% | coarse x16 | RQ |" in table and "| 1/1 |" in table
+    prior_alone = _tool().prior_alone_miou(root, 16)
+    assert 0.0 < prior_alone <= 100.0
+    assert f"| - | coarse x16 of each val image | none: argmax of its prior (no network) | - | {prior_alone:.2f} |" in table
     assert "Command: `python tools/bench_camvid_coarse.py --data" in table and "Seeds: 0" in table
     assert "warm up with cross-entropy on the prior for 1 iterations" in table
     before = results.stat().st_mtime_ns
@@ -43,3 +46,21 @@ def test_bench_camvid_coarse_smoke(tmp_path, capsys):
 def test_bench_camvid_coarse_skips_without_data(tmp_path, capsys):
     assert _tool().main(["--data", str(tmp_path / "nothing"), "--results", str(tmp_path / "t.md")]) == 0
     assert "skipped: CamVid not found" in capsys.readouterr().err and not (tmp_path / "t.md").exists()
+
+
+def test_prior_alone_miou_by_hand(tmp_path):
+    """Two 16-aligned halves survive a 16x coarse prior exactly; a 1-pixel line of a third class does not."""
+    import numpy as np
+
+    from auxseg.io import atomic_write_json, write_label_png
+
+    (tmp_path / "valannot").mkdir()
+    atomic_write_json(tmp_path / "dataset.json", {"num_classes": 3, "ignore_index": 255})
+    label = np.zeros((32, 64), np.uint8)
+    label[:, 32:] = 1
+    write_label_png(tmp_path / "valannot" / "a.png", label)
+    assert _tool().prior_alone_miou(tmp_path, 16) == 100.0
+    label[5, 2:30] = 2  # 28 pixels of class 2, outvoted in their block: IoU 0 for class 2, and class 0 loses them
+    write_label_png(tmp_path / "valannot" / "a.png", label)
+    iou0 = (32 * 32 - 28) / (32 * 32)
+    assert abs(_tool().prior_alone_miou(tmp_path, 16) - 100 * (iou0 + 1.0 + 0.0) / 3) < 1e-9

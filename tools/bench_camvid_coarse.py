@@ -90,6 +90,29 @@ def _cell(values: list[float | None]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def prior_alone_miou(data: Path, factor: int) -> float:
+    """mIoU (percent) of the argmax of each validation image's own coarse prior against its full labels: what
+    ``mIoU_r`` gets from the prior before any network (no-argmax pixels count as wrong). Classes and ignore
+    value: the ``dataset.json`` of a generated dataset, else CamVid's (11 classes, 11 = Unlabelled)."""
+    import numpy as np
+
+    from auxlabels.metrics import confusion
+    from auxseg.io import read_label
+    from finetune.priors import coarse_prior, prior_to_labels
+
+    meta = read_json(data / "dataset.json") if (data / "dataset.json").is_file() else \
+        {"num_classes": 11, "ignore_index": 11}
+    num_classes, ignore = int(meta["num_classes"]), int(meta["ignore_index"])
+    conf = np.zeros((num_classes + 1, num_classes), dtype=np.int64)
+    for path in sorted((data / "valannot").glob("*.png")):
+        gt = read_label(path).astype(np.int64)
+        pred = prior_to_labels(coarse_prior(gt, num_classes, factor, float(factor)))
+        conf += confusion(pred, gt, num_classes, num_classes, 255, [ignore], path)
+    inter = np.diag(conf[:-1]).astype(np.float64)
+    union = conf[:-1].sum(axis=1) + conf.sum(axis=0) - inter
+    return float(100 * np.mean(inter[union > 0] / union[union > 0]))
+
+
 def write_table(rows: list[dict], args, elapsed_s: float) -> None:
     cmd = " ".join(["python", "tools/bench_camvid_coarse.py", *args.argv])
     lines = [
@@ -110,6 +133,11 @@ def write_table(rows: list[dict], args, elapsed_s: float) -> None:
         "| labelled | training targets | loss | mIoU (argmax q) | mIoU_r (argmax r) | runs |",
         "|---|---|---|---|---|---|",
     ]
+    for factor in args.factors:
+        if factor not in args.prior_alone:
+            args.prior_alone[factor] = prior_alone_miou(args.data, factor)
+        lines.append(f"| - | coarse x{factor} of each val image | none: argmax of its prior (no network) | - | "
+                     f"{args.prior_alone[factor]:.2f} | - |")
     for r in rows:
         target = "full labels" if r["factor"] is None else f"coarse x{r['factor']}"
         loss = "ce" if r["loss"] == "ce" and r["factor"] is None else \
@@ -144,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
 
     args.data = Path(args.data).resolve()
+    args.prior_alone = {}
     if not (args.data / "train").is_dir() or not (args.data / "valannot").is_dir():
         print(f"skipped: CamVid not found at {args.data} (expected train/, trainannot/, val/, valannot/)",
               file=sys.stderr)
