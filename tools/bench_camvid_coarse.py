@@ -113,6 +113,11 @@ def prior_alone_miou(data: Path, factor: int) -> float:
     return float(100 * np.mean(inter[union > 0] / union[union > 0]))
 
 
+def _shown(path) -> str:
+    """A path as the table shows it: relative to the repository (``../shared/...`` for the shared data)."""
+    return os.path.relpath(path, REPO)
+
+
 def write_table(rows: list[dict], args, elapsed_s: float) -> None:
     cmd = " ".join(["python", "tools/bench_camvid_coarse.py", *args.argv])
     lines = [
@@ -120,11 +125,11 @@ def write_table(rows: list[dict], args, elapsed_s: float) -> None:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}; fine-tune device "
         f"`{args.base.device}`. Command: `{cmd}` ({elapsed_s / 60:.1f} min of runs in this invocation).",
-        f"Data: `{args.data}`. Model and schedule: `{args.base.mmseg_config}` from `{args.pipeline_config}`, "
+        f"Data: `{_shown(args.data)}`. Model and schedule: `{args.base.mmseg_config}` from `{args.pipeline_config}`, "
         f"{args.iters} iterations, initialisation `{args.base.init.type}`; "
         f"QR/RQ warm up with cross-entropy on the prior for {int(args.warmup_frac * args.iters)} iterations. "
         f"Seeds: {', '.join(map(str, args.seeds))} (mmengine seed of each fine-tune); splits: "
-        f"`{args.splits}/train_<pct>pct_seed0.txt`.",
+        f"`{_shown(args.splits)}/train_<pct>pct_seed0.txt`.",
         "Priors: the training labels downsampled by the factor (block majority, ignore does not vote), one-hot, "
         "Gaussian blur with std = factor pixels, renormalised. mIoU (percent) on the validation images against "
         "their full labels: argmax q, and argmax r with the validation images' coarse priors (class mass over "
