@@ -21,7 +21,9 @@ import torchvision
 ARCH_CHANNELS = {"resnet18": 512, "resnet50": 2048}
 
 
-OUTPUT_STRIDES = (8, 16)
+# mmseg backbone (strides, dilations) of each output stride this network builds, both with contract_dilation=True
+MMSEG_LAYOUTS = {8: ((1, 2, 1, 1), (1, 1, 2, 4)), 16: ((1, 2, 2, 1), (1, 1, 1, 2))}
+OUTPUT_STRIDES = tuple(MMSEG_LAYOUTS)
 
 
 class DilatedResNet(nn.Module):

@@ -254,23 +254,21 @@ def planned_backbone(cfg: PipelineConfig) -> tuple[int | None, str | None]:
     return depth, backbone_type
 
 
-# (strides, dilations) of the two backbone layouts pre-training builds (auxseg.dilated_resnet), by output stride
-_LAYOUTS = {8: ((1, 2, 1, 1), (1, 1, 2, 4)), 16: ((1, 2, 2, 1), (1, 1, 1, 2))}
-
-
 def planned_output_stride(cfg: PipelineConfig) -> int:
     """The output stride of the segmenter's backbone (``model.backbone`` strides and dilations of
     ``finetune.mmseg_config``), which pre-training must share: 8 or 16."""
+    from auxseg.dilated_resnet import MMSEG_LAYOUTS
+
     backbone = _mmseg_backbone(cfg.finetune.mmseg_config)
     layout = (tuple(backbone.get("strides", (1, 2, 2, 2))), tuple(backbone.get("dilations", (1, 1, 1, 1))))
     contract = bool(backbone.get("contract_dilation", False))  # defaults: mmseg ResNet's
-    for output_stride, expected in _LAYOUTS.items():
+    for output_stride, expected in MMSEG_LAYOUTS.items():
         if layout == expected and contract:
             return output_stride
     raise ConfigError(f"finetune.mmseg_config: {cfg.finetune.mmseg_config} has backbone strides {layout[0]}, "
                       f"dilations {layout[1]}, contract_dilation={contract}; pre-training builds output stride 8 "
-                      f"(strides {_LAYOUTS[8][0]}, dilations {_LAYOUTS[8][1]}) or 16 (strides {_LAYOUTS[16][0]}, "
-                      f"dilations {_LAYOUTS[16][1]}), both with contract_dilation=True")
+                      f"(strides {MMSEG_LAYOUTS[8][0]}, dilations {MMSEG_LAYOUTS[8][1]}) or 16 (strides {MMSEG_LAYOUTS[16][0]}, "
+                      f"dilations {MMSEG_LAYOUTS[16][1]}), both with contract_dilation=True")
 
 
 @functools.lru_cache(maxsize=8)

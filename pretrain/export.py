@@ -70,8 +70,9 @@ def export_local_predictor(backbone: DilatedResNet, objective, out_dir: str | Pa
     ``local_predictor.pth`` an earlier run left in ``out_dir`` is removed, so it never pairs with this backbone.
     """
     path = Path(out_dir) / LOCAL_PREDICTOR_FILENAME
-    if not hasattr(objective, "predictor") or decoder is not None:
-        if hasattr(objective, "predictor"):
+    predicts = hasattr(objective, "predictor")
+    if not predicts or decoder is not None:
+        if predicts:
             print(f"[pretrain] no {path.name}: the predictor was fitted to the decoder's features (model.decoder), "
                   "and boundaries predict runs the backbone alone", flush=True)
         path.unlink(missing_ok=True)

@@ -96,7 +96,7 @@ def prior_alone_miou(data: Path, factor: int) -> float:
     value: the ``dataset.json`` of a generated dataset, else CamVid's (11 classes, 11 = Unlabelled)."""
     import numpy as np
 
-    from auxlabels.metrics import confusion
+    from auxlabels.metrics import confusion, iou_matrix
     from auxseg.io import read_label
     from finetune.priors import coarse_prior, prior_to_labels
 
@@ -108,9 +108,8 @@ def prior_alone_miou(data: Path, factor: int) -> float:
         gt = read_label(path).astype(np.int64)
         pred = prior_to_labels(coarse_prior(gt, num_classes, factor, float(factor)))
         conf += confusion(pred, gt, num_classes, num_classes, 255, [ignore], path)
-    inter = np.diag(conf[:-1]).astype(np.float64)
-    union = conf[:-1].sum(axis=1) + conf.sum(axis=0) - inter
-    return float(100 * np.mean(inter[union > 0] / union[union > 0]))
+    present = conf[:-1].sum(axis=1) + conf.sum(axis=0) > 0  # predicted or in the ground truth
+    return float(100 * np.diag(iou_matrix(conf))[present].mean())
 
 
 def _shown(path) -> str:
@@ -139,8 +138,6 @@ def write_table(rows: list[dict], args, elapsed_s: float) -> None:
         "|---|---|---|---|---|---|",
     ]
     for factor in args.factors:
-        if factor not in args.prior_alone:
-            args.prior_alone[factor] = prior_alone_miou(args.data, factor)
         lines.append(f"| - | coarse x{factor} of each val image | none: argmax of its prior (no network) | - | "
                      f"{args.prior_alone[factor]:.2f} | - |")
     for r in rows:
@@ -177,13 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
 
     args.data = Path(args.data).resolve()
-    args.prior_alone = {}
     if not (args.data / "train").is_dir() or not (args.data / "valannot").is_dir():
         print(f"skipped: CamVid not found at {args.data} (expected train/, trainannot/, val/, valannot/)",
               file=sys.stderr)
         return 0
     args.splits = resolve_path(args.splits)
     args.out = Path(args.out).resolve()
+    args.prior_alone = {factor: prior_alone_miou(args.data, factor) for factor in args.factors}  # no network: once
     args.base = load_config(PipelineConfig, resolve_path(args.pipeline_config)).finetune
     if args.set:  # so the header reports the device and config actually used
         args.base = from_dict(FinetuneConfig, apply_overrides(to_dict(args.base), args.set))

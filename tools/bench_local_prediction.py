@@ -123,18 +123,12 @@ def finetune(root: Path, export: Path, out: Path, args) -> dict:
     from auxseg.contracts.backbone import load_backbone_export
     from finetune.config import InitConfig
     from finetune.run import run
-    from loop.pipeline import (
-        Dataset,
-        PipelineConfig,
-        finetune_config,
-        planned_backbone,
-        planned_output_stride,
-    )
+    from loop.pipeline import Dataset, PipelineConfig, finetune_config, planned_backbone, pretrain_config
 
     cfg = load_config(PipelineConfig, REPO / "configs/pipeline/camvid_cpu.yaml", [f"data.root={root}"])
     trained = load_backbone_export(export)[1]["config"]["model"]
-    planned = {"stem": "deep" if planned_backbone(cfg)[1] == "ResNetV1c" else "plain",
-               "output_stride": planned_output_stride(cfg)}
+    model = pretrain_config(cfg, out, out, *planned_backbone(cfg)).model  # what the pipeline would pre-train
+    planned = {"stem": model.stem, "output_stride": model.output_stride}
     if {k: trained.get(k, 8 if k == "output_stride" else None) for k in planned} != planned:
         raise SystemExit(f"{export}: pre-trained with model.stem={trained.get('stem')} "
                          f"model.output_stride={trained.get('output_stride', 8)}, but the fine-tune "
