@@ -190,7 +190,7 @@ def train(cfg: PretrainConfig, st: TrainState) -> int:
         # --- log, checkpoint: the stats are whatever the objective reports
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}",
-                        **{short: f"{stats[key]:.1f}" for key, short in objective.progress_stats.items() if key in stats})
+                        **{short: f"{stats[key]:.3g}" for key, short in objective.progress_stats.items() if key in stats})
         if st.dist.is_main and (it % tc.log_every == 0 or it == stop):
             record = {"iter": it, "loss": loss.item(), "lr": lr, "data_time": data_time, **stats}
             append_jsonl(out / "log.jsonl", record)

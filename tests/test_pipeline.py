@@ -236,37 +236,64 @@ def test_strategy_benchmark_pretrains_and_finetunes_other_labellings(finished_ru
     assert "#1 same pixel" in text and "(upper bound)" in text and "Spearman rank correlation over 3 strategies" in text
 
 
-def test_metric_l2_benchmark_pretrains_with_only_the_loss_changed(finished_run):
-    """tools/bench_camvid_metric_l2.py: a metric_l2 pre-training on the pipeline's labels, then its fine-tune."""
+def _objectives_tool(run_dir, *args):
     import subprocess
     import sys
     from pathlib import Path
 
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_camvid_objectives.py"
+    return subprocess.run([sys.executable, str(tool), str(run_dir), *args], capture_output=True, text=True)
+
+
+def test_objectives_benchmark_pretrains_with_only_the_loss_changed(finished_run):
+    """tools/bench_camvid_objectives.py: a metric_l2 pre-training on the pipeline's labels, then its fine-tune."""
     tmp_path, _, _ = finished_run
-    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_camvid_metric_l2.py"
     out, results = tmp_path / "metric_l2", tmp_path / "metric_l2.md"
-    proc = subprocess.run(
-        [sys.executable, str(tool), str(tmp_path / "run"), "--out", str(out), "--results", str(results),
-         "--set", "loss.metric_l2.pixels_per_label=20", "loss.metric_l2.repeats=2"], capture_output=True, text=True)
+    proc = _objectives_tool(tmp_path / "run", "--objectives", "metric_l2", "--out", str(out), "--results",
+                            str(results), "--set", "loss.metric_l2.pixels_per_label=20", "loss.metric_l2.repeats=2",
+                            "loss.qr.warmup_iters=3")  # another objective's key: not applied to metric_l2
     assert proc.returncode == 0, proc.stderr[-3000:]
-    step = json.loads((out / "pretrain" / "step.json").read_text())
+    step = json.loads((out / "metric_l2" / "pretrain" / "step.json").read_text())
     pipeline = json.loads((tmp_path / "run" / "3_pretrain" / "step.json").read_text())
     assert step["config"]["loss"]["name"] == "metric_l2" and pipeline["config"]["loss"]["name"] == "infonce"
     assert step["config"]["loss"]["metric_l2"]["pixels_per_label"] == 20
     # nothing but the loss differs from the pipeline's pre-training
     assert {k: v for k, v in step["config"].items() if k not in ("loss", "out_dir")} == {
         k: v for k, v in pipeline["config"].items() if k not in ("loss", "out_dir")}
-    init = json.loads((out / "finetune_seed0" / "results.json").read_text())["init"]
-    assert init["checkpoint"] == str(out / "pretrain" / "backbone_mmseg.pth") and init["decoder"]
-    rows = json.loads((out / "metric_l2.json").read_text())["rows"]
+    assert step["config"]["loss"]["qr"] == pipeline["config"]["loss"]["qr"]
+    init = json.loads((out / "metric_l2" / "finetune_seed0" / "results.json").read_text())["init"]
+    assert init["checkpoint"] == str(out / "metric_l2" / "pretrain" / "backbone_mmseg.pth") and init["decoder"]
+    rows = json.loads((out / "objectives.json").read_text())["rows"]
     assert [r["key"] for r in rows] == ["baseline", "infonce", "metric_l2"]
     assert all(0.0 <= r["miou"]["0"] <= 100.0 for r in rows)
     text = results.read_text()
     assert "| metric_l2 (loss.metric_l2.pixels_per_label=20, loss.metric_l2.repeats=2) |" in text
     assert "| InfoNCE (the pipeline's) |" in text
-    bad = subprocess.run([sys.executable, str(tool), str(tmp_path / "run"), "--set", "train.max_iters=9"],
-                         capture_output=True, text=True)
+    bad = _objectives_tool(tmp_path / "run", "--set", "train.max_iters=9")
     assert bad.returncode == 2 and "only loss.* keys" in bad.stderr
+    bad = _objectives_tool(tmp_path / "run", "--objectives", "nosuch")
+    assert bad.returncode == 2 and "nosuch" in bad.stderr
+
+
+def test_objectives_benchmark_on_soft_labels(finished_run):
+    """--soft-labels: the pipeline's labelling rerun with soft priors, the same hard labels, QR/RQ reading priors."""
+    tmp_path, _, _ = finished_run
+    out, results = tmp_path / "soft", tmp_path / "soft.md"
+    proc = _objectives_tool(tmp_path / "run", "--objectives", "qr", "rq", "--soft-labels", "--soft-set",
+                            "soft_labels.temperature=0.2", "--out", str(out), "--results", str(results),
+                            "--set", "loss.qr.warmup_iters=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from auxseg.contracts.label_folder import read_label_folder
+
+    assert read_label_folder(out / "auxlabels_soft").has_priors
+    cfgs = {n: json.loads((out / n / "pretrain" / "step.json").read_text())["config"] for n in ("qr", "rq")}
+    assert cfgs["qr"]["data"]["labels"] == str(out / "auxlabels_soft")
+    assert cfgs["qr"]["loss"]["qr"]["use_priors"] and cfgs["rq"]["loss"]["rq"]["use_priors"]
+    assert cfgs["qr"]["loss"]["qr"]["warmup_iters"] == 2 and cfgs["rq"]["loss"]["rq"]["warmup_iters"] == 0
+    rows = json.loads((out / "objectives.json").read_text())["rows"]
+    assert [r["key"] for r in rows] == ["baseline", "infonce", "qr", "rq"]
+    text = results.read_text()
+    assert "hard label PNGs differ from the pipeline's on 0 of 16 images" in text and "'temperature': 0.2" in text
 
 
 def test_report_finds_overlay_pairs_through_the_manifest_and_warns_without(tmp_path):
