@@ -160,7 +160,8 @@ def main() -> int:
         from auxseg.config import to_dict
 
         pm = (manifest.get("pmiou") or {}).get("pmiou")
-        notes.append(f"Soft auxiliary labels: `{labels_dir}` (the pipeline's auxiliary-label step with "
+        shown = labels_dir.relative_to(REPO) if labels_dir.is_relative_to(REPO) else labels_dir
+        notes.append(f"Soft auxiliary labels: `{shown}` (the pipeline's auxiliary-label step with "
                      f"`soft_labels.enabled=true{''.join(' ' + s for s in args.soft_set)}`; settings "
                      f"`{to_dict(aux.soft_labels)}`); their hard label PNGs differ from the pipeline's on {differ} "
                      f"of {n} images; PmIoU on val {'n/a' if pm is None else f'{pm:.2f}'}.")
