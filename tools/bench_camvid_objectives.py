@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO / "tools"))
 from bench_camvid_strategies import _mean_spread, _override, open_pipeline_run, step_record  # noqa: E402
 
 from auxlabels.config import AuxLabelsConfig  # noqa: E402
+from auxseg.config import to_dict  # noqa: E402
 from auxseg.contracts.backbone import DECODER_FILENAME  # noqa: E402
 from auxseg.io import atomic_write_json, atomic_write_text, list_images, read_json  # noqa: E402
 from finetune.config import InitConfig  # noqa: E402
@@ -157,8 +158,6 @@ def main() -> int:
         aux = _override(aux, AuxLabelsConfig, ["soft_labels.enabled=true", *args.soft_set])
         manifest = run_step("soft auxlabels", labels_dir, aux, lambda: run_auxlabels(aux))
         differ, n = same_hard_labels(pipeline_dir / "2_auxlabels", labels_dir)
-        from auxseg.config import to_dict
-
         pm = (manifest.get("pmiou") or {}).get("pmiou")
         shown = labels_dir.relative_to(REPO) if labels_dir.is_relative_to(REPO) else labels_dir
         notes.append(f"Soft auxiliary labels: `{shown}` (the pipeline's auxiliary-label step with "

@@ -65,9 +65,11 @@ def pipeline_columns(pipeline: Path) -> list[tuple[str, list[str]]]:
 
 def pick_images(image_dir: Path, n: int) -> list[Path]:
     """``n`` images spread evenly over the sorted list (the first, the last and between)."""
-    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    from auxseg.io import list_images
+
+    images = [image_dir / rel for rel in list_images(image_dir)]
     if not images:
-        raise ConfigError(f"--images: no .png/.jpg images in {image_dir}")
+        raise ConfigError(f"--images: no images in {image_dir}")
     idx = np.unique(np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int))
     return [images[i] for i in idx]
 
@@ -80,7 +82,7 @@ def views(columns: list[tuple[str, list[str]]], images: list[Path], max_side: in
     grid = [[read_rgb(p)] for p in images]
     info = []
     for title, keys in columns:
-        cfg = load_config(FeatureViewConfig, None, ["image_dir=.", f"max_side={max_side}", *keys])
+        cfg = load_config(FeatureViewConfig, None, [f"max_side={max_side}", *keys])
         extractor = build_extractor(cfg.extractor).to(cfg.extractor.device)
         t0 = time.perf_counter()
         for row in grid:
