@@ -40,7 +40,7 @@ from auxseg.io import atomic_write_json, atomic_write_text, read_json
 from auxseg.paths import resolve_path
 from auxseg.synthetic import CLASS_NAMES, IGNORE_INDEX, SyntheticSpec, make_synthetic_dataset
 from finetune.config import FinetuneConfig, InitConfig, SplitConfig
-from pretrain.config import PretrainConfig
+from pretrain.config import PretrainConfig, objective_section
 
 STEP_FORMAT = "loop.pipeline-step/1"
 
@@ -222,6 +222,18 @@ def check_owned_keys(cfg: PipelineConfig, filled: dict[str, Any]) -> None:
                               f"ignored; {instead}, and remove it from the {section} section")
 
 
+def check_priors(cfg: PipelineConfig) -> None:
+    """Refuse a pre-training objective that reads soft priors when the auxlabels step will write none.
+
+    Checked before any training: otherwise the run would stop only at the
+    pre-training step, after the segmenter and the labelling.
+    """
+    loss = cfg.pretrain.loss
+    if getattr(objective_section(loss), "use_priors", False) and not cfg.auxlabels.soft_labels.enabled:
+        raise ConfigError(f"pretrain.loss.{loss.name}.use_priors: true needs soft priors from the auxlabels step; "
+                          "set auxlabels.soft_labels.enabled=true (docs/pipeline.md, 'Other objectives')")
+
+
 def shown_config(cfg: PipelineConfig) -> str:
     """The resolved pipeline config as YAML, without the stage keys the pipeline sets itself.
 
@@ -356,6 +368,7 @@ def run(cfg: PipelineConfig) -> Path:
         "auxlabels": auxlabels_config(cfg, data, labels_dir, segmenter0 / "iter.pth"),
         "pretrain": pretrain_config(cfg, pre_dir, labels_dir, *planned_backbone(cfg)),
     })
+    check_priors(cfg)
 
     baseline = {}
     for seed in cfg.seeds:

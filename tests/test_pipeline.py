@@ -112,6 +112,29 @@ def test_a_template_key_the_pipeline_owns_is_an_error(tmp_path, override, key, i
     assert not (tmp_path / "run" / "1_segmenter_seed0").exists()  # stopped before any training
 
 
+def test_an_objective_reading_priors_needs_soft_labels(tmp_path):
+    cfg = tiny_config(tmp_path, "pretrain.loss.name=qr", "pretrain.loss.qr.use_priors=true")
+    with pytest.raises(ConfigError, match=r"^pretrain.loss.qr.use_priors: .*auxlabels.soft_labels.enabled=true"):
+        run(cfg)
+    assert not (tmp_path / "run" / "1_segmenter_seed0").exists()  # stopped before any training
+
+
+def test_pipeline_pretrains_rq_on_the_soft_priors_it_writes(tmp_path):
+    """auxlabels.soft_labels.enabled + pretrain.loss.rq.use_priors: the loop with another objective on soft labels."""
+    from auxseg.contracts.label_folder import read_label_folder
+
+    cfg = tiny_config(tmp_path, "auxlabels.soft_labels.enabled=true", "pretrain.loss.name=rq",
+                      "pretrain.loss.rq.use_priors=true", "pretrain.loss.rq.warmup_iters=1")
+    run(cfg)
+    work = tmp_path / "run"
+    folder = read_label_folder(work / "2_auxlabels")
+    assert folder.has_priors and len(list((work / "2_auxlabels" / "priors").rglob("*.npz"))) == 16
+    pre = json.loads((work / "3_pretrain" / "step.json").read_text())["config"]["loss"]
+    assert pre["name"] == "rq" and pre["rq"]["use_priors"]
+    summary = json.loads((work / "summary.json").read_text())
+    assert 0.0 <= summary["pretrained_mIoU"]["0"] <= 100.0
+
+
 def test_the_value_the_pipeline_would_set_is_accepted(tmp_path):
     from loop.pipeline import check_owned_keys, planned_backbone
 
