@@ -10,13 +10,16 @@ The output is an auxiliary-label folder (docs/contracts.md sections 1 and 1b):
   (full image resolution, :func:`auxseg.contracts.priors.write_prior`);
 - ``labels/<rel>.png`` -- their argmax (uint8; no pixel is ignored);
 - ``manifest.json`` with ``scope: "image"`` (segment ids mean nothing across
-  images) and the ``prior`` key, plus ``config.yaml``.
+  images) and the ``prior`` key, plus ``config.yaml``;
+- ``progress.jsonl``: one line per finished image (file hashes, label counts,
+  seconds), so that a rerun with the same settings skips the images already done.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +42,13 @@ from auxseg.errors import AuxsegError
 from auxseg.io import ImageReadError, atomic_write_json, read_rgb, scan_images, sha256_file, write_label_png
 
 from .config import ExtractorConfig
+from .resume import checkpoint_sha256, previous_manifest, read_journal, verified
 from .soft_segments import SoftSegmentsParams, soft_segments_of_image
 
 IGNORE = 255  # the uint8 ignore value (never written: every pixel has a segment)
+JOURNAL = "progress.jsonl"
+# settings that do not change the segments; everything else must match to resume
+NOT_FINGERPRINTED = ("progress", "resume", "out_dir", "on_bad_image")
 
 
 class SoftSegmentsError(AuxsegError, RuntimeError):
@@ -64,6 +71,7 @@ class SoftSegmentsConfig:
     soft: SoftSegmentsParams = field(default_factory=SoftSegmentsParams)
     topk: int | None = None  # segments stored per pixel in the prior files (null: all soft.segments, exact)
     on_bad_image: Literal["skip", "stop"] = "skip"  # unreadable image: report and skip, or stop the run
+    resume: bool = True  # a rerun with the same settings skips the images already written (progress.jsonl)
     progress: bool = True  # tqdm progress bar over images
 
 
@@ -168,8 +176,25 @@ class _Semantic:
 
 
 def _fingerprint(cfg: SoftSegmentsConfig, rels: list[str]) -> str:
-    data = json.dumps({"config": to_dict(cfg), "images": rels}, sort_keys=True, default=str)
-    return hashlib.sha256(data.encode()).hexdigest()
+    """Hash of everything that decides the segments: settings, the extractor's weights and the images."""
+    data = to_dict(cfg)
+    for key in NOT_FINGERPRINTED:
+        data.pop(key, None)
+    data["checkpoint_sha256"] = checkpoint_sha256(cfg) if cfg.features == "extractor" else None
+    data["images"] = rels
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _reusable(cfg: SoftSegmentsConfig, out: Path, fingerprint: str) -> dict[str, dict]:
+    """Journal records of an earlier run of these settings whose label and prior files are intact.
+
+    Raises ConfigError when ``out`` holds another run's work (or this run's
+    with ``resume`` off); nothing has been written at that point.
+    """
+    previous = previous_manifest(cfg, out, fingerprint)
+    if previous is None:
+        return {}
+    return verified(out, read_journal(out), priors=True)
 
 
 def run(cfg: SoftSegmentsConfig) -> dict:
@@ -189,15 +214,18 @@ def run(cfg: SoftSegmentsConfig) -> dict:
         raise ImageReadError(f"{min(skipped.items())[1]} (on_bad_image=stop)")
     semantic = _Semantic(cfg)  # a wrong checkpoint fails here, before anything is written
     out = Path(cfg.out_dir)
-    write_started(cfg, out, _fingerprint(cfg, rels), None)
+    fingerprint = _fingerprint(cfg, rels)
+    records = _reusable(cfg, out, fingerprint)
+    if not records:  # a fresh start: lines of another run must not be read as this run's
+        (out / JOURNAL).unlink(missing_ok=True)
+    write_started(cfg, out, fingerprint, None)
     k = cfg.soft.segments
     topk = min(cfg.topk or k, k)
-    label_pairs, prior_pairs, written = [], [], []
-    counts = np.zeros(k, dtype=np.int64)
-    timings: dict[str, float] = {}
-    seconds, cpu_seconds = [], []  # per image: wall and CPU time (this process, all its threads)
-    todo = [r for r in rels if r not in skipped]
-    with progress_bar(len(todo), "soft segments", cfg.progress) as bar:
+    todo = [r for r in rels if r not in skipped and r not in records]
+    if records:
+        print(f"[softsegments] {len(rels)} images, {len(rels) - len(todo) - len(skipped)} already done, "
+              f"{len(todo)} to segment", file=sys.stderr)
+    with progress_bar(len(todo), "soft segments", cfg.progress) as bar, open(out / JOURNAL, "a") as journal:
         for rel in todo:
             path = root / rel
             try:
@@ -215,24 +243,29 @@ def run(cfg: SoftSegmentsConfig) -> dict:
             except (ValueError, ArithmeticError, RuntimeError, np.linalg.LinAlgError) as err:
                 raise SoftSegmentsError(f"{path}: soft segmentation failed ({type(err).__name__}: "
                                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
-            seconds.append(time.perf_counter() - t0)
-            cpu_seconds.append(time.process_time() - c0)
-            for key, value in result.info["seconds"].items():
-                timings[key] = timings.get(key, 0.0) + value
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             layers = result.layers  # [K, H, W] float32, sums to one
             label = layers.argmax(axis=0).astype(np.uint8)
             label_path = out / LABELS_DIR / label_rel(rel)
             prior_path = out / PRIORS_DIR / prior_rel(rel)
             write_label_png(label_path, label)
             write_prior(prior_path, layers, topk)
-            label_pairs.append((label_rel(rel), sha256_file(label_path)))
-            prior_pairs.append((prior_rel(rel), sha256_file(prior_path)))
-            counts += np.bincount(label.ravel(), minlength=k)[:k]
-            written.append(rel)
+            records[rel] = {"rel": rel, "sha256": sha256_file(label_path), "prior_sha256": sha256_file(prior_path),
+                            "counts": np.bincount(label.ravel(), minlength=k)[:k].tolist(),
+                            "seconds": wall, "cpu_seconds": cpu, "timings": result.info["seconds"]}
+            journal.write(json.dumps(records[rel]) + "\n")
+            journal.flush()  # one line per finished image: a kill loses at most the image in progress
             bar.update(1)
+    written = [r for r in rels if r in records]
     if not written:
         raise SoftSegmentsError(f"{root}: no image could be read ({len(skipped)} skipped, first: {min(skipped.values())})")
-    timings["total_wall"] = time.perf_counter() - t_start
+    done = [records[r] for r in written]
+    counts = np.sum([rec["counts"] for rec in done], axis=0, dtype=np.int64)
+    timings: dict[str, float] = {}  # per phase, summed over the images (of every run that wrote one)
+    for rec in done:
+        for key, value in rec["timings"].items():
+            timings[key] = timings.get(key, 0.0) + value
+    timings["total_wall"] = time.perf_counter() - t_start  # this run only
     manifest = {
         "format": MANIFEST_FORMAT,
         "num_labels": int(k),
@@ -242,24 +275,25 @@ def run(cfg: SoftSegmentsConfig) -> dict:
         "image_root": str(root.resolve()),
         "images": written,
         "eval_images": [],
-        "labels_sha256": labels_digest(label_pairs),
+        "labels_sha256": labels_digest([(label_rel(r), records[r]["sha256"]) for r in written]),
         "complete": True,
         "clusterer": "soft_segments",
         "extractor": semantic.description,
         "semantic_features": "feature view (guided filter + PCA-3)" if cfg.features == "extractor" else "colour",
-        "prior": prior_manifest_entry(topk, 1, prior_pairs, source="auxlabels.soft_segments",
+        "prior": prior_manifest_entry(topk, 1, [(prior_rel(r), records[r]["prior_sha256"]) for r in written],
+                                      source="auxlabels.soft_segments",
                                       resolution="image", working_side=cfg.soft.working_side),
         "soft_segments": to_dict(cfg.soft),
         "label_pixel_counts": counts.tolist(),
         "ignored_pixels": 0,
         "ignored_share": 0.0,
         "skipped": [{"path": rel, "error": err} for rel, err in sorted(skipped.items())],
-        "seconds_per_image": float(np.mean(seconds)),  # wall, features to upsampled layers (no reading/writing)
-        "cpu_seconds_per_image": float(np.mean(cpu_seconds)),
+        "seconds_per_image": float(np.mean([rec["seconds"] for rec in done])),  # wall, features to layers
+        "cpu_seconds_per_image": float(np.mean([rec["cpu_seconds"] for rec in done])),
         "timings": timings,
         "versions": versions(),
         "config": to_dict(cfg),
-        "fingerprint": _fingerprint(cfg, rels),
+        "fingerprint": fingerprint,
         "created": created,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
     }

@@ -202,5 +202,40 @@ def test_command_with_extractor_features_and_errors(images, tmp_path, capsys):
     assert main([*args, "soft.eig_shift=0"]) == 2
     assert "config error: soft.eig_shift" in capsys.readouterr().err
     assert main([*args, "on_bad_image=stop"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "broken.png" in err
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == "[softsegments] 3 images, 2 already done, 1 to segment"  # the earlier run is resumed
+    assert len(lines) == 2 and lines[1].startswith("auxseg softsegments: error: ") and "broken.png" in lines[1]
+
+
+def test_a_rerun_resumes_from_the_journal(images, tmp_path, capsys):
+    """Finished images are skipped; a missing file or a torn journal line is redone; other settings are refused."""
+    from loop.cli import main
+
+    out = tmp_path / "soft"
+    args = _args(images, out, "features=colour")
+    assert main(args) == 0
+    first = json.loads((out / "manifest.json").read_text())
+    journal = (out / "progress.jsonl").read_text().splitlines()
+    assert [json.loads(line)["rel"] for line in journal] == ["a.png", "sub/b.jpg"]
+    stamp = (out / "labels" / "a.png").stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert main(args) == 0  # everything done: nothing recomputed, the same folder
+    assert "2 already done, 0 to segment" in capsys.readouterr().err
+    again = json.loads((out / "manifest.json").read_text())
+    assert (out / "labels" / "a.png").stat().st_mtime_ns == stamp
+    assert again["labels_sha256"] == first["labels_sha256"] and again["prior"] == first["prior"]
+    assert again["seconds_per_image"] == first["seconds_per_image"]
+
+    (out / "labels" / "sub" / "b.png").unlink()  # a lost file ...
+    (out / "progress.jsonl").write_text(journal[0] + "\n" + journal[1][:20])  # ... and a line cut by a kill
+    assert main(args) == 0
+    assert "1 already done, 1 to segment" in capsys.readouterr().err
+    assert read_label_folder(out).images == ("a.png", "sub/b.jpg")  # both hashes checked again
+    assert (out / "labels" / "a.png").stat().st_mtime_ns == stamp
+
+    assert main([*args, "soft.segments=4"]) == 2  # another run's work is never overwritten
+    assert "other settings" in capsys.readouterr().err
+    assert main([*args, "resume=false"]) == 2
+    assert "resume=true" in capsys.readouterr().err
+    assert read_label_folder(out).num_labels == 3
