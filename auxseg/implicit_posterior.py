@@ -11,7 +11,8 @@ the form of the authors' land-cover code):
 
 - QR (free energy with the generative side in closed form), per pixel:
   ``sum_l qbar_l log qbar_l - mean_i sum_l q_i(l) log p_i(l)`` with qbar the
-  mean of q over all pixels of the batch (equal to L_QR / N up to a constant);
+  mean of q over all pixels of the batch (equal to L_QR / N up to a constant;
+  of all processes' pixels in a distributed run: :func:`batch_class_mass`);
 - RQ: ``mean_i KL(r_i || q_i)``, with gradients through r as well.
 
 Both smooth q and p additively (1e-4, then renormalise; supplement E.1.3).
@@ -38,6 +39,52 @@ def smooth(prob: torch.Tensor, eps: float = SMOOTHING) -> torch.Tensor:
 def class_mass(q: torch.Tensor) -> torch.Tensor:
     """qbar ``[K]``: the mean of ``q [N, K]`` over the N pixels (S_l / N)."""
     return q.mean(dim=0)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the processes; the backward pass sums the gradients over them too.
+
+    Every process computed a loss on the sum, so the gradient of their total
+    w.r.t. this process's input is the sum of their gradients. (Our own rather
+    than ``torch.distributed.nn.functional.all_reduce``: deprecated, with a
+    private module as its replacement.)
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
+def batch_class_mass(q: torch.Tensor) -> torch.Tensor:
+    """qbar ``[K]`` over every pixel of the batch, also when data parallelism splits the batch across processes.
+
+    In one process: :func:`class_mass` (zeros for ``N = 0``). In a process
+    group of several, the per-class sums and the pixel counts of all processes
+    are summed across them, forward and backward, so every process uses the
+    batch's mass and gets the exact gradient of it; DDP's averaging then gives
+    the gradient of the mean loss. A collective: every process must call it at
+    every step, also with ``N = 0``, and its loss must depend on the result at
+    every step (add ``0 * qbar.sum()`` where a branch does not use it), or the
+    backward passes wait for each other.
+    """
+    from auxseg.distributed import is_distributed
+
+    if not is_distributed():
+        return class_mass(q) if q.shape[0] else q.new_zeros(q.shape[1])
+    stats = _AllReduceSum.apply(torch.cat([q.sum(dim=0), q.new_full((1,), float(q.shape[0]))]))  # [K + 1]: sums, N
+    return stats[:-1] / stats[-1].clamp_min(1.0)
 
 
 def implied_posterior(q: torch.Tensor, p: torch.Tensor, qbar: torch.Tensor | None = None) -> torch.Tensor:

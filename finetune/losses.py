@@ -21,7 +21,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from auxseg.implicit_posterior import SMOOTHING, class_mass, qr_loss, rq_loss, smooth, soft_cross_entropy
+from auxseg.implicit_posterior import (
+    SMOOTHING,
+    batch_class_mass,
+    qr_loss,
+    rq_loss,
+    smooth,
+    soft_cross_entropy,
+)
 from auxseg.mmseg_compat import import_mmseg
 
 import_mmseg()
@@ -84,13 +91,14 @@ class _PriorLoss(nn.Module):
         logits = seg_logits.float().permute(0, 2, 3, 1).reshape(-1, k)  # [B*H*W, K]
         p = prior.float().permute(0, 2, 3, 1).reshape(-1, k)  # [B*H*W, K]
         valid = p.sum(dim=1) > 0
-        if int(valid.sum()) < 1:
-            return seg_logits.sum() * 0.0
         with torch.autocast(seg_logits.device.type, enabled=False):
             q = smooth(logits[valid].softmax(dim=1), self.smoothing)  # [N, K]
+            # [K], over every valid pixel of the batch (of all processes: every process calls it, whatever its N)
+            qbar = batch_class_mass(q)
+            if q.shape[0] < 1:
+                return seg_logits.sum() * 0.0 + qbar.sum() * 0.0
             p = p[valid]
             p = smooth(p, self.smoothing) if self.smoothing > 0 else p / p.sum(dim=1, keepdim=True)
-            qbar = class_mass(q)  # [K], over every valid pixel of the batch
             if self.mass_momentum > 0:
                 if self.running_mass.numel() != k:
                     raise ValueError(f"{type(self).__name__}: running class mass has {self.running_mass.numel()} "
@@ -99,7 +107,8 @@ class _PriorLoss(nn.Module):
                 if self.training:
                     self.running_mass = qbar.detach()
             warm = self.training and int(self.iteration) < self.warmup_iters
-            loss = soft_cross_entropy(q, p) if warm else self.objective(q, p, qbar)
+            # the warm-up keeps qbar in the graph: its backward is a collective in a distributed run
+            loss = soft_cross_entropy(q, p) + qbar.sum() * 0.0 if warm else self.objective(q, p, qbar)
         if self.training:
             self.iteration += 1
         return self.loss_weight * loss

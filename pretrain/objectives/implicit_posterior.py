@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from auxseg.contracts.label_folder import LabelFolderError
-from auxseg.implicit_posterior import SMOOTHING, class_mass, implied_posterior, qr_loss, rq_loss, smooth
+from auxseg.implicit_posterior import SMOOTHING, batch_class_mass, implied_posterior, qr_loss, rq_loss, smooth
 from pretrain.losses import nearest_to_grid
 from pretrain.objectives.base import Objective, SoftPrior, StepBatch, register_objective
 
@@ -78,18 +78,18 @@ class _ImplicitPosterior(Objective):
         if idx.numel() > c.max_pixels:
             pick = torch.randperm(idx.numel(), generator=batch.generator)[: c.max_pixels].to(idx.device)
             idx = idx[pick]
-        if idx.numel() < 2:
-            return logits.sum() * 0.0, {"pixels": float(idx.numel())}
-        prior = SoftPrior.dense(ids[idx], probs[idx], k)  # [N, K]: dense only at the N pixels used
         with torch.autocast(features.device.type, enabled=False):
             q = smooth(logits[idx].softmax(dim=1), c.smoothing)  # [N, K]
-            p = smooth(prior, c.smoothing) if c.smoothing > 0 else prior
-            qbar = class_mass(q)
+            qbar = batch_class_mass(q)  # of all processes' pixels; every process calls it, whatever its N
+            if idx.numel() < 2:
+                return logits.sum() * 0.0 + qbar.sum() * 0.0, {"pixels": float(idx.numel())}
             if c.mass_momentum > 0:
                 qbar = c.mass_momentum * self.running_mass.to(q.device) + (1 - c.mass_momentum) * qbar
                 self.running_mass = qbar.detach().cpu()
-            if batch.iteration < c.warmup_iters:
-                loss = -(p * q.log()).sum(dim=1).mean()  # cross-entropy on the prior
+            prior = SoftPrior.dense(ids[idx], probs[idx], k)  # [N, K]: dense only at the N pixels used
+            p = smooth(prior, c.smoothing) if c.smoothing > 0 else prior
+            if batch.iteration < c.warmup_iters:  # cross-entropy on the prior; qbar kept in the graph (above)
+                loss = -(p * q.log()).sum(dim=1).mean() + qbar.sum() * 0.0
             else:
                 loss = self.loss_fn(q, p, qbar)
             with torch.no_grad():

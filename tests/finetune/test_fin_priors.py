@@ -138,6 +138,86 @@ def test_running_class_mass_and_warmup():
     assert int(loss.iteration) == 2 and torch.allclose(loss.running_mass.double(), qbar2)
 
 
+def _loss_and_grad(cls, logits, prior, **kw):
+    x = logits.clone().requires_grad_(True)
+    loss = cls(**kw)(x, prior)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+def _ddp_loss_worker(rank: int, world: int, port: int, logits, prior, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        results = {}
+        for name, cls in (("qr", QRLoss), ("rq", RQLoss)):
+            for warm in (0, 1):
+                results[name, warm] = _loss_and_grad(cls, logits[rank:rank + 1], prior[rank:rank + 1],
+                                                     warmup_iters=warm)
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(world, *args, timeout=120.0):
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.start_processes(_ddp_loss_worker, args=(world, port, *args), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=2):
+        if time.monotonic() > deadline:  # a collective that one process never reached
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail(f"distributed loss workers still waiting after {timeout} s")
+
+
+@pytest.mark.parametrize("empty_rank", [None, 0])
+def test_class_mass_spans_the_processes_of_a_distributed_batch(tmp_path, empty_rank):
+    """Two gloo processes, one image each: the loss uses the batch's class mass and the gradient is exact.
+
+    With DDP's averaging, the mean over processes of each one's gradient is the
+    one-process gradient of the whole batch; a process without a valid pixel
+    (``empty_rank``) still takes part in the collectives, in the loss and the warm-up.
+    """
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 3, 5) * 2
+    prior = torch.distributions.Dirichlet(torch.full((4,), 0.5)).sample((2, 3, 5)).permute(0, 3, 1, 2)
+    prior[0, :, 0, :2] = 0  # ignored pixels ...
+    prior[1, :, 2, 3:] = 0  # ... as many in each image, so the mean over processes is the batch mean
+    if empty_rank is not None:
+        prior[empty_rank] = 0
+    out = tmp_path / "grads"
+    _spawn(2, logits, prior, str(out))
+    per_rank = [torch.load(f"{out}.{r}") for r in range(2)]
+    for name, cls in (("qr", QRLoss), ("rq", RQLoss)):
+        for warm in (0, 1):
+            loss, grad = _loss_and_grad(cls, logits, prior, warmup_iters=warm)
+            ranks = [per_rank[r][name, warm] for r in range(2)]
+            if empty_rank is None:
+                torch.testing.assert_close((ranks[0][0] + ranks[1][0]) / 2, loss, rtol=1e-5, atol=1e-6)
+                for r in range(2):  # DDP divides the sum of the processes' gradients by 2
+                    torch.testing.assert_close(ranks[r][1][0] / 2, grad[r], rtol=1e-4, atol=1e-7)
+            else:  # the batch is the other image alone
+                other = 1 - empty_rank
+                torch.testing.assert_close(ranks[other][0], loss, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(ranks[other][1][0], grad[other], rtol=1e-4, atol=1e-7)
+                assert ranks[empty_rank][0].item() == 0 and not ranks[empty_rank][1].any()
+    if empty_rank is None:  # the mass is the batch's: a process's own mass would give another gradient
+        assert not torch.allclose(per_rank[0]["qr", 0][1], _loss_and_grad(QRLoss, logits[:1], prior[:1])[1])
+
+
 def test_prior_head_passes_the_zero_padded_prior():
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
