@@ -54,13 +54,14 @@ def previous_manifest(cfg: AuxLabelsConfig, out: Path, fp: str) -> dict | None:
     if not manifest_path.is_file():
         return None
     previous = read_json(manifest_path)
-    has_work = (out / FIT_STATE).is_file() or any(out.glob("progress*.jsonl"))
+    # a finished folder counts as work even without its journal (one written before journals existed)
+    has_work = previous.get("complete") is True or (out / FIT_STATE).is_file() or any(out.glob("progress*.jsonl"))
     if previous.get("fingerprint") != fp and not has_work:
         return None  # a run that failed before producing anything: start afresh
     if previous.get("fingerprint") != fp:
         raise ConfigError(
             f"{manifest_path}: this folder holds labels made with other settings or images; "
-            "choose another out_dir (nothing was changed)"
+            "choose another out_dir, or delete this one to replace it (nothing was changed)"
         )
     if not cfg.resume:
         raise ConfigError(f"{manifest_path}: out_dir already holds this run; set resume=true to reuse it")

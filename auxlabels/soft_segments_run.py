@@ -39,7 +39,15 @@ from auxseg.contracts.label_folder import (
 )
 from auxseg.contracts.priors import prior_manifest_entry, write_prior
 from auxseg.errors import AuxsegError
-from auxseg.io import ImageReadError, atomic_write_json, read_rgb, scan_images, sha256_file, write_label_png
+from auxseg.io import (
+    ImageReadError,
+    append_jsonl,
+    atomic_write_json,
+    read_rgb,
+    scan_images,
+    sha256_file,
+    write_label_png,
+)
 
 from .config import ExtractorConfig
 from .resume import checkpoint_sha256, previous_manifest, read_journal, verified
@@ -225,7 +233,7 @@ def run(cfg: SoftSegmentsConfig) -> dict:
     if records:
         print(f"[softsegments] {len(rels)} images, {len(rels) - len(todo) - len(skipped)} already done, "
               f"{len(todo)} to segment", file=sys.stderr)
-    with progress_bar(len(todo), "soft segments", cfg.progress) as bar, open(out / JOURNAL, "a") as journal:
+    with progress_bar(len(todo), "soft segments", cfg.progress) as bar:
         for rel in todo:
             path = root / rel
             try:
@@ -253,8 +261,7 @@ def run(cfg: SoftSegmentsConfig) -> dict:
             records[rel] = {"rel": rel, "sha256": sha256_file(label_path), "prior_sha256": sha256_file(prior_path),
                             "counts": np.bincount(label.ravel(), minlength=k)[:k].tolist(),
                             "seconds": wall, "cpu_seconds": cpu, "timings": result.info["seconds"]}
-            journal.write(json.dumps(records[rel]) + "\n")
-            journal.flush()  # one line per finished image: a kill loses at most the image in progress
+            append_jsonl(out / JOURNAL, records[rel])  # a kill loses at most the image in progress
             bar.update(1)
     written = [r for r in rels if r in records]
     if not written:

@@ -67,24 +67,29 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
-def batch_class_mass(q: torch.Tensor) -> torch.Tensor:
-    """qbar ``[K]`` over every pixel of the batch, also when data parallelism splits the batch across processes.
+def batch_class_mass(q: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """qbar ``[K]`` and the pixel count N over the whole batch, also when data parallelism splits it across processes.
 
-    In one process: :func:`class_mass` (zeros for ``N = 0``). In a process
-    group of several, the per-class sums and the pixel counts of all processes
-    are summed across them, forward and backward, so every process uses the
-    batch's mass and gets the exact gradient of it; DDP's averaging then gives
-    the gradient of the mean loss. A collective: every process must call it at
-    every step, also with ``N = 0``, and its loss must depend on the result at
-    every step (add ``0 * qbar.sum()`` where a branch does not use it), or the
-    backward passes wait for each other.
+    In one process: :func:`class_mass` (zeros for ``N = 0``) and N. In a
+    process group of several, the per-class sums and the pixel counts of all
+    processes are summed across them, forward and backward, so every process
+    uses the batch's mass, gets the exact gradient of it, and sees the same N
+    (decide on it, not on the process's own pixel count, whatever must happen
+    on every process alike: skipping a step, updating a running mass). DDP's
+    averaging then gives the gradient of the mean of the processes' losses
+    (the whole batch's mean loss when each process has as many pixels). A
+    collective: every process must call it at every step, also with no pixel,
+    and its loss must depend on the result at every step (add
+    ``0 * qbar.sum()`` where a branch does not use it), or the backward passes
+    wait for each other.
     """
     from auxseg.distributed import is_distributed
 
     if not is_distributed():
-        return class_mass(q) if q.shape[0] else q.new_zeros(q.shape[1])
+        return (class_mass(q) if q.shape[0] else q.new_zeros(q.shape[1])), q.shape[0]
     stats = _AllReduceSum.apply(torch.cat([q.sum(dim=0), q.new_full((1,), float(q.shape[0]))]))  # [K + 1]: sums, N
-    return stats[:-1] / stats[-1].clamp_min(1.0)
+    n = int(stats[-1].item())
+    return stats[:-1] / max(n, 1), n
 
 
 def implied_posterior(q: torch.Tensor, p: torch.Tensor, qbar: torch.Tensor | None = None) -> torch.Tensor:

@@ -93,9 +93,10 @@ class _PriorLoss(nn.Module):
         valid = p.sum(dim=1) > 0
         with torch.autocast(seg_logits.device.type, enabled=False):
             q = smooth(logits[valid].softmax(dim=1), self.smoothing)  # [N, K]
-            # [K], over every valid pixel of the batch (of all processes: every process calls it, whatever its N)
-            qbar = batch_class_mass(q)
-            if q.shape[0] < 1:
+            # [K], over every valid pixel of the batch, and their number (of all processes: every process
+            # calls it, whatever its own N, and takes the same decisions on the same n_all)
+            qbar, n_all = batch_class_mass(q)
+            if n_all < 1:
                 return seg_logits.sum() * 0.0 + qbar.sum() * 0.0
             p = p[valid]
             p = smooth(p, self.smoothing) if self.smoothing > 0 else p / p.sum(dim=1, keepdim=True)
@@ -107,8 +108,12 @@ class _PriorLoss(nn.Module):
                 if self.training:
                     self.running_mass = qbar.detach()
             warm = self.training and int(self.iteration) < self.warmup_iters
-            # the warm-up keeps qbar in the graph: its backward is a collective in a distributed run
-            loss = soft_cross_entropy(q, p) + qbar.sum() * 0.0 if warm else self.objective(q, p, qbar)
+            if q.shape[0] < 1:  # another process has the pixels: take part in the collective, add nothing
+                loss = seg_logits.sum() * 0.0 + qbar.sum() * 0.0
+            elif warm:  # the warm-up keeps qbar in the graph: its backward is a collective in a distributed run
+                loss = soft_cross_entropy(q, p) + qbar.sum() * 0.0
+            else:
+                loss = self.objective(q, p, qbar)
         if self.training:
             self.iteration += 1
         return self.loss_weight * loss

@@ -131,6 +131,10 @@ def test_pipeline_pretrains_rq_on_the_soft_priors_it_writes(tmp_path):
     assert folder.has_priors and len(list((work / "2_auxlabels" / "priors").rglob("*.npz"))) == 16
     pre = json.loads((work / "3_pretrain" / "step.json").read_text())["config"]["loss"]
     assert pre["name"] == "rq" and pre["rq"]["use_priors"]
+    from auxseg.checkpoint_io import load_checkpoint
+
+    state = load_checkpoint(work / "3_pretrain" / "checkpoints" / "iter_0000003.pth")
+    assert state["priors_sha256"] == folder.priors_sha256  # trained on the soft priors, not the hard labels
     summary = json.loads((work / "summary.json").read_text())
     assert 0.0 <= summary["pretrained_mIoU"]["0"] <= 100.0
 

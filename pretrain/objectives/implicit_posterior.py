@@ -80,12 +80,16 @@ class _ImplicitPosterior(Objective):
             idx = idx[pick]
         with torch.autocast(features.device.type, enabled=False):
             q = smooth(logits[idx].softmax(dim=1), c.smoothing)  # [N, K]
-            qbar = batch_class_mass(q)  # of all processes' pixels; every process calls it, whatever its N
-            if idx.numel() < 2:
+            # of all processes' pixels: every process calls it, whatever its own N, and takes the same
+            # decisions on the same n_all
+            qbar, n_all = batch_class_mass(q)
+            if n_all < 2:
                 return logits.sum() * 0.0 + qbar.sum() * 0.0, {"pixels": float(idx.numel())}
             if c.mass_momentum > 0:
                 qbar = c.mass_momentum * self.running_mass.to(q.device) + (1 - c.mass_momentum) * qbar
                 self.running_mass = qbar.detach().cpu()
+            if idx.numel() == 0:  # another process has the pixels: take part in the collective, add nothing
+                return logits.sum() * 0.0 + qbar.sum() * 0.0, {"pixels": 0.0}
             prior = SoftPrior.dense(ids[idx], probs[idx], k)  # [N, K]: dense only at the N pixels used
             p = smooth(prior, c.smoothing) if c.smoothing > 0 else prior
             if batch.iteration < c.warmup_iters:  # cross-entropy on the prior; qbar kept in the graph (above)

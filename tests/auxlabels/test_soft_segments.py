@@ -233,9 +233,14 @@ def test_a_rerun_resumes_from_the_journal(images, tmp_path, capsys):
     assert "1 already done, 1 to segment" in capsys.readouterr().err
     assert read_label_folder(out).images == ("a.png", "sub/b.jpg")  # both hashes checked again
     assert (out / "labels" / "a.png").stat().st_mtime_ns == stamp
+    assert main(args) == 0  # the torn line was cut off, not glued to the new record
+    assert "2 already done, 0 to segment" in capsys.readouterr().err
 
     assert main([*args, "soft.segments=4"]) == 2  # another run's work is never overwritten
     assert "other settings" in capsys.readouterr().err
     assert main([*args, "resume=false"]) == 2
     assert "resume=true" in capsys.readouterr().err
     assert read_label_folder(out).num_labels == 3
+    (out / "progress.jsonl").unlink()  # a finished folder without a journal is still another run's work
+    assert main([*args, "soft.segments=4"]) == 2
+    assert "other settings" in capsys.readouterr().err and read_label_folder(out).num_labels == 3
