@@ -41,6 +41,12 @@ def test_bench_camvid_coarse_smoke(tmp_path, capsys):
     before = results.stat().st_mtime_ns
     assert _tool().main(argv) == 0  # finished runs are skipped
     assert "finished before, skipped" in capsys.readouterr().out and results.stat().st_mtime_ns == before
+    # --finished-only: a table of what is finished (seed 0), the unfinished seed 1 left out, nothing run
+    assert _tool().main([*argv, "--seeds", "0", "1", "--finished-only"]) == 0
+    assert "100pct_coarse16_rq_seed1: not finished, left out" in capsys.readouterr().out
+    assert not (tmp_path / "runs" / "100pct_coarse16_rq_seed1").exists()
+    table = (tmp_path / "table.md").read_text()
+    assert "| 100% | coarse x16 | RQ |" in table and "| 1/2 |" in table and "none ran in this invocation" in table
 
 
 def test_bench_camvid_coarse_skips_without_data(tmp_path, capsys):

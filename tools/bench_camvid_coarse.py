@@ -123,7 +123,9 @@ def write_table(rows: list[dict], args, elapsed_s: float) -> None:
         "# Fine-tuning from coarse labels on CamVid: ce on the argmax prior, QR and RQ",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}; fine-tune device "
-        f"`{args.base.device}`. Command: `{cmd}` ({elapsed_s / 60:.1f} min of runs in this invocation).",
+        f"`{args.base.device}`. Command: `{cmd}` "
+        + ("(the table of the runs finished before; none ran in this invocation)." if args.finished_only
+           else f"({elapsed_s / 60:.1f} min of runs in this invocation)."),
         f"Data: `{_shown(args.data)}`. Model and schedule: `{args.base.mmseg_config}` from `{args.pipeline_config}`, "
         f"{args.iters} iterations, initialisation `{args.base.init.type}`; "
         f"QR/RQ warm up with cross-entropy on the prior for {int(args.warmup_frac * args.iters)} iterations. "
@@ -168,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="QR/RQ: fraction of the iterations trained with cross-entropy on the prior first")
     parser.add_argument("--no-reference", action="store_true", help="skip the full-label ce reference rows")
     parser.add_argument("--list", action="store_true", help="print the runs (work_dir, targets, loss) and exit")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="run nothing: write the table from the runs already finished (the others count as "
+                             "missing in the runs column)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra `auxseg finetune` overrides for every run (e.g. device=cuda num_workers=8)")
     args = parser.parse_args(argv)
@@ -215,12 +220,17 @@ def main(argv: list[str] | None = None) -> int:
             done = finished(Path(ft.work_dir), args.iters)
             if done is not None:
                 print(f"{key}: finished before, skipped (mIoU {done['mIoU']:.2f})", flush=True)
+            elif args.finished_only:
+                print(f"{key}: not finished, left out", flush=True)
+                continue
             else:
                 done = run_finetune(ft)
                 mr = done.get("mIoU_r")
                 print(f"{key}: mIoU {done['mIoU']:.2f}" + (f", mIoU_r {mr:.2f}" if mr is not None else ""), flush=True)
             row["results"][i] = done
             write_table(rows, args, time.time() - start)
+    if args.finished_only:
+        write_table(rows, args, time.time() - start)
     print(f"table: {args.results}")
     return 0
 
