@@ -346,6 +346,13 @@ def pretrain_config(cfg: PipelineConfig, out_dir: Path, labels_dir: Path, depth:
     return pre
 
 
+def export_init(export: str) -> InitConfig:
+    """The fine-tune initialisation from a pre-training export: its backbone, and the pre-trained decoder
+    next to it when there is one (written with ``pretrain.model.decoder=aspp``)."""
+    decoder = Path(export).parent / DECODER_FILENAME
+    return InitConfig(type="export", checkpoint=export, decoder=str(decoder) if decoder.is_file() else None)
+
+
 def run(cfg: PipelineConfig) -> Path:
     """Run the whole loop; returns the path of the report."""
     from auxlabels.pipeline import run as run_auxlabels
@@ -387,9 +394,7 @@ def run(cfg: PipelineConfig) -> Path:
     pretrained = {}
     for seed in cfg.seeds:
         step_dir = work_dir / f"4_finetune_seed{seed}"
-        decoder = Path(export).parent / DECODER_FILENAME  # written when pretrain.model.decoder=aspp
-        init = InitConfig(type="export", checkpoint=export, decoder=str(decoder) if decoder.is_file() else None)
-        ft = finetune_config(cfg, data, step_dir, init, seed)
+        ft = finetune_config(cfg, data, step_dir, export_init(export), seed)
         pretrained[seed] = run_step(f"fine-tune (seed {seed})", step_dir, ft, lambda ft=ft: run_finetune(ft))
 
     from loop.report import write_report

@@ -43,10 +43,15 @@ from bench_camvid_strategies import _mean_spread, _override, open_pipeline_run, 
 
 from auxlabels.config import AuxLabelsConfig  # noqa: E402
 from auxseg.config import to_dict  # noqa: E402
-from auxseg.contracts.backbone import DECODER_FILENAME  # noqa: E402
 from auxseg.io import atomic_write_json, atomic_write_text, list_images, read_json  # noqa: E402
-from finetune.config import InitConfig  # noqa: E402
-from loop.pipeline import auxlabels_config, finetune_config, last_checkpoint, pretrain_config, run_step  # noqa: E402
+from loop.pipeline import (  # noqa: E402
+    auxlabels_config,
+    export_init,
+    finetune_config,
+    last_checkpoint,
+    pretrain_config,
+    run_step,
+)
 from pretrain.config import PretrainConfig  # noqa: E402
 
 
@@ -174,11 +179,9 @@ def main() -> int:
         row = {"key": name, "name": f"{name} ({', '.join(overrides[1:]) or 'defaults'})",
                "pretrain_s": read_json(out / name / "pretrain" / "step.json").get("elapsed_s"), "miou": {}}
         rows.append(row)
-        decoder = Path(export).parent / DECODER_FILENAME  # as the pipeline: the pre-trained decoder when there is one
         for seed in cfg.seeds:
             step_dir = out / name / f"finetune_seed{seed}"
-            ft = finetune_config(cfg, data, step_dir, InitConfig(
-                type="export", checkpoint=export, decoder=str(decoder) if decoder.is_file() else None), seed)
+            ft = finetune_config(cfg, data, step_dir, export_init(export), seed)  # as the pipeline fine-tunes
             result = run_step(f"{name}: fine-tune (seed {seed})", step_dir, ft, lambda ft=ft: run_finetune(ft))
             row["miou"][str(seed)] = result["mIoU"]
             atomic_write_json(out / "objectives.json", {"rows": rows, "sets": args.set})
