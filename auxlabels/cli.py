@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from auxseg.cli import add_config_arguments, run_config_command
+from auxseg.cli import add_config_arguments, run_config_command, stage_step
 
 DESCRIPTION = """\
 Turn a folder of images into auxiliary-label PNGs (one per image, same relative
@@ -55,4 +55,4 @@ def main(args: argparse.Namespace) -> int:
     from .pipeline import run
 
     return run_config_command(args, prog="auxseg auxlabels", schema=AuxLabelsConfig, run=run, summary=_summary,
-                              check=validate)
+                              check=validate, step=lambda cfg: stage_step("auxlabels", cfg.out_dir))

@@ -9,7 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from auxseg.config import ConfigError
+from auxseg.config import (
+    ConfigError,
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Seed,
+    ranged,
+)
+from auxseg.paths import check_separate
 
 
 @dataclass
@@ -21,40 +31,48 @@ class ExtractorConfig:
     random_init: bool = False  # explicit opt-in to random weights (ablations, tests)
     config: str | None = None  # mmseg model config (.py) when the checkpoint carries no meta.cfg
     layer: str = "layer4"  # ResNet: layer1..layer4; VGG: conv3|conv4|conv5; mmseg: decoder|backbone
-    stride: int = 8  # working stride: features are resized to 1/stride of the image (choice: 4 or 8)
-    max_side: int | None = None  # downscale images whose longer side exceeds this before extraction
-    batch_size: int = 4  # images per forward pass (same-size images are batched together)
+    stride: PositiveInt = 8  # working stride: features are resized to 1/stride of the image (choice: 4 or 8)
+    max_side: ranged(int, ge=16) | None = None  # downscale images whose longer side exceeds this before extraction
+    batch_size: PositiveInt = 4  # images per forward pass (same-size images are batched together)
     device: str = "cpu"  # "cpu" or "cuda[:i]"
     amp: bool = False  # bf16 autocast on CUDA (ignored on CPU)
+    # bf16 autocast of the forward on the CPU (opt-in; pays on a CPU with native bf16, `auxseg env`); the
+    # features are cast back to float32 before K-means either way
+    amp_cpu: bool = False
     channels_last: bool = True  # channels-last memory format on CUDA (ignored on CPU)
-    seed: int = 0  # seed of the random initialisation when random_init is true
+    seed: Seed = 0  # seed of the random initialisation when random_init is true
+    # ViT / timm extractors (auxlabels.vit_extractors; docs/auxlabels.md, "Foundation-model extractors"):
+    arch: str | None = None  # dinov2: vits14..vitg14_reg4, dino: vits8..vitb16 (null: from the file); timm: model name
+    blocks: ranged(list[int], ge=-128, le=127) = field(default_factory=list)  # ViT blocks / timm CNN levels, concatenated; []: the last
+    token_stride: PositiveInt | None = None  # ViT: image px per token (image scaled by patch/token_stride); null: the patch size
+    max_tokens: PositiveInt = 4096  # ViT: at most this many patch tokens per image (larger images are scaled down)
 
 
 @dataclass
 class KMeansConfig:
     """faiss K-means fitted on a pixel sample, then nearest-centroid assignment of every pixel."""
 
-    k: int | None = None  # null: round(k_factor * num_classes) (paper: K = 1.5 M, Table 2)
-    k_factor: float = 1.5
-    n_fit: int = 5000  # images the fit samples pixels from (paper: 5,000, Table 5); all if fewer
-    fit_pixels: int = 100_000  # pixels in the fit sample, spread evenly over the n_fit images (choice)
-    calib_fraction: float = 0.2  # extra held-out pixels (relative to fit_pixels) for the outlier threshold
-    niter: int = 25
-    nredo: int = 1
-    seed: int = 0
+    k: ranged(int, ge=2) | None = None  # null: round(k_factor * num_classes) (paper: K = 1.5 M, Table 2)
+    k_factor: PositiveFloat = 1.5
+    n_fit: PositiveInt = 5000  # images the fit samples pixels from (paper: 5,000, Table 5); all if fewer
+    fit_pixels: PositiveInt = 100_000  # pixels in the fit sample, spread evenly over the n_fit images (choice)
+    calib_fraction: NonNegativeFloat = 0.2  # extra held-out pixels (relative to fit_pixels) for the outlier threshold
+    niter: PositiveInt = 25
+    nredo: PositiveInt = 1
+    seed: Seed = 0
     gpu: bool = False  # faiss GPU when available; falls back to CPU with a warning
-    threads: int | None = None  # faiss OpenMP threads (null: faiss default)
+    threads: PositiveInt | None = None  # faiss OpenMP threads (null: faiss default)
 
 
 @dataclass
 class DBSCANConfig:
     """scikit-learn DBSCAN on a bounded pixel sample (paper: 20,000 pixels)."""
 
-    num_samples: int = 20_000
-    eps: float | None = None  # null: the eps_quantile of the min_samples-th neighbour distance
-    eps_quantile: float = 0.5
-    min_samples: int = 10
-    seed: int = 0
+    num_samples: PositiveInt = 20_000
+    eps: PositiveFloat | None = None  # null: the eps_quantile of the min_samples-th neighbour distance
+    eps_quantile: Fraction = 0.5
+    min_samples: PositiveInt = 10
+    seed: Seed = 0
 
 
 @dataclass
@@ -62,7 +80,7 @@ class OutlierConfig:
     """Outlier removal: the pixels farthest from their cluster centre become ignore (paper: 5%, Table 4)."""
 
     enabled: bool = True
-    fraction: float = 0.05
+    fraction: ranged(float, ge=0, lt=1) = 0.05
     mode: Literal["global", "per_cluster"] = "global"  # one threshold, or one per cluster (choice)
 
 
@@ -72,8 +90,8 @@ class SuperpixelConfig:
 
     enabled: bool = True
     method: Literal["fast_slic", "skimage"] = "fast_slic"
-    n_segments: int = 500  # paper: 200-2000 give the same mIoU (Table 3)
-    compactness: float = 10.0
+    n_segments: PositiveInt = 500  # paper: 200-2000 give the same mIoU (Table 3)
+    compactness: PositiveFloat = 10.0
 
 
 @dataclass
@@ -84,10 +102,10 @@ class SoftLabelsConfig:
     """
 
     enabled: bool = False  # off: the stage writes exactly what it wrote before (no priors/)
-    topk: int = 3  # nearest centroids searched per cell and labels stored per cell (choice)
-    temperature: float = 0.1  # tau, in units of the median squared nearest-centroid distance (choice)
-    outlier_temperature: float = 4.0  # outlier cells use tau * this (flatter prior instead of ignore; choice)
-    superpixel_weight: float = 0.5  # w: p = (1 - w) p_own + w * superpixel mean (choice); 0 = no soft vote
+    topk: ranged(int, ge=1, le=255) = 3  # nearest centroids searched per cell and labels stored per cell (choice)
+    temperature: PositiveFloat = 0.1  # tau, in units of the median squared nearest-centroid distance (choice)
+    outlier_temperature: PositiveFloat = 4.0  # outlier cells use tau * this (flatter prior instead of ignore; choice)
+    superpixel_weight: Fraction = 0.5  # w: p = (1 - w) p_own + w * superpixel mean (choice); 0 = no soft vote
 
 
 @dataclass
@@ -100,9 +118,9 @@ class AuxLabelsConfig:
     eval_image_dir: str | None = None  # optional extra (validation) images labelled in the same run
     eval_gt_dir: str | None = None  # ground truth for eval_image_dir
     fit_on_eval_images: bool = False  # also sample eval_image_dir images for the K-means/DBSCAN fit
-    num_classes: int | None = None  # M, for K = round(1.5 M) and PmIoU
+    num_classes: PositiveInt | None = None  # M, for K = round(1.5 M) and PmIoU
     class_names: list[str] = field(default_factory=list)
-    gt_ignore_values: list[int] = field(default_factory=lambda: [255])
+    gt_ignore_values: ranged(list[int], ge=0, le=65535) = field(default_factory=lambda: [255])
     out_dir: str = "runs/auxlabels"
     clusterer: Literal["kmeans", "dbscan", "superpixel"] = "kmeans"
     extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
@@ -111,16 +129,17 @@ class AuxLabelsConfig:
     outliers: OutlierConfig = field(default_factory=OutlierConfig)
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
     soft_labels: SoftLabelsConfig = field(default_factory=SoftLabelsConfig)
-    num_workers: int = 0  # CPU worker processes for superpixels/vote/PNG writing (0: in-process)
+    num_workers: NonNegativeInt = 0  # CPU worker processes for superpixels/vote/PNG writing (0: in-process)
     on_bad_image: Literal["skip", "stop"] = "skip"  # unreadable image: report and skip, or stop the run
-    feature_cache_gb: float = 4.0  # disk budget for caching the fit images' features between passes
+    feature_cache_gb: NonNegativeFloat = 4.0  # disk budget for caching the fit images' features between passes
     keep_cache: bool = False
     resume: bool = True  # reuse finished outputs of an interrupted run with the same settings
     progress: bool = True  # tqdm progress bars
 
 
 def validate(cfg: AuxLabelsConfig) -> None:
-    """Check cross-field rules the type checker cannot express; raise ConfigError naming the key."""
+    """Check cross-field rules the schema cannot express (each key's own range is in the schema, checked by
+    the loader); raise ConfigError naming the key."""
     if not cfg.image_dir:
         raise ConfigError("image_dir: required (a folder of images)")
     if cfg.gt_dir is not None and cfg.num_classes is None:
@@ -135,10 +154,6 @@ def validate(cfg: AuxLabelsConfig) -> None:
         )
     if cfg.clusterer == "kmeans" and cfg.kmeans.k is None and cfg.num_classes is None:
         raise ConfigError("kmeans.k: set it, or set num_classes so that K = round(k_factor * M)")
-    if cfg.kmeans.k is not None and cfg.kmeans.k < 2:
-        raise ConfigError(f"kmeans.k: must be >= 2, got {cfg.kmeans.k}")
-    if not 0.0 <= cfg.outliers.fraction < 1.0:
-        raise ConfigError(f"outliers.fraction: must be in [0, 1), got {cfg.outliers.fraction}")
     if cfg.clusterer != "superpixel":
         from .features import EXTRACTORS  # the one list of names
 
@@ -148,10 +163,6 @@ def validate(cfg: AuxLabelsConfig) -> None:
             near = difflib.get_close_matches(cfg.extractor.name, list(EXTRACTORS), n=1)
             raise ConfigError(f"extractor.name: {cfg.extractor.name!r} is not a registered extractor"
                               + (f" (did you mean {near[0]!r}?)" if near else "") + f"; known: {', '.join(EXTRACTORS)}")
-    if cfg.extractor.batch_size < 1:
-        raise ConfigError(f"extractor.batch_size: must be >= 1, got {cfg.extractor.batch_size}")
-    if cfg.extractor.stride < 1:
-        raise ConfigError(f"extractor.stride: must be >= 1, got {cfg.extractor.stride}")
     if cfg.clusterer != "superpixel" and cfg.extractor.checkpoint is None and not cfg.extractor.random_init:
         raise ConfigError(
             "extractor.checkpoint: required (a weights file); random weights only with "
@@ -159,19 +170,11 @@ def validate(cfg: AuxLabelsConfig) -> None:
         )
     if cfg.clusterer == "superpixel" and not cfg.superpixels.enabled:
         raise ConfigError("superpixels.enabled: the superpixel clusterer needs superpixels")
-    soft = cfg.soft_labels
-    if soft.enabled:
-        if cfg.clusterer != "kmeans":
-            raise ConfigError(f"soft_labels.enabled: soft labels need clusterer=kmeans, not {cfg.clusterer!r}")
-        if soft.topk < 1 or soft.topk > 255:
-            raise ConfigError(f"soft_labels.topk: must be in 1..255, got {soft.topk}")
-        if not soft.temperature > 0 or not soft.outlier_temperature > 0:
-            raise ConfigError("soft_labels.temperature and soft_labels.outlier_temperature: must be > 0, got "
-                              f"{soft.temperature} and {soft.outlier_temperature}")
-        if not 0.0 <= soft.superpixel_weight <= 1.0:
-            raise ConfigError(f"soft_labels.superpixel_weight: must be in [0, 1], got {soft.superpixel_weight}")
-    if cfg.num_workers < 0:
-        raise ConfigError(f"num_workers: must be >= 0, got {cfg.num_workers}")
+    if cfg.soft_labels.enabled and cfg.clusterer != "kmeans":
+        raise ConfigError(f"soft_labels.enabled: soft labels need clusterer=kmeans, not {cfg.clusterer!r}")
+    # labels written inside an image folder would be read back as images by the next scan
+    check_separate(cfg.out_dir, "out_dir", {"image_dir": cfg.image_dir, "eval_image_dir": cfg.eval_image_dir,
+                                            "gt_dir": cfg.gt_dir, "eval_gt_dir": cfg.eval_gt_dir})
 
 
 def resolve_k(cfg: AuxLabelsConfig) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from auxseg.io import atomic_path
+from auxseg.precision import autocast
 
 from .config import AuxLabelsConfig
 
@@ -34,6 +35,8 @@ class Features:
             self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         self.model = build_extractor(cfg.extractor, checkpoint_sha256).to(self.device)
         self.on_cuda = self.device.type == "cuda"
+        # bf16 autocast of the forward: extractor.amp on CUDA, extractor.amp_cpu on the CPU
+        self.bf16 = cfg.extractor.amp if self.on_cuda else (self.device.type == "cpu" and cfg.extractor.amp_cpu)
         if self.on_cuda and cfg.extractor.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.cache_dir = cache_dir
@@ -55,9 +58,9 @@ class Features:
             x = torch.nn.functional.interpolate(x.float(), size=size, mode="bilinear", antialias=True)
         if self.on_cuda and self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.on_cuda and self.cfg.amp):
+        with autocast(self.device, "bf16" if self.bf16 else "none"):
             feats = self.model(x)
-        out = [f.float().cpu().numpy() for f in feats]
+        out = [f.float().cpu().numpy() for f in feats]  # float32 for K-means whatever the forward's precision
         self.timings["forward"] = self.timings.get("forward", 0.0) + time.perf_counter() - t0
         return out
 

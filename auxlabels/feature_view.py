@@ -24,9 +24,10 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from auxseg.config import ConfigError, save_config, to_dict
+from auxseg.config import ConfigError, PositiveFloat, PositiveInt, ranged, save_config, to_dict
 from auxseg.errors import AuxsegError
 from auxseg.io import ImageReadError, atomic_write_text, read_rgb, scan_images, write_rgb_png
+from auxseg.paths import check_separate, output_file, read_path_list
 
 from .config import ExtractorConfig
 
@@ -268,15 +269,15 @@ class FeatureViewConfig:
 
     image_dir: str = ""  # folder of images (searched recursively)
     image_list: str | None = None  # optional text file of paths relative to image_dir, one per line
-    max_images: int | None = None  # only the first N images (sorted by path)
+    max_images: PositiveInt | None = None  # only the first N images (sorted by path)
     out_dir: str = "runs/feature_view"
     extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
-    max_side: int | None = 480  # working size: longer side of the view in pixels (null: the image size)
-    clip: float = 5.0  # clip the standardised features to [-clip, clip] (official code: raw features to +-5)
+    max_side: ranged(int, ge=8) | None = 480  # working size: longer side of the view in pixels (null: the image size)
+    clip: PositiveFloat = 5.0  # clip the standardised features to [-clip, clip] (official code: raw features to +-5)
     guide: Literal["colour", "grey", "none"] = "colour"  # guided filter guide; none: PCA of the raw features
-    filter_channels: int | None = 64  # filter the top this many principal axes of the features; null: all
-    radius: int = 5  # guided-filter window 2r+1 = 11 px (official code: MATLAB NeighborhoodSize 10)
-    eps: float = 0.01  # guided-filter epsilon on the [0, 1] guide (MATLAB's default 0.01)
+    filter_channels: ranged(int, ge=3) | None = 64  # filter the top this many principal axes of the features; null: all
+    radius: PositiveInt = 5  # guided-filter window 2r+1 = 11 px (official code: MATLAB NeighborhoodSize 10)
+    eps: PositiveFloat = 0.01  # guided-filter epsilon on the [0, 1] guide (MATLAB's default 0.01)
     progress: bool = True
 
 
@@ -286,16 +287,9 @@ def validate(cfg: FeatureViewConfig) -> None:
 
     if not cfg.image_dir:
         raise ConfigError("image_dir: required (a folder of images)")
+    check_separate(cfg.out_dir, "out_dir", {"image_dir": cfg.image_dir})
     if cfg.extractor.name not in EXTRACTORS:
         raise ConfigError(f"extractor.name: {cfg.extractor.name!r} is not one of {sorted(EXTRACTORS)}")
-    if cfg.max_side is not None and cfg.max_side < 8:
-        raise ConfigError(f"max_side: must be >= 8 or null, got {cfg.max_side}")
-    if cfg.radius < 1 or cfg.eps <= 0 or cfg.clip <= 0:
-        raise ConfigError("radius must be >= 1, eps > 0 and clip > 0")
-    if cfg.filter_channels is not None and cfg.filter_channels < 3:
-        raise ConfigError(f"filter_channels: must be >= 3 or null, got {cfg.filter_channels}")
-    if cfg.max_images is not None and cfg.max_images < 1:
-        raise ConfigError(f"max_images: must be >= 1 or null, got {cfg.max_images}")
 
 
 class NoImagesError(AuxsegError, FileNotFoundError):
@@ -305,8 +299,7 @@ class NoImagesError(AuxsegError, FileNotFoundError):
 def _images(cfg: FeatureViewConfig) -> tuple[Path, list[Path]]:
     root = Path(cfg.image_dir).expanduser()
     if cfg.image_list:
-        lines = Path(cfg.image_list).read_text().split("\n")
-        paths = [root / line.strip() for line in lines if line.strip()]
+        paths = [root / rel for rel in read_path_list(cfg.image_list, "image")]
     else:
         paths, _ = scan_images(root)
         paths = [root / p for p in paths]
@@ -344,7 +337,7 @@ def run(cfg: FeatureViewConfig) -> dict:
                                    eps=cfg.eps, guide=cfg.guide, filter_channels=cfg.filter_channels,
                                    extract_max_side=cfg.extractor.max_side)
             seconds += time.perf_counter() - t0
-            target = out / rel.with_suffix(".png")
+            target = output_file(out, rel.with_suffix(".png").as_posix(), f"image {rel}")
             target.parent.mkdir(parents=True, exist_ok=True)
             write_rgb_png(target, views["view"])
             written.append(str(rel.with_suffix(".png")))

@@ -422,3 +422,7 @@ def build_extractor(cfg: ExtractorConfig, checkpoint_sha256: str | None = None) 
         random_init_seed=cfg.seed if cfg.random_init else None,
     )
     return extractor.eval()
+
+
+# the DINOv2 / DINO / timm extractors live in their own module; importing it registers them
+from . import vit_extractors  # noqa: E402, F401

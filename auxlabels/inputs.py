@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from auxseg import console
 from auxseg.contracts.label_folder import label_rel
 from auxseg.errors import AuxsegError
 from auxseg.io import ImageReadError, read_rgb, scan_images
+from auxseg.paths import read_path_list
 
 from .config import AuxLabelsConfig
 
@@ -33,17 +35,12 @@ class ImageItem:
 
 
 def _read_list(list_file: Path, root: Path) -> list[Path]:
-    if not list_file.is_file():
-        raise FileNotFoundError(f"image_list not found: {list_file}")
-    rels = []
-    for n, line in enumerate(list_file.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if not (root / line).is_file():
-            raise FileNotFoundError(f"{list_file}:{n}: image {root / line} not found")
-        rels.append(Path(line))
-    return sorted(set(rels))
+    """The images a list names, relative to ``root``; a line that leaves ``root`` is refused (:func:`read_path_list`)."""
+    rels = read_path_list(list_file, "image")
+    for rel in rels:
+        if not (root / rel).is_file():
+            raise FileNotFoundError(f"{list_file}: image {root / rel} not found")
+    return sorted({Path(rel) for rel in rels})
 
 
 def _folder_items(folder: Path, root: Path, list_file: str | None, gt_dir: str | None, is_eval: bool,
@@ -169,7 +166,6 @@ def batches(items: list, size: int) -> list[list]:
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm bar counting images (``unit="img"``); disabled: updates cost nothing and print nothing."""
-    from tqdm import tqdm
-
-    return tqdm(None, total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
+    """A bar counting images (``unit="img"``): the console step's line, or a tqdm bar (:func:`auxseg.console.bar`);
+    disabled: updates cost nothing and print nothing."""
+    return console.bar(total=total, desc=desc, unit="img", disable=not enabled)

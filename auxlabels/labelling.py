@@ -22,6 +22,7 @@ import numpy as np
 from auxseg.contracts.label_folder import label_rel, prior_rel
 from auxseg.contracts.priors import write_prior
 from auxseg.io import atomic_write_bytes, encode_label_png, read_label, sha256_file
+from auxseg.paths import output_file
 
 from .config import SuperpixelConfig
 from .metrics import GroundTruthError, confusion
@@ -70,12 +71,19 @@ class LabelJob:
     @property
     def prior_path(self) -> Path:
         """The prior file's path (soft labels)."""
-        return Path(self.settings.soft.priors_dir) / prior_rel(self.rel)
+        return _in_out_dir(self.settings.soft.priors_dir, prior_rel(self.rel), self.rel)
 
     @property
     def out_path(self) -> Path:
         """The label PNG's path."""
-        return Path(self.settings.labels_dir) / label_rel(self.rel)
+        return _in_out_dir(self.settings.labels_dir, label_rel(self.rel), self.rel)
+
+
+def _in_out_dir(folder: str, rel: str, image: str) -> Path:
+    """``folder / rel``, checked to stay inside the run's out_dir (``folder``'s parent): a ``labels/`` or
+    ``priors/`` folder that is a symbolic link to elsewhere is refused, not written through."""
+    folder_path = Path(folder)
+    return output_file(folder_path.parent, f"{folder_path.name}/{rel}", f"image {image}")
 
 
 def init_worker(parent_pid: int | None = None) -> None:

@@ -15,9 +15,9 @@ import numpy as np
 
 from auxseg.config import ConfigError, to_dict
 from auxseg.contracts.label_folder import PRIORS_DIR, label_rel, prior_rel
-from auxseg.io import atomic_path, read_json, sha256_file
+from auxseg.io import DataFileError, atomic_path, read_json, read_npz, sha256_file
 
-from .config import AuxLabelsConfig
+from .config import AuxLabelsConfig, ExtractorConfig
 from .inputs import ImageItem
 
 # settings that do not change the labels; everything else must match to resume
@@ -38,6 +38,12 @@ def fingerprint(cfg: AuxLabelsConfig, items: list[ImageItem], ckpt_sha256: str |
         data.pop(key, None)
     if not cfg.soft_labels.enabled:  # off: the same fingerprint as before soft labels existed, so old runs resume
         data.pop("soft_labels", None)
+    if not cfg.extractor.amp_cpu:  # off: the same fingerprint as before the switch existed
+        data["extractor"].pop("amp_cpu", None)
+    vit_defaults = ExtractorConfig()
+    for key in ("arch", "blocks", "token_stride", "max_tokens"):  # ViT keys at their defaults: as before they existed
+        if key in data["extractor"] and data["extractor"][key] == getattr(vit_defaults, key):
+            data["extractor"].pop(key)
     if ckpt_sha256 is not None:
         data["checkpoint_sha256"] = ckpt_sha256
     data["images"] = [(it.rel, str(it.gt_path) if it.gt_path else None) for it in items]
@@ -122,7 +128,10 @@ def save_fit_state(out: Path, fit: dict) -> None:
 
 def load_fit_state(out: Path) -> dict:
     """The fit state :func:`save_fit_state` wrote: arrays plus the ``info`` dict."""
-    with np.load(out / FIT_STATE) as z:
-        fit = {k: z[k] for k in z.files}
-    fit["info"] = json.loads(str(fit["info"]))
+    path = out / FIT_STATE
+    fit = read_npz(path)
+    try:
+        fit["info"] = json.loads(str(fit["info"]))
+    except (KeyError, json.JSONDecodeError) as err:
+        raise DataFileError(f"{path}: no readable 'info' entry ({type(err).__name__}); delete the file to refit") from err
     return fit

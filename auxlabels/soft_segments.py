@@ -38,6 +38,8 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 from scipy.special import erf
 
+from auxseg.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Seed, ranged
+
 from .matting import laplacian, matting_affinity
 from .superpixels import compute_superpixels
 
@@ -50,29 +52,29 @@ DEMO_SUPERPIXELS = 2500
 class SoftSegmentsParams:
     """Parameters of the soft segmentation; defaults are the official code's unless marked (choice)."""
 
-    working_side: int = 160  # longer image side (px) the graph is built at (choice: CPU cost, see docs)
-    segments: int = 5  # soft segments per image after grouping (official groupSegments: 5)
-    matting_eps: float = 1e-7  # matting covariance regulariser (divided by 9 inside)
-    superpixels: int | None = None  # null: 2500 scaled by working pixels / 320^2 (official: 2500 at ~320x320)
+    working_side: ranged(int, ge=8) = 160  # longer image side (px) the graph is built at (choice: CPU cost, see docs)
+    segments: ranged(int, ge=2, le=255) = 5  # soft segments per image after grouping (official groupSegments: 5)
+    matting_eps: PositiveFloat = 1e-7  # matting covariance regulariser (divided by 9 inside)
+    superpixels: ranged(int, ge=2) | None = None  # null: 2500 scaled by working pixels / 320^2 (official: 2500 at ~320x320)
     superpixel_method: Literal["fast_slic", "skimage"] = "fast_slic"  # (official: MATLAB SLIC)
-    superpixel_compactness: float = 1.0  # (choice) low, as the official compactness 1e-20 (colour-driven)
-    semantic_weight: float = 0.01
-    semantic_steepness: float = 20.0  # erf(20 ((1 - |f_s - f_t|) - 0.85)), in [-1, 1]
-    semantic_center: float = 0.85
-    colour_weight: float = 0.01
-    colour_steepness: float = 50.0  # (erf(50 ((1 - |c_s - c_t|) - 0.95)) + 1) / 2, in [0, 1]
-    colour_center: float = 0.95
-    colour_radius: float = 0.2  # centroid distance (normalised by H and W) within which colour affinities exist
-    eigenvectors: int = 50  # smallest eigenvectors of L (choice; official: 100, twice the CPU time)
-    eig_shift: float = -1e-5  # eigsh shift-invert point (below 0: L - shift I is invertible)
-    initial_layers: int = 40  # layers of the constrained sparsification (official: 40)
-    initial_iterations: int = 40  # IRLS iterations (official: 40)
-    sparsity: float = 0.8  # sparsity exponent of the constrained sparsification (official: 0.8)
-    prune_below: float = 0.1  # layers whose max |value| is below this are dropped every ceil(iters/4) iterations
-    final_outer_iterations: int = 20  # relaxed sparsification: re-weightings (official: 20)
-    final_cg_iterations: int = 100  # CG iterations per re-weighting (official: 100)
-    final_polish_iterations: int = 1000  # CG iterations of the last solve without sparsity (official: 1000)
-    seed: int = 0  # k-means seeds (initialisation and grouping)
+    superpixel_compactness: PositiveFloat = 1.0  # (choice) low, as the official compactness 1e-20 (colour-driven)
+    semantic_weight: NonNegativeFloat = 0.01
+    semantic_steepness: PositiveFloat = 20.0  # erf(20 ((1 - |f_s - f_t|) - 0.85)), in [-1, 1]
+    semantic_center: Fraction = 0.85
+    colour_weight: NonNegativeFloat = 0.01
+    colour_steepness: PositiveFloat = 50.0  # (erf(50 ((1 - |c_s - c_t|) - 0.95)) + 1) / 2, in [0, 1]
+    colour_center: Fraction = 0.95
+    colour_radius: NonNegativeFloat = 0.2  # centroid distance (normalised by H and W) within which colour affinities exist
+    eigenvectors: ranged(int, ge=2) = 50  # smallest eigenvectors of L (choice; official: 100, twice the CPU time)
+    eig_shift: ranged(float, lt=0) = -1e-5  # eigsh shift-invert point (below 0: L - shift I is invertible)
+    initial_layers: ranged(int, ge=2) = 40  # layers of the constrained sparsification (official: 40)
+    initial_iterations: PositiveInt = 40  # IRLS iterations (official: 40)
+    sparsity: ranged(float, gt=0, lt=2) = 0.8  # sparsity exponent of the constrained sparsification (official: 0.8)
+    prune_below: NonNegativeFloat = 0.1  # layers whose max |value| is below this are dropped every ceil(iters/4) iterations
+    final_outer_iterations: NonNegativeInt = 20  # relaxed sparsification: re-weightings (official: 20)
+    final_cg_iterations: PositiveInt = 100  # CG iterations per re-weighting (official: 100)
+    final_polish_iterations: NonNegativeInt = 1000  # CG iterations of the last solve without sparsity (official: 1000)
+    seed: Seed = 0  # k-means seeds (initialisation and grouping)
 
 
 @dataclass

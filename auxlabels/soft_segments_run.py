@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from auxseg.config import ConfigError, to_dict
+from auxseg.config import ConfigError, PositiveFloat, PositiveInt, to_dict
 from auxseg.contracts.common import versions
 from auxseg.contracts.label_folder import (
     LABELS_DIR,
@@ -48,6 +48,7 @@ from auxseg.io import (
     sha256_file,
     write_label_png,
 )
+from auxseg.paths import check_separate, output_file, read_path_list
 
 from .config import ExtractorConfig
 from .resume import checkpoint_sha256, previous_manifest, read_journal, verified
@@ -69,15 +70,15 @@ class SoftSegmentsConfig:
 
     image_dir: str = ""  # folder of images (searched recursively)
     image_list: str | None = None  # optional text file of paths relative to image_dir, one per line
-    max_images: int | None = None  # only the first N images (sorted by path)
+    max_images: PositiveInt | None = None  # only the first N images (sorted by path)
     out_dir: str = "runs/soft_segments"
     features: Literal["extractor", "colour"] = "extractor"  # f~: the extractor's feature view, or the RGB colour
     extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
-    clip: float = 5.0  # feature view: standardised features clipped to [-clip, clip] (official: raw features +-5)
-    guide_radius: int = 5  # feature view: guided-filter window 2r+1 = 11 px (official: NeighborhoodSize 10)
-    guide_eps: float = 0.01  # feature view: guided-filter epsilon on the [0, 1] image (MATLAB's default)
+    clip: PositiveFloat = 5.0  # feature view: standardised features clipped to [-clip, clip] (official: raw features +-5)
+    guide_radius: PositiveInt = 5  # feature view: guided-filter window 2r+1 = 11 px (official: NeighborhoodSize 10)
+    guide_eps: PositiveFloat = 0.01  # feature view: guided-filter epsilon on the [0, 1] image (MATLAB's default)
     soft: SoftSegmentsParams = field(default_factory=SoftSegmentsParams)
-    topk: int | None = None  # segments stored per pixel in the prior files (null: all soft.segments, exact)
+    topk: PositiveInt | None = None  # segments stored per pixel in the prior files (null: all soft.segments, exact)
     on_bad_image: Literal["skip", "stop"] = "skip"  # unreadable image: report and skip, or stop the run
     resume: bool = True  # a rerun with the same settings skips the images already written (progress.jsonl)
     progress: bool = True  # tqdm progress bar over images
@@ -87,6 +88,7 @@ def validate(cfg: SoftSegmentsConfig) -> None:
     """Cross-field rules; raise ConfigError naming the key."""
     if not cfg.image_dir:
         raise ConfigError("image_dir: required (a folder of images)")
+    check_separate(cfg.out_dir, "out_dir", {"image_dir": cfg.image_dir})
     if cfg.features == "extractor":
         from .features import EXTRACTORS
 
@@ -95,36 +97,7 @@ def validate(cfg: SoftSegmentsConfig) -> None:
         if cfg.extractor.checkpoint is None and not cfg.extractor.random_init:
             raise ConfigError("extractor.checkpoint: required (a weights file); random weights only with "
                               "extractor.random_init=true (or features=colour for no extractor)")
-    s = cfg.soft
-    checks = [
-        ("soft.working_side", s.working_side >= 8, ">= 8"),
-        ("soft.segments", 2 <= s.segments <= 255, "in 2..255"),
-        ("soft.matting_eps", s.matting_eps > 0, "> 0"),
-        ("soft.superpixels", s.superpixels is None or s.superpixels >= 2, ">= 2 or null"),
-        ("soft.eigenvectors", s.eigenvectors >= 2, ">= 2"),
-        ("soft.eig_shift", s.eig_shift < 0, "< 0 (the Laplacian is singular at 0)"),
-        ("soft.initial_layers", s.initial_layers >= 2, ">= 2"),
-        ("soft.initial_iterations", s.initial_iterations >= 1, ">= 1"),
-        ("soft.sparsity", 0 < s.sparsity < 2, "in (0, 2)"),
-        ("soft.final_outer_iterations", s.final_outer_iterations >= 0, ">= 0"),
-        ("soft.final_cg_iterations", s.final_cg_iterations >= 1, ">= 1"),
-        ("soft.final_polish_iterations", s.final_polish_iterations >= 0, ">= 0"),
-        ("soft.colour_radius", s.colour_radius >= 0, ">= 0"),
-        ("topk", cfg.topk is None or cfg.topk >= 1, ">= 1 or null"),
-        ("max_images", cfg.max_images is None or cfg.max_images >= 1, ">= 1 or null"),
-        ("guide_radius", cfg.guide_radius >= 1, ">= 1"),
-        ("guide_eps", cfg.guide_eps > 0, "> 0"),
-        ("clip", cfg.clip > 0, "> 0"),
-    ]
-    for key, ok, rule in checks:
-        if not ok:
-            raise ConfigError(f"{key}: must be {rule}, got {_get(cfg, key)!r}")
-
-
-def _get(cfg, dotted: str):
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
+    # each key's own range (soft.segments in 2..255, soft.eig_shift < 0, ...) is in the schema
 
 
 def list_inputs(cfg: SoftSegmentsConfig) -> tuple[Path, list[str], dict[str, str]]:
@@ -133,10 +106,7 @@ def list_inputs(cfg: SoftSegmentsConfig) -> tuple[Path, list[str], dict[str, str
     problems: dict[str, str] = {}
     if cfg.image_list:
         listing = Path(cfg.image_list)
-        if not listing.is_file():
-            raise FileNotFoundError(f"image_list not found: {listing}")
-        rels = sorted({line.strip() for line in listing.read_text().splitlines()
-                       if line.strip() and not line.strip().startswith("#")})
+        rels = sorted(set(read_path_list(listing, "image")))
         for rel in rels:
             if not (root / rel).is_file():
                 raise FileNotFoundError(f"{listing}: image {root / rel} not found")
@@ -254,8 +224,8 @@ def run(cfg: SoftSegmentsConfig) -> dict:
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             layers = result.layers  # [K, H, W] float32, sums to one
             label = layers.argmax(axis=0).astype(np.uint8)
-            label_path = out / LABELS_DIR / label_rel(rel)
-            prior_path = out / PRIORS_DIR / prior_rel(rel)
+            label_path = output_file(out, f"{LABELS_DIR}/{label_rel(rel)}", f"image {rel}")
+            prior_path = output_file(out, f"{PRIORS_DIR}/{prior_rel(rel)}", f"image {rel}")
             write_label_png(label_path, label)
             write_prior(prior_path, layers, topk)
             records[rel] = {"rel": rel, "sha256": sha256_file(label_path), "prior_sha256": sha256_file(prior_path),

@@ -14,11 +14,13 @@ every stage prints errors and exits the same way:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from auxseg import console
 from auxseg.config import ConfigError, dump_config, load_config
 from auxseg.errors import AuxsegError
 
@@ -32,7 +34,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, stage: str, example: s
                         help=f"YAML config (see configs/{stage}/; keys in docs/{stage}.md)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {example}")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_verbose_argument(parser)
     parser.set_defaults(config_optional=optional)
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    """``--verbose``: every step's full output (mmengine's and mmseg's logs, warnings) on the terminal."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="print every step's full output (mmengine / mmseg logs, warnings) instead of one "
+                             "line per step; without it that output goes to the step's console.log")
+
+
+def stage_step(name: str, out_dir: str | Path) -> tuple[str, Path] | None:
+    """The console step of a stage command: ``(name, <out_dir>/console.log)``; None in the other processes of a
+    torchrun job (only rank 0 draws the line; the others print as before)."""
+    return (name, Path(out_dir) / "console.log") if os.environ.get("RANK", "0") == "0" else None
 
 
 def config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
@@ -77,6 +93,7 @@ def run_config_command(
     summary: Callable[[Any, Any], str | None] | None = None,
     check: Callable[[Any], None] | None = None,
     show: Callable[[Any], str] = dump_config,
+    step: Callable[[Any], tuple[str, Path] | None] | None = None,
 ) -> int:
     """Load the config, honour ``--print-config``, run, print the summary line; return the exit code.
 
@@ -85,6 +102,10 @@ def run_config_command(
     ``--print-config`` prints (default: the resolved config). Errors that the input
     caused (:class:`~auxseg.errors.AuxsegError`, and ``FileNotFoundError`` for
     a path that does not exist) become one line on stderr.
+
+    ``step(cfg)`` -> ``(name, log file)`` (or None) makes the run one step of the console
+    (:mod:`auxseg.console`): one running line with the stage's progress, its full
+    output in the log file (unless ``--verbose``), and the summary as the closing line.
     """
     cfg = load_cli_config(schema, args, prog, check)
     if cfg is None:
@@ -95,8 +116,17 @@ def run_config_command(
         except (AuxsegError, FileNotFoundError) as err:
             return report_error(prog, err)
         return 0
+    verbose = bool(getattr(args, "verbose", False))
     try:
-        result = run(cfg)
+        with console.session(verbose=verbose):
+            where = step(cfg) if step is not None else None
+            if where is None:
+                result = run(cfg)
+            else:
+                with console.step(*where) as st:
+                    result = run(cfg)
+                    st.done(summary(cfg, result) if summary is not None else None)
+                return 0
     except (AuxsegError, FileNotFoundError) as err:
         return report_error(prog, err)
     line = summary(cfg, result) if summary is not None else None

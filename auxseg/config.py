@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
@@ -38,7 +40,92 @@ class ConfigError(AuxsegError, ValueError):
     """A config file, key or value that does not match its schema."""
 
 
+# ----------------------------------------------------------------------------- ranges
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config key accepts, stated in its schema as ``Annotated[float, Range(gt=0)]``.
+
+    The loader checks it for the key itself, every item of a list or tuple, and
+    every value of a mapping. Floats must also be finite unless ``finite=False``
+    (the loader refuses NaN and infinities for every float key, annotated or not).
+    ``tests/test_config_ranges.py`` walks every stage's schema and requires a
+    range on each numeric key.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    finite: bool = True
+
+    def describe(self) -> str:
+        """``>= 1``, ``> 0``, ``in (0, 1]``, ... (an interval when both ends are bounded)."""
+        low = ("[", self.ge) if self.ge is not None else ("(", self.gt) if self.gt is not None else None
+        high = ("]", self.le) if self.le is not None else (")", self.lt) if self.lt is not None else None
+        if low and high:
+            return f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+        if low:
+            return f"{'>=' if low[0] == '[' else '>'} {low[1]:g}"
+        if high:
+            return f"{'<=' if high[0] == ']' else '<'} {high[1]:g}"
+        return "a finite number"
+
+    def check(self, value: float, where: str) -> None:
+        bad = ((self.ge is not None and not value >= self.ge) or (self.gt is not None and not value > self.gt)
+               or (self.le is not None and not value <= self.le) or (self.lt is not None and not value < self.lt))
+        if bad:
+            raise ConfigError(f"{where}: must be {self.describe()}, got {value!r}")
+
+
+PositiveFloat = Annotated[float, Range(gt=0)]
+NonNegativeFloat = Annotated[float, Range(ge=0)]
+Fraction = Annotated[float, Range(ge=0, le=1)]  # a probability or share
+AnyFloat = Annotated[float, Range()]  # any finite number: the key's meaning allows every sign
+PositiveInt = Annotated[int, Range(ge=1)]  # counts, sizes, intervals
+NonNegativeInt = Annotated[int, Range(ge=0)]  # counts where 0 means "none"
+Seed = Annotated[int, Range(ge=0)]  # random seeds (numpy takes only non-negative ones)
+
+
+def ranged(base: type, **bounds: float) -> Any:
+    """``Annotated[base, Range(**bounds)]``, for a range none of the named aliases states."""
+    return Annotated[base, Range(**bounds)]
+
+
+def numeric_range(tp: Any) -> Range | None:
+    """The :class:`Range` that annotates ``tp`` (None when it has none)."""
+    if get_origin(tp) is Annotated:
+        return next((m for m in get_args(tp)[1:] if isinstance(m, Range)), None)
+    return None
+
+
 # ----------------------------------------------------------------------------- files
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; a larger file is refused before it is parsed
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors and aliases.
+
+    Nested aliases ("billion laughs") make a file of a few hundred bytes expand
+    to gigabytes once merged; configs need none, so the first ``&anchor`` or
+    ``*alias`` is refused before anything is expanded.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(None, None, "aliases (*name) are not allowed in configs", event.start_mark)
+        event = self.peek_event()
+        if getattr(event, "anchor", None) is not None:
+            raise yaml.MarkedYAMLError(None, None, "anchors (&name) are not allowed in configs", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text to Python data: safe types only, no anchors or aliases (:class:`_NoAliasLoader`)."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def read_yaml_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
@@ -55,10 +142,12 @@ def read_yaml_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict
         raise ConfigError(f"circular _base_ inheritance: {chain}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes; a config may hold at most {MAX_CONFIG_BYTES} bytes")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        data = parse_yaml(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return _resolve_bases(data, path, (*_seen, path))
@@ -83,6 +172,10 @@ def _resolve_bases(data: dict, path: Path, seen: tuple[Path, ...]) -> dict:
     return deep_merge(merged, data)
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
 def deep_merge(base: dict, update: dict) -> dict:
     """Recursively merge ``update`` into a copy of ``base`` (mappings merge, the rest replaces)."""
     out = dict(base)
@@ -105,9 +198,9 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
         if not all(keys):
             raise ConfigError(f"override {item!r} has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = parse_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {_one_line(err)}") from err
         nested: Any = value
         for key in reversed(keys):
             nested = {key: nested}
@@ -123,7 +216,7 @@ def from_dict(schema: type[T], data: dict, where: str = "") -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
-    hints = typing.get_type_hints(schema)
+    hints = typing.get_type_hints(schema, include_extras=True)
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]
@@ -161,6 +254,15 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        base, *meta = get_args(tp)
+        ranges = [m for m in meta if isinstance(m, Range)]
+        if base is float and isinstance(value, float) and not math.isfinite(value) and any(not r.finite for r in ranges):
+            return value  # the key opts in to NaN / infinity (Range(finite=False))
+        value = _convert(base, value, where)
+        for rng in ranges:
+            _check_numbers(value, rng, where)
+        return value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -172,7 +274,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             try:
                 return _convert(arg, value, where)
             except ConfigError as err:
-                errors.append(str(err))
+                errors.append(err)
+        if len(errors) == 1:  # X | None: X's own message (its range, its type)
+            raise errors[0]
         raise ConfigError(f"{where}: {value!r} matches none of {_type_name(tp)}")
     if origin is Literal:
         choices = get_args(tp)
@@ -207,6 +311,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -223,6 +329,20 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     return value
+
+
+def _check_numbers(value: Any, rng: Range, where: str) -> None:
+    """Check a number, or each number of a list / tuple / mapping value, against ``rng``."""
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_numbers(item, rng, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_numbers(item, rng, f"{where}.{key}")
+    elif isinstance(value, (int, float)):
+        rng.check(value, where)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -262,6 +382,21 @@ def to_dict(cfg: Any) -> dict:
         return value
 
     return plain(cfg)
+
+
+def without_keys(data: dict, dotted_keys) -> dict:
+    """A copy of plain config data (:func:`to_dict`) without the given ``a.b.c`` keys (absent ones are ignored)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for dotted in dotted_keys:
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return data
 
 
 def dump_config(cfg: Any) -> str:

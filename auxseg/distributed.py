@@ -11,8 +11,20 @@ code paths that never go distributed.
 
 from __future__ import annotations
 
+import datetime
 import os
+import sys
 from dataclasses import dataclass
+
+from auxseg import console
+from auxseg.errors import AuxsegError
+
+TIMEOUT_VARIABLE = "AUXSEG_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 1800  # torch's own default for gloo and nccl
+
+
+class DistributedEnvError(AuxsegError, RuntimeError):
+    """Distributed variables that are incomplete or inconsistent, or processes that never joined (one line)."""
 
 
 @dataclass(frozen=True)
@@ -28,12 +40,64 @@ class DistInfo:
         return self.rank == 0
 
 
+def _env_int(name: str, default: int | None) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise DistributedEnvError(f"{name}={raw!r} is not an integer") from None
+
+
 def env_dist_info() -> DistInfo:
-    """Rank, world size and local rank from torchrun's variables; one process (0, 1, 0) when unset."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    """Rank, world size and local rank from torchrun's variables; one process (0, 1, 0) when unset.
+
+    The variables are read, not obeyed blindly: a shell left over from a torchrun
+    or SLURM job often keeps some of them. ``WORLD_SIZE > 1`` needs ``RANK``,
+    ``MASTER_ADDR`` and ``MASTER_PORT`` too, the rank must lie in
+    ``0..WORLD_SIZE-1`` and the port in 1..65535; otherwise
+    :class:`DistributedEnvError` names the variables, before anything waits.
+    """
+    world = _env_int("WORLD_SIZE", 1)
+    if world < 1:
+        raise DistributedEnvError(f"WORLD_SIZE={world}: must be >= 1")
+    rank = _env_int("RANK", None)
+    if world == 1:
+        if rank not in (None, 0):
+            raise DistributedEnvError(f"RANK={rank} is set but WORLD_SIZE is {os.environ.get('WORLD_SIZE', 'unset')}: "
+                                      "unset RANK to run one process, or launch with torchrun")
+        local_rank = _env_int("LOCAL_RANK", 0)
+        return DistInfo(0, 1, max(local_rank, 0))
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v, "").strip()]
+    if missing:
+        raise DistributedEnvError(
+            f"WORLD_SIZE={world} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: a "
+            "distributed run needs WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT (torchrun sets them all); unset "
+            "WORLD_SIZE to run one process (a leftover of an earlier job?), or start the command with torchrun")
+    if not 0 <= rank < world:
+        raise DistributedEnvError(f"RANK={rank} is outside 0..{world - 1} (WORLD_SIZE={world})")
+    port = _env_int("MASTER_PORT", None)
+    if not 1 <= port <= 65535:
+        raise DistributedEnvError(f"MASTER_PORT={port} is not a port number (1..65535)")
+    local_rank = _env_int("LOCAL_RANK", rank)
+    if local_rank < 0:
+        raise DistributedEnvError(f"LOCAL_RANK={local_rank}: must be >= 0")
     return DistInfo(rank, world, local_rank)
+
+
+def dist_timeout_s() -> float:
+    """Seconds a process waits for the others (joining, and any collective): ``AUXSEG_DIST_TIMEOUT`` or 1800."""
+    raw = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not raw:
+        return float(DEFAULT_TIMEOUT_S)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise DistributedEnvError(f"{TIMEOUT_VARIABLE}={raw!r}: must be a number of seconds > 0")
+    return value
 
 
 def init_process_group(info: DistInfo, backend: str) -> bool:
@@ -47,7 +111,22 @@ def init_process_group(info: DistInfo, backend: str) -> bool:
 
     if dist.is_initialized():
         return False
-    dist.init_process_group(backend=backend, init_method="env://", rank=info.rank, world_size=info.world_size)
+    where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    timeout = dist_timeout_s()
+    line = (f"[auxseg] rank {info.rank} of {info.world_size}: joining the other processes at {where} "
+            f"(waits up to {timeout:g} s, {TIMEOUT_VARIABLE})")
+    if console.current() is not None:  # a command's session: on the terminal, not in a step's log file
+        console.say(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
+    try:
+        dist.init_process_group(backend=backend, init_method="env://", rank=info.rank, world_size=info.world_size,
+                                timeout=datetime.timedelta(seconds=timeout))
+    except Exception as err:  # DistStoreError, RuntimeError, TimeoutError: all mean "the group did not form"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DistributedEnvError(
+            f"rank {info.rank} of {info.world_size}: the process group at {where} did not form within {timeout:g} s "
+            f"({type(err).__name__}: {first}); are the other {info.world_size - 1} processes running?") from err
     return True
 
 

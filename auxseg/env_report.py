@@ -1,7 +1,7 @@
 """``auxseg env``: what is installed and which fast paths are available.
 
-Prints versions and whether CUDA, faiss GPU, fast-slic AVX2 and compiled mmcv
-ops are available, the way mmsegmentation's ``collect_env`` does. Paste its
+Prints versions and whether CUDA, faiss GPU, fast-slic AVX2, native bf16 on the
+CPU (for bf16 autocast) and compiled mmcv ops are available, the way mmsegmentation's ``collect_env`` does. Paste its
 output into bug reports.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from importlib import metadata
 
 PACKAGES = (
-    "auxseg", "torch", "torchvision", "numpy", "faiss-cpu", "faiss-gpu", "fast-slic",
+    "auxseg", "torch", "torchvision", "timm", "safetensors", "numpy", "faiss-cpu", "faiss-gpu", "fast-slic",
     "scikit-learn", "scikit-image", "scipy", "mmengine", "mmcv", "mmcv-lite", "mmsegmentation",
     "opencv-python", "pillow",
 )
@@ -69,6 +69,12 @@ def _cpu_has_avx2() -> bool | None:
         return None
 
 
+def _cpu_bf16() -> dict:
+    from auxseg.precision import precision_report
+
+    return precision_report()
+
+
 def _mmcv_ops() -> dict:
     from auxseg import mmseg_compat as mmcv_compat
 
@@ -111,6 +117,7 @@ def collect_env() -> dict:
         "cuda": _probe(_cuda),
         "faiss_gpu": _probe(_faiss_gpu),
         "cpu_avx2": _cpu_has_avx2(),
+        "cpu_bf16": _probe(_cpu_bf16),
         "fast_slic_avx2": _probe(_fast_slic_avx2),
         "mmcv_ops": _probe(_mmcv_ops),
         "import mmseg.models": _probe(_mmseg_import),
@@ -137,9 +144,9 @@ def main(args: argparse.Namespace) -> int:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "env",
-        help="print versions and available fast paths (CUDA, faiss GPU, fast-slic AVX2, mmcv ops)",
+        help="print versions and available fast paths (CUDA, faiss GPU, fast-slic AVX2, CPU bf16, mmcv ops)",
         description="Print the environment: package versions and whether CUDA, faiss GPU, "
-        "fast-slic AVX2 and compiled mmcv ops are available. Include it in bug reports.",
+        "fast-slic AVX2, native bf16 on the CPU and compiled mmcv ops are available. Include it in bug reports.",
     )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=main)

@@ -51,6 +51,10 @@ class WriteError(AuxsegError, OSError):
         return (type(self), self._parts)
 
 
+class DataFileError(AuxsegError, ValueError):
+    """A state or data file (JSON, NPZ) that cannot be decoded; the one-line message names the file."""
+
+
 class JsonLinesError(AuxsegError, ValueError):
     """A JSON-lines file corrupt before its last line; the message names the file and the line number."""
 
@@ -153,13 +157,69 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
+    """Decode a JSON file; a file that is not valid JSON raises :class:`DataFileError` naming it."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise DataFileError(f"{path}: not valid JSON: {_cause(err)}") from err
+
+
+MAX_ARRAY_BYTES = 4 << 30  # what one .npz file may expand to in memory (its arrays' declared sizes, summed)
+
+
+def npz_declared_bytes(path: str | Path) -> int:
+    """The bytes the arrays of an ``.npz`` file declare in their headers, read without loading any array.
+
+    A compressed member can declare far more than the file holds (a "zip
+    bomb"); this is the number to bound before ``np.load`` allocates it.
+    """
+    import zipfile
+
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            with zf.open(info) as f:
+                major, _ = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+                total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    return total
+
+
+def check_npz_size(path: str | Path, max_bytes: int = MAX_ARRAY_BYTES) -> None:
+    """Raise :class:`DataFileError` when an ``.npz`` file's arrays would take more than ``max_bytes`` once read."""
+    path = Path(path)
+    try:
+        declared = npz_declared_bytes(path)
+    except FileNotFoundError:
+        raise
+    except Exception:  # not a zip, no npy header, ...: np.load, which the caller runs next, names the problem
+        return
+    if declared > max_bytes:
+        raise DataFileError(f"{path}: its arrays declare {declared / 2**30:.1f} GiB (at most {max_bytes / 2**30:.1f} GiB "
+                            f"is read from one file; {path.stat().st_size} bytes on disk)")
+
+
+def read_npz(path: str | Path, max_bytes: int = MAX_ARRAY_BYTES) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read into memory with ``allow_pickle=False`` (nothing is executed).
+
+    A truncated or damaged file (``BadZipFile``, a short read, a pickled object)
+    raises :class:`DataFileError` naming the file instead of the decoder's
+    traceback, and so does a file whose arrays declare more than ``max_bytes``
+    (checked from the headers, before anything is allocated).
+    """
+    path = Path(path)
+    check_npz_size(path, max_bytes)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # zipfile.BadZipFile, EOFError, ValueError, OSError: all mean "cannot decode"
+        raise DataFileError(f"{path}: not a readable .npz file ({type(err).__name__}: {_cause(err)})") from err
 
 
 # ----------------------------------------------------------------------------- JSON-lines logs
@@ -359,7 +419,9 @@ def _open_decoded(path: Path, what: str, data: bytes | None = None) -> Image.Ima
     try:
         if (data is not None and not data) or (data is None and path.is_file() and path.stat().st_size == 0):
             raise ImageReadError(f"cannot read {what} {path}: empty file (0 bytes)")
-        img = Image.open(io.BytesIO(data) if data is not None else path)
+        with warnings.catch_warnings():  # PIL only warns between 1x and 2x its pixel limit: refuse there too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data) if data is not None else path)
         try:
             img.load()  # decode now so truncation is detected here
         except BaseException:
@@ -374,7 +436,7 @@ def _open_decoded(path: Path, what: str, data: bytes | None = None) -> Image.Ima
         raise ImageReadError(f"cannot read {what} {path}: is a directory") from err
     except UnidentifiedImageError as err:
         raise ImageReadError(f"cannot read {what} {path}: not an image PIL can decode (unknown format or corrupt header)") from err
-    except Image.DecompressionBombError as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # refused before decoding
         raise ImageReadError(f"cannot read {what} {path}: {_one_line(err)}") from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         if isinstance(err, OSError) and err.errno and err.strerror:  # permission denied, I/O error, ...

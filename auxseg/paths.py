@@ -1,10 +1,25 @@
-"""Path resolution shared by every stage."""
+"""Path resolution shared by every stage, and the one guard for paths read from files.
+
+Every path that a file names (a line of an image list or split file, an entry of a
+manifest) goes through :func:`relative_inside` before anything is read or written
+with it, and every output file derived from one goes through :func:`output_file`.
+Readers do not re-implement these checks: a path that is absolute where a relative
+one is expected, or that climbs out of its root, is refused with one line naming
+the file and line (or key) it came from. docs/reliability.md lists the tests.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import posixpath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from auxseg.errors import AuxsegError
 from auxseg.presets import preset_path
+
+
+class UnsafePathError(AuxsegError, ValueError):
+    """A path read from a file that would leave its root, or an output folder that overlaps an input folder."""
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -15,3 +30,91 @@ def resolve_path(path: str | Path) -> Path:
         return path.resolve()
     shipped = preset_path(path)
     return shipped.resolve() if shipped is not None else path.resolve()
+
+
+def relative_inside(entry: str, where: str) -> str:
+    """``entry`` (a path read from a file) as a normalised POSIX path relative to its root.
+
+    Refused with :class:`UnsafePathError`, naming ``where`` (``"list.txt:3"``,
+    ``"manifest.json: images[4]"``), when it is empty, holds a NUL byte, is
+    absolute (``/x``, ``C:\\x``, ``\\\\server\\x``) or climbs out of its root once
+    normalised (``../x``, ``a/../../x``). ``a/./b`` and ``a/../b`` are accepted
+    and returned as ``a/b`` and ``b``.
+    """
+    if not isinstance(entry, str) or not entry.strip():
+        raise UnsafePathError(f"{where}: empty path")
+    if "\x00" in entry:
+        raise UnsafePathError(f"{where}: path {entry!r} holds a NUL byte")
+    win = PureWindowsPath(entry)
+    if PurePosixPath(entry).is_absolute() or win.drive or win.root:
+        raise UnsafePathError(f"{where}: absolute path {entry!r} where a path relative to its folder is expected")
+    norm = posixpath.normpath(entry)
+    if norm == "." or norm == ".." or norm.startswith("../"):
+        raise UnsafePathError(f"{where}: path {entry!r} leaves its folder")
+    return norm
+
+
+def output_file(root: str | Path, rel: str, where: str) -> Path:
+    """``root / rel`` for a file this run writes, refused when it would land outside ``root``.
+
+    ``rel`` is checked by :func:`relative_inside`; then every folder between
+    ``root`` and the file that already exists is resolved (symbolic links
+    followed) and must stay inside the resolved ``root``, and the file itself
+    must not be a symbolic link (a write through it would land elsewhere).
+    """
+    root = Path(root)
+    target = root / relative_inside(rel, where)
+    real_root = root.resolve()
+    if not target.parent.resolve().is_relative_to(real_root):
+        raise UnsafePathError(f"{where}: {target} would be written outside {root} (a folder on the way is a "
+                              "symbolic link that leaves it)")
+    if target.is_symlink():
+        raise UnsafePathError(f"{where}: {target} is a symbolic link; refusing to write through it")
+    return target
+
+
+def read_path_list(list_file: str | Path, what: str = "path") -> list[str]:
+    """The relative paths listed in a text file, one per line, each checked by :func:`relative_inside`.
+
+    Blank lines and lines starting with ``#`` are skipped; surrounding spaces are
+    stripped. The order of the file is kept (duplicates too: callers decide).
+    """
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise FileNotFoundError(f"{what} list not found: {list_file}")
+    try:
+        text = list_file.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UnsafePathError(f"{list_file}: cannot read as a text file ({type(err).__name__}: {err})") from err
+    rels = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            rels.append(relative_inside(line, f"{list_file}:{n}"))
+    return rels
+
+
+def _absolute(path: str | Path) -> Path:
+    return Path(os.path.normpath(Path(path).expanduser().absolute()))
+
+
+def check_separate(out_dir: str | Path, out_key: str, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an output folder that contains, or lies inside, one of the ``inputs`` folders.
+
+    ``inputs`` maps config keys to folders (None entries are skipped). Both the
+    paths as given and their resolved forms are compared, so a symbolic link
+    does not hide an overlap. An output inside an image folder would be read
+    back as input by the next scan; an input inside the output could be
+    overwritten or deleted with it.
+    """
+    out_forms = {_absolute(out_dir), Path(out_dir).expanduser().resolve()}
+    for key, folder in inputs.items():
+        if folder is None or folder == "":
+            continue
+        in_forms = {_absolute(folder), Path(folder).expanduser().resolve()}
+        for o in out_forms:
+            for i in in_forms:
+                if o == i or o.is_relative_to(i) or i.is_relative_to(o):
+                    relation = "is" if o == i else "lies inside" if o.is_relative_to(i) else "contains"
+                    raise UnsafePathError(f"{out_key}: {out_dir} {relation} the input folder {key}={folder}; "
+                                          f"choose an {out_key} outside it")

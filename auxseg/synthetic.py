@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from auxseg.config import PositiveInt, Seed, ranged
 from auxseg.io import atomic_write_json, write_label_png, write_rgb_png
 
 CLASS_NAMES = ("sky", "ground", "wall", "tree", "car", "person")
@@ -38,12 +39,12 @@ IGNORE_INDEX = 255
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    num_train: int = 24
-    num_val: int = 8
-    height: int = 96
-    width: int = 128
-    num_classes: int = 6
-    seed: int = 0
+    num_train: PositiveInt = 24
+    num_val: PositiveInt = 8
+    height: ranged(int, ge=8) = 96
+    width: ranged(int, ge=8) = 128
+    num_classes: ranged(int, ge=1, le=254) = 6
+    seed: Seed = 0
 
 
 def _texture(h: int, w: int, period: int, angle: float, rng: np.random.Generator) -> np.ndarray:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from auxseg.cli import add_config_arguments, run_config_command
+from auxseg.cli import add_config_arguments, run_config_command, stage_step
+from auxseg.paths import resolve_path
 
 DESCRIPTION = """\
 Fine-tune DeepLabV3 or PSPNet (mmsegmentation, mmengine Runner) on a fixed,
@@ -52,4 +53,5 @@ def main(args: argparse.Namespace) -> int:
     from .config import FinetuneConfig
     from .run import run
 
-    return run_config_command(args, prog="auxseg finetune", schema=FinetuneConfig, run=run, summary=_summary)
+    return run_config_command(args, prog="auxseg finetune", schema=FinetuneConfig, run=run, summary=_summary,
+                              step=lambda cfg: stage_step("finetune", resolve_path(cfg.work_dir)))

@@ -13,7 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from auxseg.config import ConfigError
+from auxseg.config import (
+    ConfigError,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Seed,
+    ranged,
+)
 
 
 @dataclass
@@ -21,9 +29,9 @@ class SplitConfig:
     """Which labelled training images to use. At most one of file / fraction / num_images."""
 
     file: str | None = None  # split file of stems (see finetune/splits.py); relative to the repo root or cwd
-    fraction: float | None = None  # e.g. 0.1 for the paper's 10% (method.md, Stage 3)
-    num_images: int | None = None  # e.g. 100 or 500 labelled images (supplement Table 7)
-    seed: int = 0  # seed of the deterministic subset (fraction / num_images)
+    fraction: ranged(float, gt=0, le=1) | None = None  # e.g. 0.1 for the paper's 10% (method.md, Stage 3)
+    num_images: PositiveInt | None = None  # e.g. 100 or 500 labelled images (supplement Table 7)
+    seed: Seed = 0  # seed of the deterministic subset (fraction / num_images)
 
 
 @dataclass
@@ -44,8 +52,8 @@ class TargetsConfig:
     # labels: the dataset's label maps; coarse: priors built from them downsampled `factor` times and blurred;
     # prior_folder: per-image priors of a label folder with priors/ (auxseg.contracts.priors), K = dataset classes
     kind: Literal["labels", "coarse", "prior_folder"] = "labels"
-    factor: int = 16  # coarse: block size in label pixels (majority vote per block)
-    blur_sigma: float | None = None  # coarse: Gaussian std in label pixels; None = factor (supplement E.1.2); 0 = none
+    factor: PositiveInt = 16  # coarse: block size in label pixels (majority vote per block)
+    blur_sigma: NonNegativeFloat | None = None  # coarse: Gaussian std in label pixels; None = factor (supplement E.1.2); 0 = none
     folder: str | None = None  # prior_folder: label folder of the training images (image_root = the train images)
     val_folder: str | None = None  # prior_folder: label folder of the validation images, for mIoU_r; None: no mIoU_r
 
@@ -55,9 +63,9 @@ class LossConfig:
     """The decode and auxiliary heads' loss: ce (on the argmax of the prior), or QR / RQ on the prior itself."""
 
     name: Literal["ce", "qr", "rq"] = "ce"
-    warmup_iters: int = 0  # qr/rq: cross-entropy on the prior for the first iterations (guard against collapse)
-    mass_momentum: float = 0.0  # qr/rq: 0 = class mass of the batch; m > 0: m * running + (1 - m) * batch
-    smoothing: float = 1e-4  # qr/rq: additive smoothing of q and p (supplement E.1.3); also for argmax r
+    warmup_iters: NonNegativeInt = 0  # qr/rq: cross-entropy on the prior for the first iterations (guard against collapse)
+    mass_momentum: ranged(float, ge=0, lt=1) = 0.0  # qr/rq: 0 = class mass of the batch; m > 0: m * running + (1 - m) * batch
+    smoothing: ranged(float, ge=0, lt=1) = 1e-4  # qr/rq: additive smoothing of q and p (supplement E.1.3); also for argmax r
 
 
 @dataclass
@@ -69,42 +77,30 @@ class FinetuneConfig:
     init: InitConfig = field(default_factory=InitConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    max_iters: int | None = None  # None: the mmseg config's schedule
-    val_interval: int | None = None  # None: the mmseg config's
-    checkpoint_interval: int | None = None  # None: the mmseg config's
-    batch_size: int | None = None  # per process; None: the mmseg config's
-    lr: float | None = None  # None: the mmseg config's
-    num_workers: int = 2  # dataloader worker processes (0 = load in the main process)
-    seed: int = 0  # mmengine randomness seed (model init, sampler, augmentation)
+    max_iters: PositiveInt | None = None  # None: the mmseg config's schedule
+    val_interval: PositiveInt | None = None  # None: the mmseg config's
+    checkpoint_interval: PositiveInt | None = None  # None: the mmseg config's
+    batch_size: PositiveInt | None = None  # per process; None: the mmseg config's
+    lr: PositiveFloat | None = None  # None: the mmseg config's
+    num_workers: NonNegativeInt = 2  # dataloader worker processes (0 = load in the main process)
+    seed: Seed = 0  # mmengine randomness seed (model init, sampler, augmentation)
     deterministic: bool = False
     device: Literal["cpu", "cuda"] = "cpu"
-    amp: bool = False  # bf16 autocast (cuda only)
+    # bf16 autocast: mmengine's AmpOptimWrapper on cuda, finetune.amp.CPUBf16OptimWrapper on cpu (pays on a CPU
+    # with native bf16, `auxseg env`). Opt-in.
+    amp: bool = False
     launcher: Literal["none", "pytorch", "slurm"] = "none"  # DDP launcher; BN becomes SyncBN when distributed
     resume: bool = True  # continue from the newest checkpoint in work_dir when there is one
     tensorboard: bool = True  # also log scalars to <work_dir>/<timestamp>/vis_data (TensorBoard)
-    log_interval: int | None = None  # iterations between log lines; None: the mmseg config's
+    log_interval: PositiveInt | None = None  # iterations between log lines; None: the mmseg config's
     cfg_options: dict[str, Any] = field(default_factory=dict)  # extra mmseg config overrides, dotted keys
 
     def __post_init__(self) -> None:
         chosen = [k for k in ("file", "fraction", "num_images") if getattr(self.split, k) is not None]
         if len(chosen) > 1:
             raise ConfigError(f"split: give only one of file / fraction / num_images, got {', '.join(chosen)}")
-        if self.split.fraction is not None and not 0 < self.split.fraction <= 1:
-            raise ConfigError(f"split.fraction must be in (0, 1], got {self.split.fraction}")
-        if self.split.num_images is not None and self.split.num_images < 1:
-            raise ConfigError(f"split.num_images must be >= 1, got {self.split.num_images}")
-        if self.amp and self.device != "cuda":
-            raise ConfigError("amp=true needs device=cuda (bf16 autocast on CPU is not the tested path)")
-        t, loss = self.targets, self.loss
-        if t.factor < 1 or (t.blur_sigma is not None and t.blur_sigma < 0):
-            raise ConfigError(f"targets.factor must be >= 1 and targets.blur_sigma >= 0, got {t.factor}, {t.blur_sigma}")
+        t = self.targets
         if (t.kind == "prior_folder") != (t.folder is not None):
             raise ConfigError("targets.folder is required with targets.kind=prior_folder and only then")
         if t.val_folder is not None and t.kind != "prior_folder":
             raise ConfigError("targets.val_folder is only used with targets.kind=prior_folder")
-        if loss.warmup_iters < 0 or not 0.0 <= loss.mass_momentum < 1.0 or not 0.0 <= loss.smoothing < 1.0:
-            raise ConfigError("loss.warmup_iters must be >= 0, loss.mass_momentum and loss.smoothing in [0, 1)")
-        for key in ("max_iters", "val_interval", "checkpoint_interval", "batch_size", "log_interval"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"{key} must be >= 1, got {value}")

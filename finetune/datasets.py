@@ -3,13 +3,14 @@
 - :class:`CamVidDataset`: the SegNet release of CamVid (11 classes; label 11
   "Unlabelled" becomes the ignore value 255 when labels are loaded).
 - :class:`NYUv2Dataset`: the semantic NYUv2 labelled subset with Gupta et al.'s
-  40-class mapping, in the layout written by ``tools/prepare_nyuv2.py``
+  40-class mapping, in the layout written by ``auxseg data prepare nyuv2``
   (mmseg's own ``NYUDataset`` is for depth only).
 - :class:`LabelFolderDataset`: any CamVid-layout folder whose classes are
   given in the config (the synthetic data of ``auxseg.synthetic`` for tests).
 - Cityscapes and ADE20K use mmseg's own classes and layouts;
-  :func:`convert_cityscapes_labels` writes the ``*_labelTrainIds.png`` files
-  mmseg's ``CityscapesDataset`` reads, from the official ``*_labelIds.png``.
+  ``auxseg data prepare cityscapes`` (:mod:`finetune.prepare`) writes the
+  ``*_labelTrainIds.png`` files mmseg's ``CityscapesDataset`` reads, from the
+  official ``*_labelIds.png``.
 
 Importing this module installs the mmcv compatibility layer first, so mmseg
 configs can name it in ``custom_imports``.
@@ -17,12 +18,8 @@ configs can name it in ``custom_imports``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from tqdm import tqdm
 
-from auxseg.io import read_label, write_label_png
 from auxseg.mmseg_compat import import_mmseg
 
 import_mmseg()
@@ -98,7 +95,7 @@ class CamVidDataset(_ExtraLabelMapMixin, BaseSegDataset):
 class NYUv2Dataset(BaseSegDataset):
     """Semantic NYUv2 (labelled subset, 795 train / 654 test), 40 classes.
 
-    Layout written by ``tools/prepare_nyuv2.py``: ``images/{train,test}/NNNN.png``
+    Layout written by ``auxseg data prepare nyuv2``: ``images/{train,test}/NNNN.png``
     and ``labels40/{train,test}/NNNN.png`` with values 0..39 and 255 for
     unlabelled pixels (the raw class 0), so no ``reduce_zero_label`` is needed.
     """
@@ -130,46 +127,10 @@ class LabelFolderDataset(BaseSegDataset):
 
 # ----------------------------------------------------------------------------- Cityscapes
 
-# Official Cityscapes labelId -> trainId (cityscapesScripts' labels.py): the 19
-# evaluated classes get 0..18, everything else (including the license plate, -1) is ignored.
-CITYSCAPES_LABELID_TO_TRAINID = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-    26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
-}
-
-
-def cityscapes_labelid_to_trainid(label_ids: np.ndarray) -> np.ndarray:
-    """Map a Cityscapes ``labelIds`` map ``[H, W]`` to ``trainIds`` (0..18, 255 = ignore), uint8."""
-    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    for label_id, train_id in CITYSCAPES_LABELID_TO_TRAINID.items():
-        lut[label_id] = train_id
-    if label_ids.dtype != np.uint8:
-        if label_ids.min() < 0 or label_ids.max() > 255:
-            raise ValueError(f"Cityscapes label ids must be in 0..255, got {label_ids.min()}..{label_ids.max()}")
-        label_ids = label_ids.astype(np.uint8)
-    return lut[label_ids]
-
-
-def convert_cityscapes_labels(gt_root: str | Path, overwrite: bool = False) -> int:
-    """Write ``*_gtFine_labelTrainIds.png`` next to every ``*_gtFine_labelIds.png`` under ``gt_root``.
-
-    Args:
-        gt_root: the official ``gtFine`` folder (or one split of it).
-        overwrite: rewrite files that already exist.
-
-    Returns the number of files written. Each file is written atomically.
-    """
-    gt_root = Path(gt_root)
-    if not gt_root.is_dir():
-        raise FileNotFoundError(f"Cityscapes gtFine folder not found: {gt_root}")
-    sources = sorted(gt_root.rglob("*_gtFine_labelIds.png"))
-    if not sources:
-        raise FileNotFoundError(f"no *_gtFine_labelIds.png files under {gt_root}")
-    written = 0
-    for src in tqdm(sources, desc="labelIds -> labelTrainIds", unit="img"):
-        dst = src.with_name(src.name.replace("_gtFine_labelIds.png", "_gtFine_labelTrainIds.png"))
-        if dst.exists() and not overwrite:
-            continue
-        write_label_png(dst, cityscapes_labelid_to_trainid(read_label(src)))
-        written += 1
-    return written
+# The label id -> train id conversion lives with the other preparations (`auxseg data prepare`);
+# importing it from here keeps older callers working.
+from finetune.prepare import (  # noqa: E402,F401
+    CITYSCAPES_LABELID_TO_TRAINID,
+    cityscapes_labelid_to_trainid,
+    convert_cityscapes_labels,
+)

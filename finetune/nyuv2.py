@@ -26,8 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from auxseg import console
 from auxseg.errors import AuxsegError
 from auxseg.io import atomic_write_json, sha256_file, write_label_png, write_rgb_png
 
@@ -136,7 +136,7 @@ def convert(
         split_idx = read_splits(splits, n)
         counts = {}
         for split, idx in split_idx.items():
-            for i in tqdm(idx, desc=f"NYUv2 {split}", unit="img"):
+            for i in console.iterate(idx, desc=f"NYUv2 {split}", unit="img"):
                 name = f"{i + 1:04d}.png"
                 img_path = out_dir / "images" / split / name
                 lab_path = out_dir / "labels40" / split / name

@@ -14,17 +14,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import logging
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from auxseg import console
 from auxseg.checkpoint_io import CheckpointError, allow_mmengine_checkpoints
 from auxseg.config import ConfigError, save_config, to_dict
 from auxseg.contracts.common import versions
 from auxseg.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from auxseg.mmseg_compat import import_mmseg
-from auxseg.paths import resolve_path
+from auxseg.paths import check_separate, resolve_path
 from finetune import splits as splits_mod
 from finetune.config import FinetuneConfig
 
@@ -45,7 +47,11 @@ def load_mmseg_config(path: str | Path):
     path = resolve_path(path)
     if not path.is_file():
         raise ConfigError(f"mmseg config not found: {path}")
-    return Config.fromfile(str(path))
+    try:  # mmengine executes the file (OpenMMLab's convention; docs/reliability.md): any failure is the file's
+        return Config.fromfile(str(path))
+    except Exception as err:
+        raise ConfigError(f"finetune.mmseg_config: {path}: not a valid mmengine config "
+                          f"({type(err).__name__}: {' '.join(str(err).split())})") from err
 
 
 def _inner_dataset(loader_cfg) -> Any:
@@ -82,7 +88,8 @@ def choose_split(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> dict[str, Any]:
     info: dict[str, Any] = {"num_available": len(available), "image_dir": str(image_dir), "seed": None}
     if cfg.split.file:
         source = resolve_path(cfg.split.file)
-        stems = splits_mod.read_split(source, available)
+        prefix = _inner_dataset(mmcfg.train_dataloader).data_prefix.get("img_path", "")
+        stems = splits_mod.read_split(source, available, image_prefix=prefix, img_suffix=suffix)  # stems or pairs
         info.update(mode="file", file=str(source), file_sha256=sha256_file(source))
     elif cfg.split.fraction is not None or cfg.split.num_images is not None:
         spec = splits_mod.SplitSpec(fraction=cfg.split.fraction, count=cfg.split.num_images, seed=cfg.split.seed)
@@ -150,9 +157,16 @@ def apply_overrides(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> None:
     if cfg.launcher != "none":
         mmcfg.sync_bn = "torch"  # the configs use BN for one process; DDP wants SyncBN
         mmcfg.env_cfg.dist_cfg = dict(backend="nccl" if cfg.device == "cuda" else "gloo")
-    if cfg.amp:
+    if cfg.amp and cfg.device == "cuda":
         mmcfg.optim_wrapper.type = "AmpOptimWrapper"
         mmcfg.optim_wrapper.dtype = "bfloat16"
+    elif cfg.amp:  # AmpOptimWrapper refuses a CPU; bf16 needs no loss scaling, only the autocast context
+        from finetune.amp import CPU_BF16_WRAPPER  # registers it
+
+        mmcfg.optim_wrapper.type = CPU_BF16_WRAPPER
+    vis_hook = (mmcfg.get("default_hooks") or {}).get("visualization")
+    if vis_hook is not None and not vis_hook.get("draw", False):
+        mmcfg.default_hooks.pop("visualization")  # it would draw nothing (draw=False) and warn so in every run
     backends = [dict(type="LocalVisBackend")]
     if cfg.tensorboard:
         backends.append(dict(type="TensorboardVisBackend"))
@@ -220,6 +234,55 @@ def _make_hooks(report_path: Path, report: dict):
     return VerifyInitHook(), RecordValHook()
 
 
+def _progress_hook():
+    """A hook that draws the run on the console's step line (auxseg.console): iterations, loss, mIoU so far."""
+    from mmengine.hooks import Hook
+
+    class ProgressHook(Hook):
+        priority = "LOW"
+
+        def __init__(self) -> None:
+            self.train = self.val = None
+            self.miou: float | None = None
+
+        def before_train(self, runner) -> None:
+            self.train = console.bar(total=runner.max_iters, initial=runner.iter, desc="train", unit="it")
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            loss = (outputs or {}).get("loss")
+            self.train.update(1)
+            self.train.set_postfix_str(", ".join(
+                ([f"loss={float(loss.detach() if hasattr(loss, 'detach') else loss):.3f}"] if loss is not None else [])
+                + ([f"mIoU={self.miou:.2f}"] if self.miou is not None else [])))
+
+        def after_train(self, runner) -> None:
+            self.train.close()
+
+        def before_val_epoch(self, runner) -> None:
+            self.val = console.bar(total=len(runner.val_dataloader), desc="val", unit="batch")
+
+        def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            self.val.update(1)
+
+        def after_val_epoch(self, runner, metrics=None) -> None:
+            self.val.close()
+            if metrics and "mIoU" in metrics:
+                self.miou = float(metrics["mIoU"])
+
+    return ProgressHook()
+
+
+class _MMEngineNoise(logging.Filter):
+    """Drops two warnings mmengine logs in every run: its own CheckpointHook and LoggerHook build a
+    ``FileClient`` (a ``HardDiskBackend``) for backward compatibility ("will not be removed until
+    MMEngine 1.0", mmengine/hooks/checkpoint_hook.py) although nothing asks for one; no config can avoid it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith('"FileClient" will be deprecated')
+                    or message.startswith('"HardDiskBackend" is the alias'))
+
+
 # ----------------------------------------------------------------------------- results
 
 
@@ -259,10 +322,11 @@ def run(cfg: FinetuneConfig) -> dict:
 
     start = time.time()
     work_dir = resolve_path(cfg.work_dir)
+    check_separate(work_dir, "work_dir", {"data_root": cfg.data_root})
+    mmcfg = load_mmseg_config(cfg.mmseg_config)  # before anything is written: a broken file leaves no work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, work_dir / "config.yaml")
 
-    mmcfg = load_mmseg_config(cfg.mmseg_config)
     apply_overrides(cfg, mmcfg, work_dir)
     split_info = choose_split(cfg, mmcfg, work_dir)
 
@@ -295,9 +359,14 @@ def run(cfg: FinetuneConfig) -> dict:
         # write its logs and TensorBoard events into the first run's folder. Unique names per run:
         mmcfg.experiment_name = f"finetune_{uuid.uuid4().hex[:8]}"
         mmcfg.visualizer.name = mmcfg.experiment_name
-        runner = Runner.from_cfg(mmcfg)
+        with console.muted_stdout():  # in a console step: the env block and config go to mmengine's log file only
+            runner = Runner.from_cfg(mmcfg)
+        console.quiet_console_handlers(runner.logger)  # likewise the iteration logs and per-class tables
+        runner.logger.addFilter(_MMEngineNoise())
         runner.register_hook(verify_hook)
         runner.register_hook(record_hook)
+        if console.quiet():  # verbose: mmengine's own iteration logs are on the terminal
+            runner.register_hook(_progress_hook())
         runner.train()
         last = record_hook.history[-1] if record_hook.history else None
         if last is None or last["iter"] != runner.iter:

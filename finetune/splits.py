@@ -22,6 +22,7 @@ from pathlib import Path
 
 from auxseg.errors import AuxsegError
 from auxseg.io import atomic_write_text
+from auxseg.paths import relative_inside
 
 
 class SplitError(AuxsegError, ValueError):
@@ -111,12 +112,45 @@ def write_split(path: str | Path, stems: list[str]) -> Path:
     return path
 
 
-def read_split(path: str | Path, available: list[str] | None = None) -> list[str]:
-    """Read a split file; with ``available``, check every stem exists among the training images."""
+def _entry_stem(line: str, where: str, image_prefix: str | None, img_suffix: str | None) -> str:
+    """The stem of one split-file line: a stem as it is, or the stem of an image path relative to the
+    dataset root, optionally followed by its label path, as in the literature's split files
+    (``leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png gtFine/train/aachen/...``).
+
+    Every path is checked by :func:`~auxseg.paths.relative_inside` (``where`` names the line). A line
+    is an image path only when its first word ends with ``img_suffix``, so stems may hold spaces.
+    """
+    columns = line.split(maxsplit=1)
+    if image_prefix is None or not img_suffix or not columns[0].endswith(img_suffix):
+        return relative_inside(line, where)
+    image = relative_inside(columns[0], where)
+    if len(columns) == 2:
+        relative_inside(columns[1], where)  # the label path: checked, not used (the dataset pairs it)
+    prefix = image_prefix.strip("/") + "/"
+    if not image.startswith(prefix):
+        raise SplitError(f"{where}: image {columns[0]!r} is not a training image of this dataset "
+                         f"(expected {prefix}<stem>{img_suffix})")
+    return image[len(prefix): -len(img_suffix)]
+
+
+def read_split(path: str | Path, available: list[str] | None = None, *, image_prefix: str | None = None,
+               img_suffix: str | None = None) -> list[str]:
+    """Read a split file; with ``available``, check every stem exists among the training images.
+
+    Lines are stems, or image paths relative to the dataset root with an optional label path after
+    them (the literature's format): ``image_prefix`` (the training image folder relative to the
+    root, e.g. ``leftImg8bit/train``) and ``img_suffix`` (``_leftImg8bit.png``) turn those into stems.
+    """
     path = Path(path)
     if not path.is_file():
         raise SplitError(f"split file not found: {path}")
-    stems = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SplitError(f"{path}: cannot read as a text file ({type(err).__name__}: {err})") from err
+    # as auxseg.paths.read_path_list, but column-aware: a path that leaves its folder is refused, naming the line
+    stems = [_entry_stem(line.strip(), f"{path}:{n}", image_prefix, img_suffix)
+             for n, line in enumerate(text.splitlines(), 1) if line.strip() and not line.strip().startswith("#")]
     if not stems:
         raise SplitError(f"split file {path} is empty")
     if len(set(stems)) != len(stems):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,13 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from auxlabels.config import AuxLabelsConfig
-from auxseg.config import ConfigError, dump_config, given_keys, to_dict
+from auxseg import console
+from auxseg.config import ConfigError, PositiveInt, dump_config, given_keys, ranged, to_dict, without_keys
 from auxseg.contracts.backbone import DECODER_FILENAME
 from auxseg.io import atomic_write_json, atomic_write_text, read_json
-from auxseg.paths import resolve_path
+from auxseg.paths import check_separate, resolve_path
 from auxseg.synthetic import CLASS_NAMES, IGNORE_INDEX, SyntheticSpec, make_synthetic_dataset
 from finetune.config import FinetuneConfig, InitConfig, SplitConfig
 from pretrain.config import PretrainConfig, objective_section
+from pretrain.objectives import check_plugins
 
 STEP_FORMAT = "loop.pipeline-step/1"
 
@@ -51,9 +52,9 @@ class DataConfig:
 
     root: str | None = None  # the dataset folder; ignored when `synthetic` is set
     synthetic: SyntheticSpec | None = None  # generate the built-in dataset (auxseg.synthetic) into <work_dir>/data
-    num_classes: int | None = None  # M (taken from the synthetic spec when synthetic)
+    num_classes: PositiveInt | None = None  # M (taken from the synthetic spec when synthetic)
     class_names: list[str] = field(default_factory=list)
-    ignore_values: list[int] = field(default_factory=lambda: [IGNORE_INDEX])  # label values to ignore (CamVid: [11])
+    ignore_values: ranged(list[int], ge=0, le=65535) = field(default_factory=lambda: [IGNORE_INDEX])  # label values to ignore (CamVid: [11])
 
 
 @dataclass
@@ -64,7 +65,7 @@ class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     labelled: SplitConfig = field(default_factory=lambda: SplitConfig(fraction=0.1))  # the labelled few
     baseline_init: InitConfig = field(default_factory=InitConfig)  # init of the segmenter / baseline and of pre-training
-    seeds: list[int] = field(default_factory=lambda: [0])  # fine-tune seeds, for the spread of mIoU
+    seeds: ranged(list[int], ge=0) = field(default_factory=lambda: [0])  # fine-tune seeds, for the spread of mIoU
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # steps 1 and 4 (same schedule)
     auxlabels: AuxLabelsConfig = field(default_factory=AuxLabelsConfig)  # step 2
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # step 3
@@ -98,21 +99,43 @@ def run_step(name: str, step_dir: Path, stage_cfg: Any, fn: Callable[[], Any],
         record = read_json(record_path)
         diff = _first_difference(upgrade(record.get("config")), config)
         if diff is None:
-            print(f"[pipeline] {name}: finished earlier, reusing {step_dir}")
+            console.say(console.done_line(name, None, f"finished earlier, reusing {shown_path(step_dir)}"))
             return record["result"]
         raise ConfigError(
             f"{record_path}: step {name!r} finished with another config (first difference: {diff}). "
             f"Use a new work_dir, or delete {step_dir} to redo this step and the ones after it."
         )
-    print(f"[pipeline] {name}: running in {step_dir}")
     start = time.time()
-    result = fn()
+    with console.step(name, step_dir / "console.log") as step:  # one line on the terminal, the rest in the log
+        result = fn()
+        step.done(f"{step_headline(step_dir, result)}  {shown_path(step_dir)}")
     atomic_write_json(
         record_path,
         {"format": STEP_FORMAT, "step": name, "config": config, "result": result,
          "elapsed_s": round(time.time() - start, 1)},
     )
     return result
+
+
+def shown_path(path: Path) -> str:
+    """A path as the console shows it: relative to the current folder when it lies inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def step_headline(step_dir: Path, result: Any) -> str:
+    """The number a step's closing line shows: mIoU of a fine-tune, PmIoU of the labels, the last pre-training loss."""
+    if isinstance(result, dict) and result.get("mIoU") is not None:
+        return f"mIoU {result['mIoU']:.2f}"
+    if isinstance(result, dict) and "num_labels" in result:  # the label folder's manifest
+        pm = (result.get("pmiou") or {}).get("pmiou")
+        return (f"PmIoU {pm:.2f}, " if pm is not None else "") + f"K={result['num_labels']}, {len(result['images'])} images"
+    from loop.report import read_log
+
+    log = [r for r in read_log(step_dir / "log.jsonl") if "loss" in r]  # pre-training's own log
+    return f"loss {log[-1]['loss']:.3f} at iteration {log[-1]['iter']}" if log else "done"
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -127,6 +150,30 @@ class Dataset:
 
 
 def prepare_data(cfg: PipelineConfig, work_dir: Path) -> Dataset:
+    """Generate the synthetic dataset if asked, then check every file of the folder before the first step
+    (:mod:`finetune.dataset_check`, as ``auxseg data check --dataset folder``); a problem stops the run."""
+    with console.step("data", work_dir / "data.log") as step:
+        data = _dataset(cfg, work_dir)
+        step.done(check_data(cfg, data))
+    return data
+
+
+def check_data(cfg: PipelineConfig, data: Dataset) -> str:
+    """Check ``data`` (layout, pairing, label values against the classes and ignore values, sizes, the
+    labelled split file); raise naming the first problem, else return a one-line description."""
+    from finetune.dataset_check import check_dataset, folder_layout
+    from finetune.run import load_mmseg_config, train_image_dir
+
+    suffix = train_image_dir(load_mmseg_config(cfg.finetune.mmseg_config))[1]  # what the fine-tune will look for
+    report = check_dataset(data.root, folder_layout(data.num_classes, data.ignore_values, suffix),
+                           split_files=[resolve_path(cfg.labelled.file)] if cfg.labelled.file else [])
+    report.raise_if_problems(f"data.root: {data.root}")
+    count = {sp.name: sp.images for sp in report.splits}
+    return (f"{count['train']} train / {count['val']} val images, {data.num_classes} classes, no problems  "
+            f"{shown_path(data.root)}")
+
+
+def _dataset(cfg: PipelineConfig, work_dir: Path) -> Dataset:
     """Generate the synthetic dataset if asked, and check the folder layout."""
     data = cfg.data
     if data.synthetic is not None:
@@ -241,13 +288,7 @@ def shown_config(cfg: PipelineConfig) -> str:
     again as a config, it gives the same run (the owned keys are left out, so
     their defaults never conflict with the pipeline's values).
     """
-    data = to_dict(cfg)
-    for key in OWNED_KEYS:
-        *parents, leaf = key.split(".")
-        node = data
-        for part in parents:
-            node = node[part]
-        node.pop(leaf, None)
+    data = without_keys(to_dict(cfg), OWNED_KEYS)
     return "# stage keys that the pipeline sets itself are left out (docs/pipeline.md)\n" + dump_config(data)
 
 
@@ -362,9 +403,10 @@ def run(cfg: PipelineConfig) -> Path:
 
     if not cfg.seeds:
         raise ConfigError("seeds: give at least one seed")
+    check_plugins()  # pre-training needs the objectives: refuse before the first step, not after an hour
     work_dir = resolve_path(cfg.work_dir)
+    check_separate(work_dir, "work_dir", {"data.root": cfg.data.root})
     work_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(work_dir / "config.yaml", shown_config(cfg))
     data = prepare_data(cfg, work_dir)
     check_head_classes(cfg, data)
     seed0 = cfg.seeds[0]
@@ -376,6 +418,7 @@ def run(cfg: PipelineConfig) -> Path:
         "pretrain": pretrain_config(cfg, pre_dir, labels_dir, *planned_backbone(cfg)),
     })
     check_priors(cfg)
+    atomic_write_text(work_dir / "config.yaml", shown_config(cfg))  # after the checks: a refused config leaves none
 
     baseline = {}
     for seed in cfg.seeds:
@@ -399,8 +442,10 @@ def run(cfg: PipelineConfig) -> Path:
 
     from loop.report import write_report
 
-    report = write_report(work_dir, data_root=data.root, class_names=data.class_names,
-                          manifest=manifest, baseline=baseline, pretrained=pretrained, export=export)
+    with console.step("report", work_dir / "report.log") as step:
+        report = write_report(work_dir, data_root=data.root, class_names=data.class_names,
+                              manifest=manifest, baseline=baseline, pretrained=pretrained, export=export)
+        step.done(f"{len(list((work_dir / 'figures').glob('*.png')))} figures  {shown_path(report)}")
     summary = {
         "baseline_mIoU": {str(s): r["mIoU"] for s, r in baseline.items()},
         "pretrained_mIoU": {str(s): r["mIoU"] for s, r in pretrained.items()},
@@ -408,6 +453,25 @@ def run(cfg: PipelineConfig) -> Path:
         "report": str(report),
     }
     atomic_write_json(work_dir / "summary.json", summary)
-    print(json.dumps({k: v for k, v in summary.items() if k != "pmiou"}, indent=2))
-    print(f"[pipeline] report: {report}")
+    for line in result_table(summary, manifest):
+        console.say(line)
     return report
+
+
+def result_table(summary: dict, manifest: dict) -> list[str]:
+    """The few lines that end a run: mIoU of both models over the seeds, their difference, PmIoU, the report."""
+    import statistics
+
+    def spread(values: list[float]) -> str:
+        return f"{values[0]:.2f}" if len(values) == 1 else f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+    base, pre = list(summary["baseline_mIoU"].values()), list(summary["pretrained_mIoU"].values())
+    pm = (manifest.get("pmiou") or {}).get("pmiou")
+    rows = [("", f"mIoU on val, {len(base)} seed{'s' if len(base) > 1 else ''}"),
+            ("fine-tune only (baseline)", spread(base)),
+            ("pre-train with auxiliary labels + fine-tune", spread(pre)),
+            ("difference", f"{statistics.mean(pre) - statistics.mean(base):+.2f}"),
+            ("auxiliary labels", (f"PmIoU {pm:.2f}, " if pm is not None else "") + f"K={manifest.get('num_labels')}"),
+            ("report", shown_path(Path(summary["report"])))]
+    width = max(len(name) for name, _ in rows)
+    return [""] + [f"{name:<{width}}   {value}" for name, value in rows]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from auxseg.cli import add_config_arguments, run_config_command
+from auxseg.cli import add_config_arguments, add_verbose_argument, run_config_command
 from auxseg.presets import ROOT
 
 DEMO_CONFIG = ROOT / "configs" / "pipeline" / "demo.yaml"  # shipped in the package: works after pip install
@@ -41,4 +41,5 @@ def add_parser(subparsers) -> None:
     )
     d.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. work_dir=runs/demo2")
     d.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_verbose_argument(d)
     d.set_defaults(func=main_pipeline, config=str(DEMO_CONFIG))

@@ -14,6 +14,7 @@ from auxseg.cli import (
     config_and_overrides,
     report_error,
     run_config_command,
+    stage_step,
 )
 from auxseg.config import from_dict
 from auxseg.errors import AuxsegError
@@ -125,4 +126,5 @@ def main(args: argparse.Namespace) -> int:
     if config_and_overrides(args)[0] is None:
         print("auxseg pretrain: give a CONFIG (or --export CHECKPOINT)", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    return run_config_command(args, prog="auxseg pretrain", schema=PretrainConfig, run=run, summary=_summary)
+    return run_config_command(args, prog="auxseg pretrain", schema=PretrainConfig, run=run, summary=_summary,
+                              step=lambda cfg: stage_step("pretrain", cfg.out_dir))

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, make_dataclass
 from typing import Literal
 
+from auxseg.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Seed, ranged
+
 
 @dataclass
 class DataConfig:
@@ -24,25 +26,25 @@ class DataConfig:
     images: str = ""  # only for source="images": the image folder (searched recursively)
     image_root: str | None = None  # overrides the manifest's image_root (data moved elsewhere)
     verify_hash: bool = True  # recompute labels_sha256 and refuse a folder whose labels changed
-    batch_size: int = 16  # global number of images per step (each gives two views); paper choice
-    num_workers: int = 4
-    synthetic_images: int = 16  # only for source="synthetic"
-    synthetic_size: tuple[int, int] = (96, 128)  # (height, width), only for source="synthetic"
+    batch_size: PositiveInt = 16  # global number of images per step (each gives two views); paper choice
+    num_workers: NonNegativeInt = 4
+    synthetic_images: PositiveInt = 16  # only for source="synthetic"
+    synthetic_size: ranged(tuple[int, int], ge=8) = (96, 128)  # (height, width), only for source="synthetic"
 
 
 @dataclass
 class AugmentConfig:
     """Two-view augmentation; every default is supplement Table 8 unless marked choice."""
 
-    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
-    color_jitter_p: float = 1.0  # choice: Table 8 gives no probability, so jitter is always applied
-    grayscale_p: float = 0.2
-    cutout: tuple[int, int] = (0, 40)  # side of the erased square, px (of the output crop)
-    scale: tuple[float, float] = (0.4, 2.5)
-    rotation: tuple[float, float] = (-60.0, 60.0)  # degrees
-    crop: tuple[int, int] = (321, 361)  # side of the square crop window, px (after scaling)
-    out_size: int = 321  # choice: every crop window is resized to this side so views batch together
-    flip_p: float = 0.5
+    color_jitter: ranged(tuple[float, float, float, float], ge=0) = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    color_jitter_p: Fraction = 1.0  # choice: Table 8 gives no probability, so jitter is always applied
+    grayscale_p: Fraction = 0.2
+    cutout: ranged(tuple[int, int], ge=0) = (0, 40)  # side of the erased square, px (of the output crop)
+    scale: ranged(tuple[float, float], gt=0) = (0.4, 2.5)
+    rotation: ranged(tuple[float, float], ge=-180, le=180) = (-60.0, 60.0)  # degrees
+    crop: ranged(tuple[int, int], ge=8) = (321, 361)  # side of the square crop window, px (after scaling)
+    out_size: ranged(int, ge=8) = 321  # choice: every crop window is resized to this side so views batch together
+    flip_p: Fraction = 0.5
 
     def __post_init__(self) -> None:
         for name in ("cutout", "scale", "rotation", "crop"):
@@ -65,9 +67,9 @@ class ModelConfig:
     stem: Literal["plain", "deep"] = "plain"  # plain = torchvision/ResNetV1b, deep = mmseg ResNetV1c
     # ResNets: 8 (mmseg's -d8 configs: stages 3 and 4 dilated) or 16 (-d16: only stage 4 dilated; about half
     # the compute). The weights do not depend on it: fine-tune with the mmseg config of the same stride.
-    output_stride: int = 8
+    output_stride: ranged(int, ge=8, le=32) = 8
     decoder: Literal["none", "aspp"] = "none"  # pre-train the DeepLabV3 ASPP decoder too
-    decoder_channels: int = 512  # choice (mmseg's DeepLabV3 uses 512)
+    decoder_channels: PositiveInt = 512  # choice (mmseg's DeepLabV3 uses 512)
     # Initialisation: "random", or a checkpoint path (torchvision ImageNet state_dict, MoCo v2
     # checkpoint, or our own backbone export); keys are checked exactly.
     init: str = "random"
@@ -91,10 +93,12 @@ def _loss_schema() -> type:
     Built from :data:`pretrain.objectives.OBJECTIVES`, so a new objective's
     section is validated like every other (unknown keys and wrong types are errors).
     """
-    from pretrain.objectives import OBJECTIVES
+    from pretrain.objectives import DISCOVERY_ERRORS, OBJECTIVES
 
     def check_name(self) -> None:
         if self.name not in OBJECTIVES:
+            if DISCOVERY_ERRORS:  # the objective may be the plug-in that failed to load: say that first
+                raise ValueError(f"loss.name: {self.name!r} is not registered; {DISCOVERY_ERRORS[0]}")
             raise ValueError(f"loss.name: {self.name!r} is not a registered objective (known: {', '.join(OBJECTIVES)})")
 
     fields = [("name", str, field(default="infonce"))]
@@ -113,31 +117,33 @@ def objective_section(loss_cfg) -> object:
 @dataclass
 class OptimConfig:
     name: Literal["sgd", "adamw"] = "sgd"  # method.md choice: SGD momentum 0.9
-    lr: float = 0.01  # choice: base lr for batch 16
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
+    lr: PositiveFloat = 0.01  # choice: base lr for batch 16
+    momentum: Fraction = 0.9
+    weight_decay: NonNegativeFloat = 1e-4
+    betas: ranged(tuple[float, float], ge=0, lt=1) = (0.9, 0.999)  # AdamW only
     schedule: Literal["poly", "cosine", "constant"] = "poly"
-    power: float = 0.9  # poly exponent
-    min_lr: float = 1e-4
-    warmup_iters: int = 500
-    warmup_ratio: float = 0.1  # lr at iteration 0 = warmup_ratio * lr
-    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    power: NonNegativeFloat = 0.9  # poly exponent
+    min_lr: NonNegativeFloat = 1e-4
+    warmup_iters: NonNegativeInt = 500
+    warmup_ratio: Fraction = 0.1  # lr at iteration 0 = warmup_ratio * lr
+    grad_clip: NonNegativeFloat = 0.0  # max global grad norm; 0 = off
 
 
 @dataclass
 class TrainConfig:
-    max_iters: int = 20000  # method.md: some 10k-40k iterations on GPU
-    stop_at: int = 0  # stop (with a checkpoint) at this iteration, as if killed; 0 = run to max_iters
-    seed: int = 0
+    max_iters: PositiveInt = 20000  # method.md: some 10k-40k iterations on GPU
+    stop_at: NonNegativeInt = 0  # stop (with a checkpoint) at this iteration, as if killed; 0 = run to max_iters
+    seed: Seed = 0
     device: str = "cpu"  # "cpu" or "cuda" (or "cuda:N"); under torchrun cuda uses LOCAL_RANK
-    amp: Literal["none", "bf16", "fp16"] = "none"  # bf16 autocast on GPU; CPU stays fp32 by default
+    # autocast of the network's forward: bf16 on CUDA, or on a CPU with native bf16 (avx512_bf16 / amx_bf16,
+    # `auxseg env`); fp16 with a GradScaler. The loss is fp32 either way. Opt-in: fp32 stays the default.
+    amp: Literal["none", "bf16", "fp16"] = "none"
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on cuda, gloo on cpu
-    checkpoint_every: int = 1000  # iterations between training checkpoints (0 = only at the end)
-    keep_checkpoints: int = 2
+    checkpoint_every: NonNegativeInt = 1000  # iterations between training checkpoints (0 = only at the end)
+    keep_checkpoints: PositiveInt = 2
     resume: str = "auto"  # "auto": latest checkpoint in out_dir; "none"; or a path
-    log_every: int = 20
-    histogram_every: int = 200
+    log_every: PositiveInt = 20
+    histogram_every: PositiveInt = 200
     progress: bool = True  # tqdm progress bar with ETA (rank 0)
     tensorboard: bool = True
 

@@ -12,7 +12,15 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from auxseg.distributed import DistInfo, barrier, cleanup, env_dist_info, init_process_group, is_distributed
+from auxseg.distributed import (
+    DistInfo,
+    DistributedEnvError,
+    barrier,
+    cleanup,
+    env_dist_info,
+    init_process_group,
+    is_distributed,
+)
 
 __all__ = [
     "DistInfo",
@@ -31,7 +39,7 @@ def init_distributed(device: str = "cpu", backend: str = "auto") -> tuple[DistIn
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device is cuda but no CUDA device is visible")
+            raise DistributedEnvError("train.device is cuda but no CUDA device is visible")
         if info.world_size > 1 or dev.index is None:
             dev = torch.device("cuda", info.local_rank if info.world_size > 1 else 0)
         torch.cuda.set_device(dev)

@@ -11,6 +11,9 @@ The ``infonce`` objective in one step:
     label/coords maps [B, 2, S, S]  --targets_at_features-->  ids [B, 2, h, w]  (-1 = ignore)
     ids --sample_balanced--> indices of <= budget pixels (balanced over ids)
     embeddings at those pixels [N, D] + PixelTargets(ids [N]) --supervised_infonce--> loss, stats
+
+:func:`blockwise_supervised_infonce` is the same loss in O(N (D + block)) memory (no ``[N, N]``
+matrix), for every labelled pixel of a batch; :func:`infonce_block_rows` picks its block size.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 import torch
 
 IGNORE_ID = -1
+# auto block size of the blockwise InfoNCE: one [rows, N] fp32 block of logits takes at most this
+BLOCK_BYTES = 64 << 20
 
 
 @dataclass
@@ -171,6 +176,51 @@ class _LogSumExpOverOthers(torch.autograd.Function):
             return p.mm(k), p.t().mm(q), None
 
 
+class _BlockwiseLogSumExpOverOthers(torch.autograd.Function):
+    """:class:`_LogSumExpOverOthers` over row blocks of ``block`` anchors, logits recomputed in the backward.
+
+    ``lse_i = log sum_{j != self_col[i]} exp(q_i . k_j)`` for ``q [A, D]``, ``k [N, D]``, ``self_col [A]``,
+    as memory-efficient attention computes its softmax: the forward keeps only ``lse [A]``; the backward
+    computes each block's logits ``q_b k^T [block, N]`` again, turns them into the softmax in place and
+    accumulates ``dq_b = P_b k`` and ``dk += P_b^T q_b``. Pairwise work is one ``[block, N]`` fp32 buffer
+    at a time, forward or backward, so memory is O(N (D + block)) and no ``[A, N]`` matrix ever exists;
+    the price is one more ``q k^T`` product than the lean form. Always fp32 (autocast off inside).
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, self_col: torch.Tensor, block: int) -> torch.Tensor:
+        with torch.autocast(q.device.type, enabled=False):
+            lse = q.new_empty(q.shape[0])  # [A]
+            buf = q.new_empty(min(block, q.shape[0]), k.shape[0])  # [block, N], reused by every block
+            for s in range(0, q.shape[0], block):
+                logits = torch.mm(q[s:s + block], k.t(), out=buf[: min(block, q.shape[0] - s)])  # [b, N]
+                logits.scatter_(1, self_col[s:s + block, None], float("-inf"))
+                # logsumexp in place; the max is finite: every anchor has another pixel
+                top = logits.amax(1, keepdim=True)  # [b, 1]
+                lse[s:s + block] = logits.sub_(top).exp_().sum(1).log_().add_(top.squeeze(1))
+        ctx.block = block
+        ctx.save_for_backward(q, k, self_col, lse)
+        return lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        q, k, self_col, lse = ctx.saved_tensors
+        block = ctx.block
+        with torch.autocast(q.device.type, enabled=False):
+            dq, dk = torch.empty_like(q), torch.zeros_like(k)  # [A, D], [N, D]
+            buf = q.new_empty(min(block, q.shape[0]), k.shape[0])  # [block, N], reused by every block
+            for s in range(0, q.shape[0], block):
+                q_b, g_b = q[s:s + block], grad[s:s + block, None]  # [b, D], [b, 1]
+                # the block's logits again, minus their logsumexp: [b, N]
+                p = torch.addmm(-lse[s:s + block, None], q_b, k.t(), out=buf[: q_b.shape[0]])
+                p.scatter_(1, self_col[s:s + block, None], float("-inf"))
+                p.exp_()  # the softmax over the others, 0 at the self pair
+                torch.mm(p, k, out=dq[s:s + block]).mul_(g_b)
+                dk.addmm_(p.t(), q_b * g_b)
+        return dq, dk, None, None
+
+
 def supervised_infonce(feats: torch.Tensor, targets: PixelTargets, temperature: float = 0.1) -> tuple[torch.Tensor, dict]:
     """Supervised pixel InfoNCE over sampled pixels (method.md, Stage 2; temperature 0.1).
 
@@ -180,7 +230,9 @@ def supervised_infonce(feats: torch.Tensor, targets: PixelTargets, temperature: 
 
         l_i = -1/|P(i)| * sum_{p in P(i)} log( exp(f_i.f_p / t) / sum_{a in A(i)} exp(f_i.f_a / t) )
 
-    averaged over anchors with at least one positive.
+    averaged over anchors with at least one positive. The lean form: the pairwise
+    work holds at most two ``[A, N]`` fp32 buffers (about 8.4 bytes per pixel pair
+    measured); :func:`blockwise_supervised_infonce` is the same loss in O(N (D + block)).
 
     Args:
         feats: ``[N, D]`` L2-normalised embeddings (computed in fp32 here).
@@ -194,6 +246,51 @@ def supervised_infonce(feats: torch.Tensor, targets: PixelTargets, temperature: 
         similarities are equal, and ``loss_floor`` = mean of log |P(i)|, a lower
         bound reached only when every positive outscores every negative by far.
     """
+    return _supervised_infonce(feats, targets, temperature, block_size=None)
+
+
+def blockwise_supervised_infonce(feats: torch.Tensor, targets: PixelTargets, temperature: float = 0.1,
+                                 block_size: int = 1024) -> tuple[torch.Tensor, dict]:
+    """:func:`supervised_infonce` (same loss, stats and gradients) over row blocks of ``block_size`` anchors.
+
+    Each block's logits ``[block_size, N]`` are computed in the forward, reduced to
+    their logsumexp and dropped, and computed again in the backward (as
+    memory-efficient attention does), so peak memory is O(N (D + block_size)):
+    no ``[N, N]`` matrix is ever held, and every labelled pixel of a batch
+    (tens of thousands) fits where the lean form would need gigabytes.
+
+    Args:
+        feats: ``[N, D]`` L2-normalised embeddings (computed in fp32 here).
+        targets: ``ids [N]`` int64.
+        temperature: t.
+        block_size: anchors per block (>= 1); the pairwise work is one ``[block_size, N]``
+            fp32 buffer at a time (4 bytes x block_size x N).
+
+    Returns:
+        (scalar loss, stats) as :func:`supervised_infonce`.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    return _supervised_infonce(feats, targets, temperature, block_size=block_size)
+
+
+def infonce_block_rows(n: int, block_size: int = 0, block_bytes: int = BLOCK_BYTES) -> int:
+    """Anchor rows per block of the InfoNCE loss over ``n`` pixels.
+
+    ``block_size`` > 0 is taken as given; 0 (auto) takes as many rows as keep one
+    ``[rows, n]`` fp32 block within ``block_bytes`` (at least 64, at most ``n``).
+    A function of ``n`` only, not of the free memory, so a resumed run makes the
+    same blocks (and the same floating-point sums) as the uninterrupted one.
+    A result ``>= n`` means one block holds every anchor: the lean single pass.
+    """
+    if block_size > 0:
+        return block_size
+    return min(max(n, 1), max(64, block_bytes // (4 * max(n, 1))))
+
+
+def _supervised_infonce(feats: torch.Tensor, targets: PixelTargets, temperature: float,
+                        block_size: int | None) -> tuple[torch.Tensor, dict]:
+    """The body of both forms: ``block_size`` None is the lean pass, an int the blockwise one."""
     ids = targets.ids
     n = feats.shape[0]
     feats = feats.to(torch.promote_types(feats.dtype, torch.float32))  # fp16/bf16 -> fp32, float64 stays
@@ -208,7 +305,10 @@ def supervised_infonce(feats: torch.Tensor, targets: PixelTargets, temperature: 
     anchors = has_pos.nonzero().squeeze(1)  # [A]; rows without a positive add nothing, so skip them
     a = anchors.numel()
     anchor_feats = feats[anchors] / temperature  # [A, D], temperature folded into the small operand
-    lse = _LogSumExpOverOthers.apply(anchor_feats, feats, anchors)  # [A], the only [A, N] work
+    if block_size is None:
+        lse = _LogSumExpOverOthers.apply(anchor_feats, feats, anchors)  # [A], the only [A, N] work
+    else:
+        lse = _BlockwiseLogSumExpOverOthers.apply(anchor_feats, feats, anchors, block_size)  # [A], [block, N] at a time
     # sum_{p in P(i)} logit[i, p] = f_i/t . (sum of f over id(i) - f_i): per-id feature sums, no [N, N] mask;
     # a product and a sum (not a matmul), so fp32 under autocast too
     id_sums = feats.new_zeros(counts.numel(), feats.shape[1]).index_add_(0, group, feats)  # [U, D]

@@ -20,11 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from auxseg import console
 from auxseg.config import save_config, to_dict
 from auxseg.errors import AuxsegError
 from auxseg.io import append_jsonl, atomic_write_text, read_jsonl
+from auxseg.paths import check_separate
+from auxseg.precision import autocast
 from auxseg.small_models import SMALL_MODEL_FILENAME, SMALL_MODELS
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 from pretrain.checkpoint import (
@@ -53,7 +55,7 @@ from pretrain.distributed import (
 )
 from pretrain.export import export_backbone, export_decoder, export_local_predictor, export_small_model
 from pretrain.model import PretrainNet, set_frozen_bn
-from pretrain.objectives import StepBatch, build_objective
+from pretrain.objectives import StepBatch, build_objective, check_plugins
 from pretrain.objectives.base import SoftPrior
 
 
@@ -141,15 +143,14 @@ def train(cfg: PretrainConfig, st: TrainState) -> int:
     stop = min(tc.max_iters, tc.stop_at) if tc.stop_at > 0 else tc.max_iters
     model = st.model.module if hasattr(st.model, "module") else st.model
     objective = model.objective
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
     writer = None
     if st.dist.is_main and tc.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops events a killed run wrote after the checkpoint we resume from
         writer = SummaryWriter(str(out / "tensorboard"), purge_step=st.start_iter)
-    bar = tqdm(total=stop, initial=st.start_iter, desc="pretrain", dynamic_ncols=True,
-               disable=not (st.dist.is_main and tc.progress))
+    bar = console.bar(total=stop, initial=st.start_iter, desc="pretrain",  # the step's line, or a tqdm bar
+                      disable=not (st.dist.is_main and tc.progress))
     st.model.train()
     if cfg.model.norm == "frozen":
         set_frozen_bn(st.model)
@@ -170,7 +171,7 @@ def train(cfg: PretrainConfig, st: TrainState) -> int:
             prior=SoftPrior(batch["prior_ids"].to(st.device), batch["prior_probs"].to(st.device))
             if "prior_ids" in batch else None,  # only when the objective wants_priors
         )
-        with torch.autocast(st.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(st.device, tc.amp):  # bf16 on CUDA or on a CPU (auxseg.precision); the loss stays fp32
             features = st.model(images)  # [b*2, C, h, w]
             loss, stats = objective(features, step)
         if not torch.isfinite(loss):
@@ -285,6 +286,9 @@ def run(cfg: PretrainConfig) -> Path:
     If ``train.stop_at`` stops the run before ``max_iters``, no export is written
     and the path of the last training checkpoint is returned instead.
     """
+    check_plugins()  # a plug-in that failed to load stops the run here, in one line
+    check_separate(cfg.out_dir, "out_dir", {"data.labels": cfg.data.labels, "data.images": cfg.data.images,
+                                            "data.image_root": cfg.data.image_root})
     dist, device = init_distributed(cfg.train.device, cfg.train.backend)
     try:
         return _run(cfg, dist, device)

@@ -25,10 +25,11 @@ from auxlabels.config import AuxLabelsConfig
 from finetune.config import FinetuneConfig
 from finetune.run import load_mmseg_config
 from loop.pipeline import PipelineConfig
+from loop.study import StudyConfig, load_study
 from pretrain.config import PretrainConfig
 
 schemas = {"auxlabels": AuxLabelsConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig,
-           "pipeline": PipelineConfig}
+           "pipeline": PipelineConfig, "study": StudyConfig}
 checked = []
 for rel in list_presets("configs/"):
     parts = Path(rel).parts
@@ -40,6 +41,10 @@ for rel in list_presets("configs/"):
                 assert resolve_path(cfg.split.file).is_file(), (rel, cfg.split.file)
         if parts[1] == "pipeline":
             assert resolve_path(cfg.finetune.mmseg_config).is_file(), rel
+        if parts[1] == "study":
+            study = load_study(rel)
+            for arm in study.arms:  # every arm's pipeline config loads from the installed presets
+                load_config(PipelineConfig, resolve_path(study.pipeline), [*study.overrides, *arm.overrides])
     elif rel.endswith(".py") and "_base_" not in parts:
         assert "model" in load_mmseg_config(rel), rel
     checked.append(rel)

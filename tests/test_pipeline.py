@@ -7,28 +7,14 @@ import json
 import re
 
 import pytest
+from tiny_runs import TINY_PIPELINE
 
 from auxseg.config import ConfigError, load_config, to_dict
 from loop.pipeline import PipelineConfig, run
 from loop.pipeline_cli import DEMO_CONFIG
 from pretrain.config import PretrainConfig
 
-TINY = [
-    "data.synthetic={num_train: 12, num_val: 4, height: 64, width: 80, num_classes: 6, seed: 1}",
-    "labelled.num_images=4",
-    "finetune.max_iters=4",
-    "finetune.val_interval=2",
-    "finetune.checkpoint_interval=4",
-    "finetune.num_workers=0",
-    "auxlabels.kmeans.n_fit=12",
-    "auxlabels.kmeans.fit_pixels=3000",
-    "auxlabels.superpixels.n_segments=40",
-    "pretrain.data.batch_size=2",
-    "pretrain.train.max_iters=3",
-    "pretrain.train.checkpoint_every=3",
-    "progress=false",
-    "seeds=[0]",
-]
+TINY = TINY_PIPELINE
 
 
 def tiny_config(tmp_path, *extra):
@@ -37,13 +23,23 @@ def tiny_config(tmp_path, *extra):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
+    """The tiny loop through the command line (``auxseg demo key=value ...``), as a user runs it."""
+    from loop.cli import main
+
     tmp_path = tmp_path_factory.mktemp("pipeline")
-    cfg = tiny_config(tmp_path)
-    report = run(cfg)
-    return tmp_path, cfg, report
+    assert main(["demo", f"work_dir={tmp_path / 'run'}", *TINY]) == 0
+    return tmp_path, tiny_config(tmp_path), tmp_path / "run" / "report.md"
+
+
+def _final_checkpoint(step_dir):
+    results = json.loads((step_dir / "results.json").read_text())
+    return results, step_dir / f"iter_{results['iteration']}.pth"
 
 
 def test_loop_writes_report_figures_and_summary(finished_run):
+    """Every headline number is recomputed from the files by another route, and report.md states it."""
+    from independent import labels_sha256_by_formula, miou_by_inference, pmiou_by_enumeration
+
     tmp_path, cfg, report = finished_run
     work = tmp_path / "run"
     text = report.read_text()
@@ -52,8 +48,22 @@ def test_loop_writes_report_figures_and_summary(finished_run):
         path = work / "figures" / fig
         assert path.stat().st_size > 1000 and f"figures/{fig}" in text
     summary = json.loads((work / "summary.json").read_text())
-    for key in ("baseline_mIoU", "pretrained_mIoU"):
-        assert 0.0 <= summary[key]["0"] <= 100.0
+    for key, step in (("baseline_mIoU", "1_segmenter_seed0"), ("pretrained_mIoU", "4_finetune_seed0")):
+        results, ckpt = _final_checkpoint(work / step)
+        again = miou_by_inference(work / step, ckpt, num_classes=6)
+        assert summary[key]["0"] == results["mIoU"] == again["mIoU"]
+        assert list(results["per_class_iou"].values()) == again["per_class_iou"]
+    base, pre = summary["baseline_mIoU"]["0"], summary["pretrained_mIoU"]["0"]
+    assert f"| fine-tune only (baseline) | {base:.2f} |" in text
+    assert f"| pre-train with auxiliary labels + fine-tune | {pre:.2f} |" in text
+    assert f"| difference | {pre - base:+.2f} |" in text
+    manifest = json.loads((work / "2_auxlabels" / "manifest.json").read_text())
+    assert manifest["labels_sha256"] == labels_sha256_by_formula(work / "2_auxlabels" / "labels", manifest["images"])
+    files = [(work / "2_auxlabels" / "labels" / rel, work / "data" / "valannot" / rel.split("/")[-1])
+             for rel in manifest["eval_images"]]
+    pmiou = pmiou_by_enumeration(files, manifest["num_labels"], 6)
+    assert summary["pmiou"]["pmiou"] == pytest.approx(pmiou, abs=1e-9)
+    assert f"PmIoU (Hungarian, one-to-one) = {pmiou:.2f}" in text
     # the fine-tune after pre-training really started from the exported backbone
     init = json.loads((work / "4_finetune_seed0" / "results.json").read_text())["init"]
     assert init["type"] == "export" and init["verified_tensors"] > 0
@@ -78,10 +88,14 @@ def test_pretraining_never_sees_validation_images(finished_run):
 
 
 def test_rerun_reuses_finished_steps(finished_run, capsys):
-    tmp_path, cfg, _ = finished_run
-    run(cfg)
+    """``auxseg pipeline CONFIG`` on the demo's work_dir: every step is reused, the report is the same."""
+    from loop.cli import main
+
+    tmp_path, _, report = finished_run
+    before = report.read_text()
+    assert main(["pipeline", str(DEMO_CONFIG), f"work_dir={tmp_path / 'run'}", *TINY]) == 0
     out = capsys.readouterr().out
-    assert out.count("finished earlier, reusing") == 4
+    assert out.count("finished earlier, reusing") == 4 and report.read_text() == before
 
 
 def test_changed_step_config_is_refused(finished_run):
@@ -136,7 +150,8 @@ def test_pipeline_pretrains_rq_on_the_soft_priors_it_writes(tmp_path):
     state = load_checkpoint(work / "3_pretrain" / "checkpoints" / "iter_0000003.pth")
     assert state["priors_sha256"] == folder.priors_sha256  # trained on the soft priors, not the hard labels
     summary = json.loads((work / "summary.json").read_text())
-    assert 0.0 <= summary["pretrained_mIoU"]["0"] <= 100.0
+    results = json.loads((work / "4_finetune_seed0" / "results.json").read_text())
+    assert summary["pretrained_mIoU"]["0"] == results["mIoU"] and results["init"]["type"] == "export"
 
 
 def test_the_value_the_pipeline_would_set_is_accepted(tmp_path):
@@ -257,7 +272,9 @@ def test_strategy_benchmark_pretrains_and_finetunes_other_labellings(finished_ru
         assert init["checkpoint"] == str(out / key / "pretrain" / "backbone_mmseg.pth")
     rows = json.loads((out / "strategies.json").read_text())["rows"]
     assert [r["key"] for r in rows] == ["default", "pixel", "superpixel"]
-    assert all(0.0 <= r["miou"]["0"] <= 100.0 for r in rows)
+    for row, step in zip(rows, [tmp_path / "run" / "4_finetune_seed0", out / "pixel" / "finetune_seed0",
+                                out / "superpixel" / "finetune_seed0"]):
+        assert row["miou"]["0"] == json.loads((step / "results.json").read_text())["mIoU"]
     assert rows[1]["pmiou"] < 1.0 < rows[2]["pmiou"]  # the #1 bound; superpixels of 4 small images
     text = results.read_text()
     assert "#1 same pixel" in text and "(upper bound)" in text and "Spearman rank correlation over 3 strategies" in text
@@ -292,7 +309,8 @@ def test_objectives_benchmark_pretrains_with_only_the_loss_changed(finished_run)
     assert init["checkpoint"] == str(out / "metric_l2" / "pretrain" / "backbone_mmseg.pth") and init["decoder"]
     rows = json.loads((out / "objectives.json").read_text())["rows"]
     assert [r["key"] for r in rows] == ["baseline", "infonce", "metric_l2"]
-    assert all(0.0 <= r["miou"]["0"] <= 100.0 for r in rows)
+    for row, step in zip(rows, ["run/1_segmenter_seed0", "run/4_finetune_seed0", "metric_l2/metric_l2/finetune_seed0"]):
+        assert row["miou"]["0"] == json.loads((tmp_path / step / "results.json").read_text())["mIoU"]
     text = results.read_text()
     assert "| metric_l2 (loss.metric_l2.pixels_per_label=20, loss.metric_l2.repeats=2) |" in text
     assert "| InfoNCE (the pipeline's) |" in text

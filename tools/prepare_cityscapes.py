@@ -2,8 +2,11 @@
 
     python tools/prepare_cityscapes.py data/cityscapes/gtFine
 
+Kept for old instructions; `auxseg data prepare cityscapes data/cityscapes` does the same
+(finetune/prepare.py) and then checks the whole folder.
+
 Reads the official *_gtFine_labelIds.png files (gtFine_trainvaltest.zip) and maps
-label ids to train ids with the official table (finetune/datasets.py); no
+label ids to train ids with the official table (finetune/prepare.py); no
 cityscapesScripts needed.
 """
 
@@ -13,9 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from finetune.datasets import convert_cityscapes_labels  # noqa: E402
+from finetune.prepare import convert_cityscapes_labels
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,9 @@ Expected public files (docs/finetune.md, "NYUv2"):
   nyu_depth_v2_labeled.mat  the labelled subset (1,449 images), MATLAB v7.3 / HDF5
   splits.mat                trainNdxs (795) / testNdxs (654), 1-based
   classMapping40.mat        Gupta et al.'s 894 -> 40 class mapping (variable mapClass)
+
+Kept for old instructions; `auxseg data prepare nyuv2 DOWNLOADS --out data/nyuv2` does the same
+(finetune/nyuv2.py) and then checks the result.
 """
 
 from __future__ import annotations
@@ -15,9 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from finetune.nyuv2 import NYUv2FormatError, convert  # noqa: E402
+from finetune.nyuv2 import NYUv2FormatError, convert
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 
 from auxseg.errors import AuxsegError
 from auxseg.io import atomic_write_json, list_images, read_json, read_label, sha256_file, write_label_png
+from auxseg.paths import relative_inside
 
 MANIFEST_FORMAT = "auxseg.auxlabels/1"
 MANIFEST_NAME = "manifest.json"
@@ -31,13 +32,17 @@ class LabelFolderError(AuxsegError, ValueError):
 
 
 def label_rel(rel: str | Path) -> str:
-    """Label PNG path (relative to ``labels/``) of an image path: the suffix becomes ``.png``."""
-    return Path(rel).with_suffix(".png").as_posix()
+    """Label PNG path (relative to ``labels/``) of an image path: the suffix becomes ``.png``.
+
+    An image path that is absolute or leaves its folder is refused
+    (:func:`auxseg.paths.relative_inside`): no label path can point outside ``labels/``.
+    """
+    return Path(relative_inside(Path(rel).as_posix(), f"image path {str(rel)!r}")).with_suffix(".png").as_posix()
 
 
 def prior_rel(rel: str | Path) -> str:
-    """Prior file path (relative to ``priors/``) of an image path: the suffix becomes ``.npz``."""
-    return Path(rel).with_suffix(".npz").as_posix()
+    """Prior file path (relative to ``priors/``) of an image path: the suffix becomes ``.npz`` (checked as :func:`label_rel`)."""
+    return Path(relative_inside(Path(rel).as_posix(), f"image path {str(rel)!r}")).with_suffix(".npz").as_posix()
 
 
 def labels_digest(pairs: list[tuple[str, str]]) -> str:
@@ -184,8 +189,12 @@ def _check_manifest_values(manifest_path: Path, m: dict) -> None:
                 f"dtype {dtype} (its ignore value is {expected[dtype]}, K at most {expected[dtype] - 1})")
     if m["scope"] not in SCOPES:
         raise LabelFolderError(f"{manifest_path}: scope {m['scope']!r} is not 'global' or 'image'")
-    if not isinstance(m["images"], list) or not all(isinstance(r, str) for r in m["images"]):
-        raise LabelFolderError(f"{manifest_path}: images must be a list of relative paths")
+    for key in ("images", "eval_images"):
+        entries = m.get(key, [])
+        if not isinstance(entries, list) or not all(isinstance(r, str) for r in entries):
+            raise LabelFolderError(f"{manifest_path}: {key} must be a list of relative paths")
+        for i, rel in enumerate(entries):  # an entry must not read or train on files outside image_root
+            relative_inside(rel, f"{manifest_path}: {key}[{i}]")
 
 
 def _check_prior_key(manifest_path: Path, prior) -> dict | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from auxseg.contracts.label_folder import PRIOR_FORMAT, PRIORS_DIR, LabelFolderError, labels_digest, prior_rel
-from auxseg.io import atomic_write_bytes
+from auxseg.io import DataFileError, atomic_write_bytes, check_npz_size
 
 __all__ = ["PRIOR_FORMAT", "PRIORS_DIR", "QUANT", "prior_rel", "write_prior", "write_prior_topk", "read_prior",
            "read_prior_topk", "prior_num_labels", "priors_digest", "topk_of", "quantise", "cell_indices", "upsample_topk",
@@ -136,6 +136,7 @@ def _load(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise _error(f"{path}: prior file missing")
     try:
+        check_npz_size(path)  # a compressed member must not expand beyond the bound (zip bomb)
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in _KEYS if k not in z.files]
             if missing:
@@ -143,6 +144,8 @@ def _load(path: Path) -> dict[str, np.ndarray]:
             data = {k: z[k] for k in _KEYS}
     except LabelFolderError:
         raise
+    except DataFileError as err:
+        raise _error(str(err)) from err
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise _error(f"{path}: not a readable prior file ({reason})") from err

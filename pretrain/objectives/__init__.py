@@ -29,12 +29,21 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from auxseg.errors import AuxsegError
 from pretrain.objectives.base import OBJECTIVES, Objective, StepBatch, register_objective
 
-__all__ = ["OBJECTIVES", "Objective", "StepBatch", "register_objective", "build_objective"]
+__all__ = ["OBJECTIVES", "Objective", "StepBatch", "register_objective", "build_objective", "check_plugins"]
 
 ENTRY_POINT_GROUP = "auxseg.objectives"
 PATH_VARIABLE = "AUXSEG_OBJECTIVE_PATH"
+DISCOVERY_ERRORS: list[str] = []
+"""Plug-ins that could not be loaded, one line each. Discovery runs at import, which every command does
+(the config schema lists the objectives), so a broken plug-in folder is recorded here instead of raised:
+only the commands that train (:func:`check_plugins`) refuse to start."""
+
+
+class PluginError(AuxsegError, ImportError):
+    """An objective plug-in (``AUXSEG_OBJECTIVE_PATH`` folder or file, or entry point) that cannot be loaded."""
 
 
 def _load_file(path: Path) -> None:
@@ -53,14 +62,29 @@ def _load_file(path: Path) -> None:
 def _discover() -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name != "base":
-            importlib.import_module(f"{__name__}.{info.name}")
+            importlib.import_module(f"{__name__}.{info.name}")  # the package's own: a failure here is a bug
     for folder in filter(None, os.environ.get(PATH_VARIABLE, "").split(os.pathsep)):
         if not Path(folder).is_dir():
-            raise NotADirectoryError(f"{PATH_VARIABLE}: {folder} is not a folder")
+            DISCOVERY_ERRORS.append(f"{PATH_VARIABLE}: {folder} is not a folder (unset the variable or fix the path)")
+            continue
         for path in sorted(Path(folder).glob("*.py")):
-            _load_file(path)
+            try:
+                _load_file(path)
+            except Exception as err:  # the user's file: record it, name it
+                DISCOVERY_ERRORS.append(f"{PATH_VARIABLE}: cannot import {path} ({type(err).__name__}: {err})")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()  # an installed package's objective module registers itself on import
+        try:
+            ep.load()  # an installed package's objective module registers itself on import
+        except Exception as err:
+            DISCOVERY_ERRORS.append(f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}): cannot import it "
+                                    f"({type(err).__name__}: {err})")
+
+
+def check_plugins() -> None:
+    """Raise :class:`PluginError` (one line) when a plug-in failed to load; commands that train call this."""
+    if DISCOVERY_ERRORS:
+        more = f" (and {len(DISCOVERY_ERRORS) - 1} more)" if len(DISCOVERY_ERRORS) > 1 else ""
+        raise PluginError(" ".join(DISCOVERY_ERRORS[0].split()) + more)
 
 
 _discover()
@@ -68,6 +92,7 @@ _discover()
 
 def build_objective(name: str, cfg, in_channels: int) -> Objective:
     """The objective ``name`` with its config section ``cfg`` on features of ``in_channels`` channels."""
+    check_plugins()
     if name not in OBJECTIVES:
         raise ValueError(f"loss.name: {name!r} is not a registered objective (known: {', '.join(OBJECTIVES)})")
     return OBJECTIVES[name](cfg, in_channels)

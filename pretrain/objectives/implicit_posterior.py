@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from auxseg.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ranged
 from auxseg.contracts.label_folder import LabelFolderError
 from auxseg.implicit_posterior import SMOOTHING, batch_class_mass, implied_posterior, qr_loss, rq_loss, smooth
 from pretrain.losses import nearest_to_grid
@@ -28,11 +29,11 @@ from pretrain.objectives.base import Objective, SoftPrior, StepBatch, register_o
 
 @dataclass
 class ImplicitPosteriorConfig:
-    smoothing: float = SMOOTHING  # supplement E.1.3, on q and on p
-    mass_momentum: float = 0.0  # 0: qbar of this batch only; m > 0: m * running + (1 - m) * batch (small batches)
-    warmup_iters: int = 0  # cross-entropy on the prior for the first iterations (guard against collapse)
-    max_pixels: int = 8192  # pixels per step the loss uses (a seeded subset when there are more): bounds memory
-    lr_mult: float = 1.0  # learning-rate multiplier of the K-way head
+    smoothing: PositiveFloat = SMOOTHING  # supplement E.1.3, on q and on p
+    mass_momentum: ranged(float, ge=0, lt=1) = 0.0  # 0: qbar of this batch only; m > 0: m * running + (1 - m) * batch (small batches)
+    warmup_iters: NonNegativeInt = 0  # cross-entropy on the prior for the first iterations (guard against collapse)
+    max_pixels: PositiveInt = 8192  # pixels per step the loss uses (a seeded subset when there are more): bounds memory
+    lr_mult: NonNegativeFloat = 1.0  # learning-rate multiplier of the K-way head
     use_priors: bool = False  # p from the label folder's soft priors (priors/, docs/contracts.md 1b), not one-hot
 
     def __post_init__(self) -> None:

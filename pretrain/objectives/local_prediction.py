@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from auxseg.config import Fraction, NonNegativeFloat, PositiveInt
 from auxseg.local_prediction import (
     NEIGHBOURHOODS,
     add_noise,
@@ -36,16 +37,16 @@ from pretrain.objectives.base import Objective, StepBatch, register_objective
 
 @dataclass
 class LocalPredictionConfig:
-    neighbourhood: int = 8  # 4 | 8 | 12 | 20 neighbours (table C.3)
+    neighbourhood: PositiveInt = 8  # 4 | 8 | 12 | 20 neighbours (table C.3)
     loss: Literal["position", "factor"] = "position"  # C.2
-    noise: float = 0.0  # alpha of the noise step (supplement A.2: 0, 0.1 or 0.2)
-    negatives: int = 10  # random other locations per sampled location and repetition (supplement A)
+    noise: Fraction = 0.0  # alpha of the noise step (supplement A.2: 0, 0.1 or 0.2)
+    negatives: PositiveInt = 10  # random other locations per sampled location and repetition (supplement A)
     # Independent draws of locations and negatives on the same features, averaged in one graph: the same
     # gradient as accumulating `repetitions` backward passes of loss/repetitions (supplement A: 5 for pixel,
     # 10 for linear and predseg1).
-    repetitions: int = 5
-    locations: int = 256  # choice: sampled positions per feature map (memory is bounded by this, not the image)
-    lr_mult: float = 10.0  # supplement A: 10x learning rate for p and C
+    repetitions: PositiveInt = 5
+    locations: PositiveInt = 256  # choice: sampled positions per feature map (memory is bounded by this, not the image)
+    lr_mult: NonNegativeFloat = 10.0  # supplement A: 10x learning rate for p and C
 
     def __post_init__(self) -> None:
         if self.neighbourhood not in NEIGHBOURHOODS:

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from auxseg.config import NonNegativeFloat, PositiveFloat, PositiveInt
 from pretrain.distributed import all_gather_cat
 from pretrain.losses import targets_at_features
 from pretrain.metric_l2 import metric_l2_loss, sample_instances
@@ -32,15 +33,15 @@ from pretrain.sampling import embeddings_at
 class MetricL2Config:
     form: Literal["printed", "code"] = "printed"  # supplement Eq. 1 as printed, or the official code's variant
     positives: Literal["across_images", "per_image"] = "across_images"  # pairs over the batch, or inside an image
-    labels_per_image: int = 3  # P_inst (supplement §1)
-    pixels_per_label: int = 50  # P_pix; the supplement: 1,000 (one image per step); 50 keeps CPU steps cheap
-    repeats: int = 10  # draws per step, averaged in one graph (supplement: 10, gradients accumulated)
-    min_pixels: int = 2  # a label is drawn in an image only with at least this many pixels at feature resolution
-    scale: float | None = None  # distance divisor; null: the feature dimension D (printed) or 64 (code)
-    pos_weight: float | None = None  # weight of positive pairs; null: 1 (printed) or 3 (code)
-    head_dim: int | None = 128  # projection head output (the paper's features are 128-d); null: no head
-    head_hidden: int = 512  # hidden width of the 2-layer 1x1-conv head
-    lr_mult: float = 1.0  # learning-rate multiplier of the head (the paper: 10x for its new layers)
+    labels_per_image: PositiveInt = 3  # P_inst (supplement §1)
+    pixels_per_label: PositiveInt = 50  # P_pix; the supplement: 1,000 (one image per step); 50 keeps CPU steps cheap
+    repeats: PositiveInt = 10  # draws per step, averaged in one graph (supplement: 10, gradients accumulated)
+    min_pixels: PositiveInt = 2  # a label is drawn in an image only with at least this many pixels at feature resolution
+    scale: PositiveFloat | None = None  # distance divisor; null: the feature dimension D (printed) or 64 (code)
+    pos_weight: PositiveFloat | None = None  # weight of positive pairs; null: 1 (printed) or 3 (code)
+    head_dim: PositiveInt | None = 128  # projection head output (the paper's features are 128-d); null: no head
+    head_hidden: PositiveInt = 512  # hidden width of the 2-layer 1x1-conv head
+    lr_mult: NonNegativeFloat = 1.0  # learning-rate multiplier of the head (the paper: 10x for its new layers)
 
     def __post_init__(self) -> None:
         if self.labels_per_image < 2:

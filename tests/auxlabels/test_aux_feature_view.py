@@ -170,7 +170,7 @@ def test_command_writes_one_png_per_image(tmp_path, capsys):
     assert record["extractor"]["random_init"] is True and record["seconds_per_image"] > 0
     # one-line errors: a bad key (exit 2), a missing folder (exit 1)
     assert main([*args, "radius=0"]) == 2
-    assert "config error: radius must be >= 1" in capsys.readouterr().err
+    assert "config error: radius: must be >= 1, got 0" in capsys.readouterr().err
     assert main([*args[:1], f"image_dir={tmp_path / 'nope'}", *args[2:]]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope" in err

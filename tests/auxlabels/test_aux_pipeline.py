@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from independent import labels_sha256_by_formula, pmiou_by_enumeration
 from PIL import Image
 
 from auxlabels.config import AuxLabelsConfig
@@ -60,9 +61,13 @@ def test_tiny_run_writes_the_contract(data, tmp_path):
         assert set(np.unique(label)) <= set(range(9)) | {255}
         pairs.append((rel, sha256_file(png)))
     assert manifest["labels_sha256"] == labels_digest(pairs)
+    # and from the documented formula alone (docs/contracts.md), not the project's digest function
+    assert manifest["labels_sha256"] == labels_sha256_by_formula(out / "labels", manifest["images"])
     # PmIoU only against the given ground truth, reported in the manifest and pmiou.json
     report = json.loads((out / "pmiou.json").read_text())
-    assert report["num_images"] == 6 and 0.0 < report["pmiou"] <= 100.0
+    files = [(out / "labels" / rel, data / "valannot" / rel) for rel in manifest["images"]]
+    assert report["num_images"] == 6
+    assert report["pmiou"] == pytest.approx(pmiou_by_enumeration(files, 9, 6), abs=1e-9)  # a second route
     assert manifest["pmiou"]["pmiou"] == report["pmiou"]
     assert set(report["per_class_iou"]) == {"sky", "ground", "wall", "tree", "car", "person"}
     assert sum(manifest["label_pixel_counts"]) + manifest["ignored_pixels"] == 6 * 48 * 64

@@ -81,8 +81,8 @@ def resnet18_export(path: Path, deep: bool = False, seed: int = 0) -> Path:
 class TrainedRun:
     """What a tiny mmseg Runner run left behind: its work_dir and what hooks saw."""
 
-    def __init__(self, work_dir: Path, train_iters: int, val_metrics: list[dict]):
-        self.work_dir, self.train_iters, self.val_metrics = work_dir, train_iters, val_metrics
+    def __init__(self, work_dir: Path, train_iters: int, val_metrics: list[dict], cfg=None):
+        self.work_dir, self.train_iters, self.val_metrics, self.cfg = work_dir, train_iters, val_metrics, cfg
 
 
 def train_tiny(config: Path, data_root: Path, work_dir: Path, backbone_type: str, max_iters: int = 2,
@@ -118,4 +118,4 @@ def train_tiny(config: Path, data_root: Path, work_dir: Path, backbone_type: str
     for hook in hooks:
         runner.register_hook(hook)
     runner.train()
-    return TrainedRun(work_dir, counter.train_iters, counter.val_metrics)
+    return TrainedRun(work_dir, counter.train_iters, counter.val_metrics, cfg)

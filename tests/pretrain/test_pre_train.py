@@ -220,7 +220,6 @@ def test_bf16_step_on_cuda(gt_label_folder, tmp_path, tiny_config):
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-@pytest.mark.slow
 def test_killed_process_resumes_to_the_same_weights(gt_label_folder, tmp_path, tiny_config, repo_dir):
     """SIGKILL a real training process after its first checkpoint, resume, compare with an uninterrupted run."""
     import os
