@@ -190,7 +190,7 @@ def save_local_predictor(path: str | Path, predictor: dict, *, arch: str, stem: 
 class SmallModelExport:
     """A loaded network that the boundary production and the extractors can run: the network (eval mode), its
     predictor parameters (or None) and meta (with ``mean`` / ``std``). A small-model export, or a ResNet backbone
-    export with its ``local_predictor.pth`` (:func:`auxseg.learned_boundaries.read_predicting_network`)."""
+    export with its ``local_predictor.pth`` (:func:`boundaries.learned.read_predicting_network`)."""
 
     model: nn.Module
     predictor: dict | None

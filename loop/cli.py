@@ -25,8 +25,8 @@ SUBCOMMAND_MODULES = (
     "loop.launch",
     "auxseg.presets",
     "auxseg.env_report",
-    "auxseg.boundaries_cli",
-    "auxseg.learned_boundaries_cli",
+    "boundaries.cli",
+    "boundaries.learned_cli",
 )
 
 

@@ -1,4 +1,5 @@
-"""The floors of docs/architecture.md: the ground floor imports no stage, no stage imports another."""
+"""The floors of docs/architecture.md: the ground floor imports no stage, no stage imports another, and the
+products beside the stages (boundaries) import only the ground floor."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("auxlabels", "pretrain", "finetune")
+BESIDE = ("boundaries",)  # products beside the stages: they import the ground floor only, and nothing imports them
 FORBIDDEN = {
-    "auxseg": {*STAGES, "loop"},
-    **{stage: {*(s for s in STAGES if s != stage), "loop"} for stage in STAGES},
+    "auxseg": {*STAGES, *BESIDE, "loop"},
+    **{stage: {*(s for s in STAGES if s != stage), *BESIDE, "loop"} for stage in STAGES},
+    **{product: {*STAGES, "loop"} for product in BESIDE},
 }
 
 

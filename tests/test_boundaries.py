@@ -1,4 +1,4 @@
-"""BSDS-style boundary evaluation (auxseg.boundaries), the classical baselines and `auxseg boundaries`."""
+"""BSDS-style boundary evaluation (boundaries.evaluation), the classical baselines and `auxseg boundaries`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from auxseg.boundaries import (
+from boundaries.baselines import (
+    canny_boundaries,
+    non_max_suppression,
+    slic_boundaries,
+    sobel_boundaries,
+    to_uint8,
+)
+from boundaries.evaluation import (
     BoundaryError,
     average_precision,
     bsds_average_precision,
     evaluate_image,
+    guo_hall_tables,
     label_boundaries,
     match_boundaries,
     read_boundary_map,
@@ -23,13 +31,6 @@ from auxseg.boundaries import (
     thin_boundaries,
     thresholds,
     tolerance_px,
-)
-from auxseg.boundary_baselines import (
-    canny_boundaries,
-    non_max_suppression,
-    slic_boundaries,
-    sobel_boundaries,
-    to_uint8,
 )
 
 N = 200  # 200x200 images: tolerance 0.0075 * 282.8 = 2.12 px
@@ -145,6 +146,27 @@ def test_matching_is_maximum_not_greedy():
     assert mp.sum() == 2 and mg.sum() == 2
 
 
+def test_matching_count_is_the_exact_maximum():
+    """Pinned to the maximum matching by another algorithm: Hungarian assignment on the dense graph
+    (cost 0 for a pair within the radius, 1 otherwise); its zero-cost pairs are a maximum matching."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        h, w = int(rng.integers(5, 14)), int(rng.integers(5, 14))
+        pred, gt = rng.random((h, w)) < 0.3, rng.random((h, w)) < 0.3
+        radius = float(rng.choice([1.0, 1.5, 2.12]))
+        mp, mg = match_boundaries(pred, gt, radius)
+        py, px = np.nonzero(pred)
+        gy, gx = np.nonzero(gt)
+        if len(py) == 0 or len(gy) == 0:
+            assert mp.sum() == mg.sum() == 0
+            continue
+        near = np.hypot(py[:, None] - gy[None, :], px[:, None] - gx[None, :]) <= radius
+        rows, cols = linear_sum_assignment((~near).astype(float))
+        assert mp.sum() == mg.sum() == int(near[rows, cols].sum())
+
+
 def test_several_humans_precision_once_recall_summed():
     # human 1 sees the line at column 100, human 2 at column 150; the prediction draws only column 100
     counts = evaluate_image(vline(100).astype(float), [vline(100), vline(150)], n_thresholds=1)
@@ -170,10 +192,14 @@ def test_thinning_a_thick_band_and_what_it_does_to_precision():
 
 
 def test_fast_thinning_equals_skimage():
+    """Our Guo-Hall tables (computed from the paper's conditions) and our sweep give scikit-image's thinning."""
     from skimage.morphology import thin
 
+    first, second = guo_hall_tables()
+    assert first.shape == second.shape == (256,) and not first[0] and not second[0]  # an isolated pixel stays
+    assert first.sum() == second.sum()  # the two sub-iterations are the same rule turned by a half turn
     rng = np.random.default_rng(0)
-    for _ in range(60):
+    for _ in range(200):
         b = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.random()
         assert (thin_boundaries(b) == thin(b)).all()
     blob = np.zeros((60, 60), bool)
@@ -338,6 +364,33 @@ def test_cli_baseline_then_eval_end_to_end(tmp_path, capsys):
     assert res["ods"]["f"] == 1.0 and res["ois"]["f"] == 1.0 and res["ap"] == 1.0
 
 
+def test_cli_eval_of_hard_segmentations(tmp_path):
+    """``--segmentations``: label maps scored by their label boundaries; the ground truth as its own
+    segmentation scores 1, and a shifted segmentation gives the counts of evaluate_segmentation."""
+    from boundaries.evaluation import evaluate_segmentation, list_ground_truth, load_ground_truth
+
+    write_dataset(tmp_path)
+    (tmp_path / "seg").mkdir()
+    for i in range(2):
+        label = np.asarray(Image.open(tmp_path / "gt" / f"im{i}.png"))
+        Image.fromarray(label).save(tmp_path / "seg" / f"im{i}.png")
+    out = tmp_path / "seg.json"
+    assert run_cli("eval", tmp_path / "seg", "--gt", tmp_path / "gt", "--ignore-index", "255", "--segmentations",
+                   "--out", out, "--no-progress") == 0
+    res = json.loads(out.read_text())
+    assert res["ods"]["f"] == res["ois"]["f"] == 1.0 and res["settings"]["segmentations"] is True
+    assert len(res["curve"]["thresholds"]) == 1
+    shifted = np.roll(np.asarray(Image.open(tmp_path / "gt" / "im0.png")), 3, axis=1)
+    Image.fromarray(shifted).save(tmp_path / "seg" / "im0.png")
+    assert run_cli("eval", tmp_path / "seg", "--gt", tmp_path / "gt", "--ignore-index", "255", "--segmentations",
+                   "--out", out, "--no-progress") == 0
+    item = list_ground_truth(tmp_path / "gt", "labels")[0]
+    humans, valid = load_ground_truth(item, "labels", 255, 1, True)
+    counts = evaluate_segmentation(shifted, humans, valid, 255)
+    assert json.loads(out.read_text())["images"][0]["counts_at_best"] == dict(
+        zip(("matched_pred", "total_pred", "matched_gt", "total_gt"), counts[0].tolist()))
+
+
 def test_cli_eval_against_bsds_mat_files(tmp_path):
     from scipy.io import savemat
 
@@ -376,7 +429,7 @@ def test_cli_errors_name_the_file(tmp_path, capsys):
 
 
 def test_another_module_can_add_a_verb_in_either_order():
-    from auxseg.boundaries_cli import add_parser, boundary_verbs
+    from boundaries.cli import add_parser, boundary_verbs
 
     def add_predict(subparsers):
         p = boundary_verbs(subparsers).add_parser("predict")

@@ -1,4 +1,4 @@
-"""Boundaries from switch posteriors (auxseg.learned_boundaries) and `auxseg boundaries predict` end to end."""
+"""Boundaries from switch posteriors (boundaries.learned) and `auxseg boundaries predict` end to end."""
 
 from __future__ import annotations
 
@@ -9,13 +9,6 @@ import pytest
 import torch
 
 from auxseg.io import read_label, write_rgb_png
-from auxseg.learned_boundaries import (
-    BoundaryOptions,
-    affinity_matrix,
-    boundary_strength,
-    local_boundary_map,
-    spectral_boundary,
-)
 from auxseg.local_prediction import log_uniform_density, posterior_maps
 from auxseg.small_models import (
     SMALL_MODEL_FORMAT,
@@ -24,6 +17,13 @@ from auxseg.small_models import (
     PredSeg1,
     read_small_model,
     save_small_model,
+)
+from boundaries.learned import (
+    BoundaryOptions,
+    affinity_matrix,
+    boundary_strength,
+    local_boundary_map,
+    spectral_boundary,
 )
 from loop.cli import main as auxseg_main
 

@@ -47,8 +47,8 @@ def machine() -> str:
 
 def make_maps(method: str, image_dir: Path, rels: list[Path], out: Path) -> float:
     """Write the boundary PNGs of one method; return CPU seconds per image."""
-    from auxseg.boundary_baselines import BASELINES, to_uint8
     from auxseg.io import read_rgb, write_label_png
+    from boundaries.baselines import BASELINES, to_uint8
 
     fn = BASELINES[method]
     cpu = 0.0
@@ -63,8 +63,8 @@ def make_maps(method: str, image_dir: Path, rels: list[Path], out: Path) -> floa
 
 def write_truth(gt_dir: Path, rels: list[Path], out: Path, ignore_index: int) -> None:
     """The ground truth's own (thinned, masked) boundaries as predictions: the evaluation must give 1."""
-    from auxseg.boundaries import read_label_ground_truth
     from auxseg.io import write_label_png
+    from boundaries.evaluation import read_label_ground_truth
 
     for rel in rels:
         bdry, _ = read_label_ground_truth(gt_dir / rel.with_suffix(".png"), ignore_index, 1)
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
 
-    from auxseg.boundaries import evaluate_folder
     from auxseg.io import atomic_write_json, atomic_write_text, list_images
+    from boundaries.evaluation import evaluate_folder
 
     rels = list_images(image_dir)
     if args.limit:

@@ -7,7 +7,7 @@ For each model (``pixel``, ``linear``, ``predseg1``, ``resnet18``):
    overridden), recording seconds per iteration and the first and last logged loss;
 2. boundary maps of the validation images (``auxseg boundaries predict``, which reads a small model's
    ``small_model.pth`` or a ResNet's ``local_predictor.pth``; with ``--globalize`` the spectral
-   globalisation too) scored with ``auxseg.boundaries.evaluate_folder`` against the boundaries of
+   globalisation too) scored with ``boundaries.evaluation.evaluate_folder`` against the boundaries of
    the validation label maps (ODS / OIS F, AP);
 3. K-means auxiliary labels of the validation images from the learned features
    (``configs/auxlabels/camvid_r18.yaml`` with extractor ``small_model``, or ``auxseg_export``
@@ -80,8 +80,8 @@ def pretrain(root: Path, out: Path, arch: str, args) -> dict:
 
 
 def boundaries(root: Path, export: Path, out: Path, info: dict, args) -> dict:
-    from auxseg.boundaries import evaluate_folder
-    from auxseg.learned_boundaries import BoundaryOptions, predict_folder
+    from boundaries.evaluation import evaluate_folder
+    from boundaries.learned import BoundaryOptions, predict_folder
 
     t0 = time.perf_counter()
     paths = predict_folder(export, root / "val", out, BoundaryOptions(globalize=args.globalize, device=args.device),
@@ -151,8 +151,8 @@ def figure(root: Path, out: Path, models: list[str], baselines: Path | None, n_i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from auxseg.boundaries import read_label_ground_truth
     from auxseg.io import atomic_path, read_label, read_rgb
+    from boundaries.evaluation import read_label_ground_truth
 
     every = sorted((root / "val").glob("*.png"))
     images = every[:: max(1, len(every) // n_images)][:n_images]  # spread over the sequence, not 3 similar frames
@@ -185,8 +185,8 @@ def cost(args) -> str:
     import numpy as np
     import torch
 
-    from auxseg.learned_boundaries import BoundaryOptions, boundary_strength
     from auxseg.small_models import read_small_model
+    from boundaries.learned import BoundaryOptions, boundary_strength
     from pretrain.config import PretrainConfig
     from pretrain.export import export_small_model
     from pretrain.objectives import StepBatch

@@ -3,7 +3,7 @@
 For the first ``--n`` CamVid val images (all 101 by default): ``auxseg softsegments``
 (the settings of ``--set key=value`` overrides, e.g. ``features=colour`` or an
 extractor), the boundaries of the argmax of its layers against the boundaries
-of the ground-truth labels, scored BSDS-style with :mod:`auxseg.boundaries`
+of the ground-truth labels, scored BSDS-style with :mod:`boundaries.evaluation`
 (ODS / OIS F, AP; tolerance 0.0075 of the diagonal; Unlabelled (11) and its
 8 neighbours left out; ground truth thinned). The same score for SLIC
 superpixels at ``--slic`` segment counts (fast-slic, compactness 10, full
@@ -39,11 +39,16 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from auxseg.boundaries import evaluate_image, label_boundaries, read_label_ground_truth, summarize, thresholds  # noqa: E402
 from auxseg.config import load_config, to_dict  # noqa: E402
 from auxseg.contracts.label_folder import read_label_folder  # noqa: E402
 from auxseg.env_report import machine_line  # noqa: E402
 from auxseg.io import atomic_write_text, read_label, read_rgb  # noqa: E402
+from boundaries.evaluation import (  # noqa: E402
+    evaluate_segmentation,
+    read_label_ground_truth,
+    summarize,
+    thresholds,
+)
 
 CAMVID_IGNORE = 11
 
@@ -62,9 +67,8 @@ class Scorer:
 
     def add(self, seg: np.ndarray, gt: tuple[np.ndarray, np.ndarray], ignore_index: int | None = None,
             seconds: float | None = None) -> None:
-        bdry, _ = label_boundaries(seg, ignore_index, ignore_margin=0)
         gt_bdry, valid = gt
-        self.counts.append(evaluate_image(bdry.astype(np.float64), [gt_bdry], valid, self.ts))
+        self.counts.append(evaluate_segmentation(seg, [gt_bdry], valid, ignore_index))
         if seconds is not None:
             self.seconds.append(seconds)
 
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         *rows,
         "",
         "A hard segmentation gives a binary boundary map: ODS and OIS use the same single threshold and AP is "
-        "the area under one precision-recall point (auxseg.boundaries.average_precision).",
+        "the area under one precision-recall point (boundaries.evaluation.average_precision).",
         f"Soft-segment seconds per image by phase: {phase_line}.",
         "",
     ])

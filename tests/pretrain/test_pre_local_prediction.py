@@ -16,10 +16,10 @@ from auxseg.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoi
 from auxseg.config import ConfigError, load_config
 from auxseg.contracts.backbone import read_backbone_weights
 from auxseg.io import read_label, write_rgb_png
-from auxseg.learned_boundaries import read_predicting_network
 from auxseg.local_prediction import offsets
 from auxseg.small_models import SMALL_MODEL_FILENAME, build_small_model, read_small_model
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
+from boundaries.learned import read_predicting_network
 from loop.cli import main as auxseg_main
 from pretrain.config import PretrainConfig
 from pretrain.export import export_local_predictor

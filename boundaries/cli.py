@@ -4,7 +4,7 @@ The ``boundaries`` command is a list of verbs that other modules can extend:
 a module listed in ``loop.cli.SUBCOMMAND_MODULES`` adds its own verb from its
 ``add_parser(subparsers)`` with::
 
-    from auxseg.boundaries_cli import boundary_verbs
+    from boundaries.cli import boundary_verbs
 
     def add_parser(subparsers):
         p = boundary_verbs(subparsers).add_parser("predict", help="...")
@@ -55,8 +55,8 @@ def _fail(verb: str, err: BaseException) -> int:
 
 
 def _eval_main(args: argparse.Namespace) -> int:
-    from auxseg.boundaries import evaluate_folder
     from auxseg.io import atomic_write_json
+    from boundaries.evaluation import evaluate_folder
 
     if args.gt is None and args.bsds is None:
         print(f"{PROG} eval: give the ground truth: --gt LABEL_DIR or --bsds GT_MAT_DIR", file=sys.stderr)
@@ -73,7 +73,7 @@ def _eval_main(args: argparse.Namespace) -> int:
         result = evaluate_folder(
             args.pred_dir, gt_dir, kind, ignore_index=args.ignore_index, ignore_margin=args.ignore_margin,
             n_thresholds=args.thresholds, max_dist=args.max_dist, thin=not args.no_thin,
-            thin_gt=not args.no_thin_gt, progress=not args.no_progress,
+            thin_gt=not args.no_thin_gt, progress=not args.no_progress, segmentations=args.segmentations,
         )
         result["seconds"] = round(time.perf_counter() - t0, 2)
         if args.out is not None:
@@ -94,8 +94,8 @@ def _eval_main(args: argparse.Namespace) -> int:
 def _baseline_main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from auxseg.boundary_baselines import canny_boundaries, slic_boundaries, sobel_boundaries, to_uint8
     from auxseg.io import read_rgb, scan_images, write_label_png
+    from boundaries.baselines import canny_boundaries, slic_boundaries, sobel_boundaries, to_uint8
 
     if args.levels < 1:
         print(f"{PROG} baseline: --levels must be >= 1, got {args.levels}", file=sys.stderr)
@@ -143,7 +143,7 @@ def _baseline_main(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     verbs = boundary_verbs(subparsers)
-    from auxseg.boundaries import MAX_DIST, NUM_THRESHOLDS
+    from boundaries.evaluation import MAX_DIST, NUM_THRESHOLDS
 
     p = verbs.add_parser(
         "eval", help="ODS / OIS / AP of boundary PNGs against label maps or BSDS500 ground truth",
@@ -167,6 +167,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-thin", action="store_true", help="do not thin the thresholded maps (BSDS thins them)")
     p.add_argument("--no-thin-gt", action="store_true",
                    help="do not thin the boundaries made from --gt label maps (default: thinned)")
+    p.add_argument("--segmentations", action="store_true",
+                   help="PRED_DIR holds label maps (hard segmentations: auxiliary labels, SLIC, ...): score their "
+                        "label boundaries (one threshold; ODS = OIS)")
     p.add_argument("--out", type=Path, default=None, help="write every score, the PR curve and per-image results here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval_main)

@@ -1,7 +1,7 @@
 """``auxseg boundaries predict``: boundary PNGs from a network trained with the local-prediction objective.
 
-The ``boundaries`` command and its other verbs are :mod:`auxseg.boundaries_cli`;
-the work is :mod:`auxseg.learned_boundaries` (imported when the verb runs, so
+The ``boundaries`` command and its other verbs are :mod:`boundaries.cli`;
+the work is :mod:`boundaries.learned` (imported when the verb runs, so
 ``auxseg --help`` stays fast).
 """
 
@@ -14,8 +14,8 @@ from auxseg.errors import AuxsegError
 
 
 def add_parser(subparsers) -> None:
-    """Add the verb ``auxseg boundaries predict`` (the ``boundaries`` command is :mod:`auxseg.boundaries_cli`)."""
-    from auxseg.boundaries_cli import boundary_verbs
+    """Add the verb ``auxseg boundaries predict`` (the ``boundaries`` command is :mod:`boundaries.cli`)."""
+    from boundaries.cli import boundary_verbs
 
     p = boundary_verbs(subparsers).add_parser(
         "predict", help="boundary PNGs from a network trained with loss.name=local_prediction",
@@ -49,7 +49,7 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 def predict_main(args: argparse.Namespace) -> int:
     """``auxseg boundaries predict``: exit 0 with one summary line, 1 with a one-line input error."""
-    from auxseg.learned_boundaries import BoundaryOptions, predict_folder
+    from boundaries.learned import BoundaryOptions, predict_folder
 
     opts = BoundaryOptions(reduce=args.reduce, globalize=args.globalize, weight=args.weight,
                            graph_side=args.graph_side, n_vectors=args.vectors, nms=not args.no_nms,

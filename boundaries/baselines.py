@@ -2,7 +2,7 @@
 
 Every baseline takes a uint8 RGB image ``[H, W, 3]`` and returns a float
 boundary map ``[H, W]`` in ``[0, 1]`` (1 = strongest), the input of
-:func:`auxseg.boundaries.evaluate_image`:
+:func:`boundaries.evaluation.evaluate_image`:
 
 - ``sobel``: gradient magnitude of the Gaussian-smoothed grey image, divided by
   its maximum in the image (so every image uses the full range); optionally
@@ -13,7 +13,7 @@ boundary map ``[H, W]`` in ``[0, 1]`` (1 = strongest), the input of
   magnitude (high) and half of it (low), ``q_k`` evenly spaced in
   ``quantiles``; both rise with ``k``, so the edge sets are nested and cutting
   the map at ``k / levels`` gives back exactly one Canny setting.
-- ``slic``: SLIC superpixel boundaries (:func:`auxseg.boundaries.seg_to_boundaries`)
+- ``slic``: SLIC superpixel boundaries (:func:`boundaries.evaluation.seg_to_boundaries`)
   averaged over several superpixel counts: a boundary kept at coarse scales is
   strong. fast-slic (one thread) when it is installed, else scikit-image; the
   two give different superpixels.
@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from auxseg.boundaries import seg_to_boundaries
+from boundaries.evaluation import seg_to_boundaries
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:

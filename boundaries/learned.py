@@ -21,7 +21,7 @@ or the run's folder), per image:
    ``scipy.sparse.linalg.eigsh`` (on the normalised form), and
    ``sum_k |grad v_k| / sqrt(lambda_k)``, scaled to [0, 1], upsampled and mixed
    with the local map: ``(1 - weight) local + weight spectral``;
-5. non-maximum suppression (``auxseg.boundaries``), then an 8-bit PNG.
+5. non-maximum suppression (``boundaries.evaluation``), then an 8-bit PNG.
 """
 
 from __future__ import annotations
@@ -229,12 +229,12 @@ def predict_folder(checkpoint: str | Path, image_dir: str | Path, out_dir: str |
     """Write ``out_dir/<rel>.png`` boundary maps for every image under ``image_dir``; returns the paths.
 
     The PNGs are uint8, 255 = strongest, as ``auxseg boundaries eval`` reads them. ``nms``: the
-    non-maximum suppression (default :func:`auxseg.boundary_baselines.non_max_suppression`, the
+    non-maximum suppression (default :func:`boundaries.baselines.non_max_suppression`, the
     orientation estimated from the map itself).
     """
     from tqdm import tqdm
 
-    from auxseg.boundary_baselines import non_max_suppression, to_uint8
+    from boundaries.baselines import non_max_suppression, to_uint8
 
     opts = opts or BoundaryOptions()
     export = read_predicting_network(checkpoint)
