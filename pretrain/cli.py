@@ -69,10 +69,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def export_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None) -> dict[str, Path]:
     """Write the backbone export(s) of a training checkpoint; returns key format -> path."""
     from auxseg.checkpoint_io import load_checkpoint
-    from auxseg.small_models import SMALL_MODELS
     from pretrain.checkpoint import STATE_FORMAT
     from pretrain.data import read_label_folder
-    from pretrain.export import export_backbone, export_decoder, export_small_model
+    from pretrain.export import export_network
     from pretrain.train import PretrainModel
 
     ckpt = load_checkpoint(checkpoint)
@@ -94,18 +93,13 @@ def export_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None
         print(f"warning: label folder not readable ({err}); the export meta will not name it", file=sys.stderr)
     provenance = dict(config=ckpt["config"], iteration=ckpt["iteration"], auxlabels_sha256=sha,
                       auxlabels_manifest=manifest)
-    if cfg.model.arch in SMALL_MODELS:
-        # the predictor parameters of local_prediction travel with a small model (the boundary production
-        # needs them); their shapes depend on the config only
-        if hasattr(model.objective, "predictor"):
-            obj_state = {k[len("objective."):]: v for k, v in ckpt["model"].items() if k.startswith("objective.")}
-            check_keys(model.objective.state_dict().keys(), obj_state.keys(), checkpoint, "objective")
-            model.objective.load_state_dict(obj_state)
-        return export_small_model(model.net.backbone, model.objective, out or cfg.out_dir, **provenance)
-    paths = export_backbone(model.net.backbone, out or cfg.out_dir, **provenance)
-    if model.net.decoder is not None:
-        paths["decoder"] = export_decoder(model.net.decoder, out or cfg.out_dir, **provenance)
-    return paths
+    if model.objective.exported_state() is not None:
+        # what the objective exports (local_prediction's predictor) comes from the checkpoint too; its shapes
+        # depend on the config only. Other objectives' heads (shapes from the label folder) are not needed.
+        obj_state = {k[len("objective."):]: v for k, v in ckpt["model"].items() if k.startswith("objective.")}
+        check_keys(model.objective.state_dict().keys(), obj_state.keys(), checkpoint, "objective")
+        model.objective.load_state_dict(obj_state)
+    return export_network(model.net, model.objective, out or cfg.out_dir, provenance)
 
 
 def _summary(cfg, path: Path) -> str | None:

@@ -53,7 +53,7 @@ def export_small_model(model: SmallModel, objective, out_dir: str | Path, *, con
     """Write ``small_model.pth`` (:mod:`auxseg.small_models`): a pixel / linear / predseg1 network cannot
     be an mmseg backbone. The local-prediction objective's predictor parameters go with it (the boundary
     production needs them); other objectives' heads are dropped as for every export."""
-    predictor = objective.predictor() if hasattr(objective, "predictor") else None
+    predictor = objective.exported_state()
     path = save_small_model(Path(out_dir) / SMALL_MODEL_FILENAME, model, config=config, iteration=iteration,
                             predictor=predictor, auxlabels_sha256=auxlabels_sha256,
                             auxlabels_manifest=auxlabels_manifest)
@@ -70,13 +70,35 @@ def export_local_predictor(backbone: DilatedResNet, objective, out_dir: str | Pa
     ``local_predictor.pth`` an earlier run left in ``out_dir`` is removed, so it never pairs with this backbone.
     """
     path = Path(out_dir) / LOCAL_PREDICTOR_FILENAME
-    predicts = hasattr(objective, "predictor")
+    predictor = objective.exported_state()
+    predicts = predictor is not None
     if not predicts or decoder is not None:
         if predicts:
             print(f"[pretrain] no {path.name}: the predictor was fitted to the decoder's features (model.decoder), "
                   "and boundaries predict runs the backbone alone", flush=True)
         path.unlink(missing_ok=True)
         return None
-    return save_local_predictor(path, objective.predictor(), arch=backbone.arch, stem=backbone.stem_type,
+    return save_local_predictor(path, predictor, arch=backbone.arch, stem=backbone.stem_type,
                                 out_channels=backbone.out_channels, stride=backbone.output_stride,
                                 backbone=backbone_file, iteration=iteration)
+
+
+def export_network(net, objective, out_dir: str | Path, provenance: dict) -> dict[str, Path]:
+    """The one export path: the end of a run and ``auxseg pretrain --export CHECKPOINT`` both call it.
+
+    A small model (``model.arch`` pixel / linear / predseg1) becomes ``small_model.pth`` with the
+    objective's exported state; a ResNet becomes the backbone exports (mmseg and torchvision keys),
+    ``local_predictor.pth`` when the objective exports one (:meth:`Objective.exported_state`) and no
+    decoder was trained, and ``decoder_mmseg.pth`` when a decoder was trained. ``provenance``:
+    ``config``, ``iteration``, ``auxlabels_sha256``, ``auxlabels_manifest``. Returns name -> path.
+    """
+    if not isinstance(net.backbone, DilatedResNet):  # pixel / linear / predseg1: not an mmseg backbone
+        return export_small_model(net.backbone, objective, out_dir, **provenance)
+    paths = export_backbone(net.backbone, out_dir, **provenance)
+    predictor = export_local_predictor(net.backbone, objective, out_dir, iteration=provenance["iteration"],
+                                       backbone_file=paths["mmseg"].name, decoder=net.decoder)
+    if predictor is not None:
+        paths["local_predictor"] = predictor
+    if net.decoder is not None:
+        paths["decoder"] = export_decoder(net.decoder, out_dir, **provenance)
+    return paths

@@ -53,7 +53,7 @@ from pretrain.distributed import (
     cleanup,
     init_distributed,
 )
-from pretrain.export import export_backbone, export_decoder, export_local_predictor, export_small_model
+from pretrain.export import export_network
 from pretrain.model import PretrainNet, set_frozen_bn
 from pretrain.objectives import StepBatch, build_objective, check_plugins
 from pretrain.objectives.base import SoftPrior
@@ -346,14 +346,7 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
     if dist.is_main:
         provenance = dict(config=to_dict(cfg), iteration=it, auxlabels_sha256=folder.labels_sha256,
                           auxlabels_manifest=str(folder.manifest_path))
-        if cfg.model.arch in SMALL_MODELS:  # no mmseg backbone: its own self-describing file
-            paths = export_small_model(model.net.backbone, model.objective, out, **provenance)
-        else:
-            paths = export_backbone(model.net.backbone, out, **provenance)
-            export_local_predictor(model.net.backbone, model.objective, out, iteration=it,
-                                   backbone_file=paths["mmseg"].name, decoder=model.net.decoder)
-        if model.net.decoder is not None:
-            export_decoder(model.net.decoder, out, **provenance)
+        paths = export_network(model.net, model.objective, out, provenance)  # the same path as --export
     barrier()
     if cfg.model.arch in SMALL_MODELS:
         return paths.get("small_model", out / SMALL_MODEL_FILENAME)

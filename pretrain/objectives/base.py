@@ -111,6 +111,16 @@ class Objective(nn.Module):
         """True when the data path must load the folder's soft priors into ``StepBatch.prior``."""
         return self.uses_prior and bool(getattr(self.cfg, "use_priors", False))
 
+    def exported_state(self) -> dict | None:
+        """What of the objective travels with the export (None: nothing; its heads are dropped).
+
+        ``local_prediction`` returns its predictor parameters, which the boundary
+        production needs (``local_predictor.pth`` beside a ResNet, or inside
+        ``small_model.pth``). :func:`pretrain.export.export_network` asks this
+        instead of probing the objective for attributes.
+        """
+        return None
+
     def check_folder(self, folder: LabelFolder) -> None:
         """Called once with the label folder, before the optimizer is built and any checkpoint is loaded.
 

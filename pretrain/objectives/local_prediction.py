@@ -75,6 +75,10 @@ class LocalPrediction(Objective):
         self.log_u = log_uniform_density(in_channels)
         self.register_buffer("rows", param_index(cfg.neighbourhood), persistent=False)
 
+    def exported_state(self) -> dict:
+        """The predictor parameters: the boundary production needs them (stored with the export)."""
+        return self.predictor()
+
     def predictor(self) -> dict:
         """The parameters the boundary production needs (stored in the small-model export)."""
         return {"neighbourhood": self.cfg.neighbourhood, "log_u": self.log_u,
