@@ -124,7 +124,7 @@ def working_size(size_hw: tuple[int, int], stride: int) -> tuple[int, int]:
 
 
 class _ResNetTrunk(nn.Module):
-    """A torchvision ResNet, or an :class:`auxseg.dilated_resnet.DilatedResNet`, up to (and including) one of
+    """A torchvision ResNet, or an :class:`auxseg.nets.dilated_resnet.DilatedResNet`, up to (and including) one of
     its stages."""
 
     def __init__(self, resnet: nn.Module, layer: str):
@@ -354,7 +354,7 @@ def build_auxseg_export(cfg: ExtractorConfig) -> FeatureExtractor:
     desc = {"arch": arch, "key_format": meta["key_format"], "stem": weights.stem}
     trained = (meta.get("config") or {}).get("model")
     if isinstance(trained, dict):  # a pretrain export: run it dilated, at the output stride it was trained at
-        from auxseg.dilated_resnet import DilatedResNet
+        from auxseg.nets.dilated_resnet import DilatedResNet
 
         stride = trained.get("output_stride", 8)  # exports from before the key were all trained at 8
         try:
@@ -386,10 +386,10 @@ def build_auxseg_export(cfg: ExtractorConfig) -> FeatureExtractor:
 
 @register_extractor("small_model", "a pixel/linear/predseg1 network exported by `auxseg pretrain` (small_model.pth)")
 def build_small_model_export(cfg: ExtractorConfig) -> FeatureExtractor:
-    """A small network (:mod:`auxseg.small_models`, e.g. trained with ``loss.name=local_prediction``) from its
+    """A small network (:mod:`auxseg.contracts.small_model`, e.g. trained with ``loss.name=local_prediction``) from its
     ``small_model.pth`` export; features are the network's output (``layer``: output, or the default layer4
     meaning the same)."""
-    from auxseg.small_models import read_small_model
+    from auxseg.contracts.small_model import read_small_model
 
     path = _require_checkpoint(cfg)
     if path is None:

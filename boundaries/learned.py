@@ -3,13 +3,13 @@
 From a network trained with the ``local_prediction`` objective: a small-model
 export that carries its predictor (``small_model.pth``), or a ResNet's backbone
 export with the ``local_predictor.pth`` written beside it
-(:mod:`auxseg.small_models`; :func:`read_predicting_network` takes either file
+(:mod:`auxseg.contracts.small_model`; :func:`read_predicting_network` takes either file
 or the run's folder), per image:
 
 1. features of the image, standardised per channel over the image (the
    training standardised over the batch; no noise at prediction);
 2. switch posteriors ``pi_{x,d}`` for every location and offset
-   (:func:`auxseg.local_prediction.posterior_maps`);
+   (:func:`auxseg.methods.local_prediction.posterior_maps`);
 3. local boundary strength per location: the mean (or max) of ``1 - pi`` over
    the pairs that touch it (every offset ``d``; pairs leaving the map are left
    out), upsampled bilinearly to the image for strided networks;
@@ -38,10 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from auxseg.checkpoint_io import CheckpointError
-from auxseg.errors import AuxsegError
-from auxseg.io import read_rgb, scan_images, write_label_png
-from auxseg.local_prediction import offsets, posterior_maps, standardise
-from auxseg.small_models import (
+from auxseg.contracts.small_model import (
     LOCAL_PREDICTOR_FILENAME,
     LOCAL_PREDICTOR_FORMAT,
     SMALL_MODEL_FILENAME,
@@ -50,6 +47,9 @@ from auxseg.small_models import (
     check_predictor,
     read_small_model,
 )
+from auxseg.errors import AuxsegError
+from auxseg.io import read_rgb, scan_images, write_label_png
+from auxseg.methods.local_prediction import offsets, posterior_maps, standardise
 
 
 @dataclass
@@ -139,7 +139,7 @@ def read_predicting_network(path: str | Path) -> SmallModelExport:
     """
     from auxseg.checkpoint_io import check_keys, load_checkpoint
     from auxseg.contracts.backbone import load_backbone_export
-    from auxseg.dilated_resnet import OUTPUT_STRIDES, DilatedResNet
+    from auxseg.nets.dilated_resnet import OUTPUT_STRIDES, DilatedResNet
 
     path = Path(path)
     if path.is_dir():

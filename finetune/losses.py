@@ -1,7 +1,7 @@
 """QR and RQ (implicit posterior, Rolf et al., UAI 2022) as mmseg losses, and the decode heads that feed them.
 
 ``QRLoss`` / ``RQLoss`` (mmseg ``MODELS``) take the head's logits and the
-per-pixel prior; the math is :mod:`auxseg.implicit_posterior`. They need the
+per-pixel prior; the math is :mod:`auxseg.methods.implicit_posterior`. They need the
 prior, which mmseg's ``BaseDecodeHead.loss_by_feat`` does not pass, so they
 run inside a ``Prior*`` head (``PriorASPPHead``, ``PriorPSPHead``,
 ``PriorFCNHead``, ``PriorDepthwiseSeparableASPPHead``): the mmseg head of the
@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from auxseg.implicit_posterior import (
+from auxseg.methods.implicit_posterior import (
     SMOOTHING,
     batch_class_mass,
     qr_loss,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from auxseg.implicit_posterior import SMOOTHING, posterior_labels
+from auxseg.methods.implicit_posterior import SMOOTHING, posterior_labels
 from auxseg.mmseg_compat import import_mmseg
 
 import_mmseg()
@@ -48,7 +48,7 @@ class PosteriorIoUMetric(PerClassIoUMetric):
 
     For each image with a test-time prior (``gt_prior`` in its data sample, see
     :mod:`finetune.priors`), r combines the model's q with that prior, the
-    class mass taken over the image (:func:`auxseg.implicit_posterior.posterior_labels`);
+    class mass taken over the image (:func:`auxseg.methods.implicit_posterior.posterior_labels`);
     both predictions are scored against the same full ground truth. Each
     result row carries the 4 areas of q and the 4 of r, so mmengine gathers
     both across processes.

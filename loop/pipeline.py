@@ -310,7 +310,7 @@ def planned_backbone(cfg: PipelineConfig) -> tuple[int | None, str | None]:
 def planned_output_stride(cfg: PipelineConfig) -> int:
     """The output stride of the segmenter's backbone (``model.backbone`` strides and dilations of
     ``finetune.mmseg_config``), which pre-training must share: 8 or 16."""
-    from auxseg.dilated_resnet import MMSEG_LAYOUTS
+    from auxseg.nets.dilated_resnet import MMSEG_LAYOUTS
 
     backbone = _mmseg_backbone(cfg.finetune.mmseg_config)
     layout = (tuple(backbone.get("strides", (1, 2, 2, 2))), tuple(backbone.get("dilations", (1, 1, 1, 1))))

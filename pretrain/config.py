@@ -61,7 +61,7 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     # resnet18 / resnet50: dilated ResNet (output stride 8, exported for mmseg). pixel / linear / predseg1:
-    # the small networks of the local-prediction method (auxseg.small_models; random init, no decoder,
+    # the small networks of the local-prediction method (auxseg.contracts.small_model; random init, no decoder,
     # exported as small_model.pth).
     arch: Literal["resnet18", "resnet50", "pixel", "linear", "predseg1"] = "resnet50"
     stem: Literal["plain", "deep"] = "plain"  # plain = torchvision/ResNetV1b, deep = mmseg ResNetV1c
@@ -78,7 +78,7 @@ class ModelConfig:
     norm: Literal["train", "sync", "frozen"] = "train"
 
     def __post_init__(self) -> None:
-        from auxseg.small_models import SMALL_MODELS
+        from auxseg.nets.small import SMALL_MODELS
 
         if self.output_stride not in (8, 16):
             raise ValueError(f"model.output_stride must be 8 or 16, got {self.output_stride}")

@@ -15,13 +15,13 @@ from torch import nn
 from auxseg.checkpoint_io import save_checkpoint
 from auxseg.contracts.backbone import DECODER_FILENAME, decoder_meta, export_filenames, export_meta
 from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD
-from auxseg.small_models import (
+from auxseg.contracts.small_model import (
     LOCAL_PREDICTOR_FILENAME,
     SMALL_MODEL_FILENAME,
-    SmallModel,
     save_local_predictor,
     save_small_model,
 )
+from auxseg.nets.small import SmallModel
 from pretrain.model import ASPP, DilatedResNet
 
 
@@ -50,7 +50,7 @@ def export_decoder(decoder: ASPP, out_dir: str | Path, *, config: dict, iteratio
 
 def export_small_model(model: SmallModel, objective, out_dir: str | Path, *, config: dict, iteration: int,
                        auxlabels_sha256: str | None, auxlabels_manifest: str | None) -> dict[str, Path]:
-    """Write ``small_model.pth`` (:mod:`auxseg.small_models`): a pixel / linear / predseg1 network cannot
+    """Write ``small_model.pth`` (:mod:`auxseg.contracts.small_model`): a pixel / linear / predseg1 network cannot
     be an mmseg backbone. The local-prediction objective's predictor parameters go with it (the boundary
     production needs them); other objectives' heads are dropped as for every export."""
     predictor = objective.exported_state()

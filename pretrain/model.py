@@ -1,7 +1,7 @@
 """The network being pre-trained: a dilated ResNet (output stride 8 or 16), optionally
 a DeepLabV3 ASPP decoder; and the projection head that objectives put on top (dropped at export).
 
-The backbone is :class:`auxseg.dilated_resnet.DilatedResNet` (mmseg parameter
+The backbone is :class:`auxseg.nets.dilated_resnet.DilatedResNet` (mmseg parameter
 names, DeepLabV3's dilation); it lives on the ground floor so that boundary
 prediction can rebuild it from an export.
 """
@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from auxseg.dilated_resnet import DilatedResNet
-from auxseg.small_models import SMALL_MODELS, build_small_model
+from auxseg.nets.dilated_resnet import DilatedResNet
+from auxseg.nets.small import SMALL_MODELS, build_small_model
 
 if TYPE_CHECKING:  # not imported at run time: pretrain.config builds its loss schema from the objectives,
     from pretrain.config import ModelConfig  # which import this module
@@ -84,7 +84,7 @@ class PretrainNet(nn.Module):
     ``forward(x [B, 3, H, W]) -> features [B, C, h, w]`` with ``C = out_channels``.
     Heads belong to the objective (:mod:`pretrain.objectives`), not to the network.
     The backbone is a dilated ResNet, or one of the small networks of
-    :mod:`auxseg.small_models` (``model.arch`` pixel / linear / predseg1).
+    :mod:`auxseg.contracts.small_model` (``model.arch`` pixel / linear / predseg1).
     """
 
     def __init__(self, cfg: ModelConfig):

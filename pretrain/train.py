@@ -23,11 +23,12 @@ from torch.utils.data import DataLoader
 
 from auxseg import console
 from auxseg.config import save_config, to_dict
+from auxseg.contracts.small_model import SMALL_MODEL_FILENAME
 from auxseg.errors import AuxsegError
 from auxseg.io import append_jsonl, atomic_write_text, read_jsonl
+from auxseg.nets.small import SMALL_MODELS
 from auxseg.paths import check_separate
 from auxseg.precision import autocast
-from auxseg.small_models import SMALL_MODEL_FILENAME, SMALL_MODELS
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 from pretrain.checkpoint import (
     checkpoint_path,

@@ -35,3 +35,57 @@ def test_no_import_across_or_up_the_floors(package):
            for path in sorted((REPO / package).rglob("*.py"))
            for name, line in imported_packages(path) if name in FORBIDDEN[package]]
     assert bad == []
+
+
+# ----------------------------------------------------------------------------- the rooms of the ground floor
+
+STDLIB = set(__import__("sys").stdlib_module_names) | {"__future__"}
+ROOMS = {
+    # pure tensor math that two floors use: no I/O, no module state, no other project module
+    "methods": {"allowed": STDLIB | {"torch", "numpy"}, "forbidden_stdlib": {"os", "io", "pathlib", "shutil",
+                                                                               "tempfile", "json", "pickle"}},
+    # the networks a reader rebuilds from an export
+    "nets": {"allowed": STDLIB | {"torch", "torchvision", "auxseg.nets"}, "forbidden_stdlib": set()},
+}
+
+
+def _imports(path: Path) -> set[tuple[str, int]]:
+    """Full module names of every import in a file (``auxseg.nets.small``, ``torch.nn``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {(alias.name, node.lineno) for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add((node.module, node.lineno))
+    return found
+
+
+@pytest.mark.parametrize("room", sorted(ROOMS))
+def test_each_room_of_the_ground_floor_keeps_its_rule(room):
+    rule = ROOMS[room]
+    bad = []
+    for path in sorted((REPO / "auxseg" / room).rglob("*.py")):
+        for name, line in _imports(path):
+            top = name.split(".")[0]
+            ok = (top in rule["allowed"] and top not in rule["forbidden_stdlib"] and top != "auxseg") or any(
+                name == a or name.startswith(a + ".") for a in rule["allowed"] if "." in a)
+            if not ok:
+                bad.append(f"{path.relative_to(REPO)}:{line} imports {name}")
+        if room == "methods":  # no I/O and no module state: no open(), module-level names are constants
+            tree = ast.parse(path.read_text())
+            bad += [f"{path.relative_to(REPO)}:{n.lineno} calls open()" for n in ast.walk(tree)
+                    if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "open"]
+            for node in tree.body:
+                targets = node.targets if isinstance(node, ast.Assign) else (
+                    [node.target] if isinstance(node, ast.AnnAssign) else [])
+                bad += [f"{path.relative_to(REPO)}:{node.lineno} module state {t.id}" for t in targets
+                        if isinstance(t, ast.Name) and not (t.id.isupper() or t.id == "__all__")]
+    assert bad == []
+
+
+def test_the_ground_floor_holds_plumbing_and_its_rooms_only():
+    """auxseg/ holds no boundary code and no method math or network outside its rooms."""
+    modules = {p.stem for p in (REPO / "auxseg").glob("*.py")}
+    assert not {m for m in modules if "boundar" in m}
+    assert not modules & {"implicit_posterior", "local_prediction", "dilated_resnet", "small_models"}
+    assert {"contracts", "nets", "methods"} <= {p.name for p in (REPO / "auxseg").iterdir() if p.is_dir()}

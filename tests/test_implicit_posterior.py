@@ -1,4 +1,4 @@
-"""The implicit-posterior math (auxseg/implicit_posterior.py): hand-derived values of QR, RQ and r, the hard-prior
+"""The implicit-posterior math (auxseg/methods/implicit_posterior.py): hand-derived values of QR, RQ and r, the hard-prior
 reduction of RQ to cross-entropy, gradients through r, smoothing, and argmax r of one image."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from auxseg.implicit_posterior import (
+from auxseg.methods.implicit_posterior import (
     implied_posterior,
     posterior_labels,
     qr_loss,

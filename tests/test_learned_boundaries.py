@@ -8,16 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from auxseg.contracts.small_model import SMALL_MODEL_FORMAT, read_small_model, save_small_model
 from auxseg.io import read_label, write_rgb_png
-from auxseg.local_prediction import log_uniform_density, posterior_maps
-from auxseg.small_models import (
-    SMALL_MODEL_FORMAT,
-    LinearModel,
-    PixelModel,
-    PredSeg1,
-    read_small_model,
-    save_small_model,
-)
+from auxseg.methods.local_prediction import log_uniform_density, posterior_maps
+from auxseg.nets.small import LinearModel, PixelModel, PredSeg1
 from boundaries.learned import (
     BoundaryOptions,
     affinity_matrix,

@@ -1,4 +1,4 @@
-"""The local-prediction math (auxseg.local_prediction) against values computed by hand on tiny maps."""
+"""The local-prediction math (auxseg.methods.local_prediction) against values computed by hand on tiny maps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from auxseg.local_prediction import (
+from auxseg.methods.local_prediction import (
     add_noise,
     factor_loss,
     factor_scores,

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from auxseg.config import load_config  # noqa: E402
 from auxseg.env_report import machine_line  # noqa: E402
 from auxseg.io import atomic_write_json, atomic_write_text, read_json, read_jsonl  # noqa: E402
-from auxseg.small_models import SMALL_MODELS  # noqa: E402
+from auxseg.nets.small import SMALL_MODELS  # noqa: E402
 
 CAMVID = {"num_classes": 11, "ignore_index": 11,
           "class_names": ["Sky", "Building", "Pole", "Road", "Sidewalk", "Tree", "SignSymbol", "Fence", "Car",
@@ -185,7 +185,7 @@ def cost(args) -> str:
     import numpy as np
     import torch
 
-    from auxseg.small_models import read_small_model
+    from auxseg.contracts.small_model import read_small_model
     from boundaries.learned import BoundaryOptions, boundary_strength
     from pretrain.config import PretrainConfig
     from pretrain.export import export_small_model

@@ -10,7 +10,7 @@ pixels of both views of the batch, optionally mixed with a running estimate
 (``mass_momentum``) for small batches. A cross-entropy warm-up on the prior
 (``warmup_iters``) guards against the degenerate solution the paper describes
 (q collapsing onto few classes while r follows the prior); the math is in
-:mod:`auxseg.implicit_posterior`.
+:mod:`auxseg.methods.implicit_posterior`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ import torch.nn as nn
 
 from auxseg.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ranged
 from auxseg.contracts.label_folder import LabelFolderError
-from auxseg.implicit_posterior import SMOOTHING, batch_class_mass, implied_posterior, qr_loss, rq_loss, smooth
+from auxseg.methods.implicit_posterior import (
+    SMOOTHING,
+    batch_class_mass,
+    implied_posterior,
+    qr_loss,
+    rq_loss,
+    smooth,
+)
 from pretrain.losses import nearest_to_grid
 from pretrain.objectives.base import Objective, SoftPrior, StepBatch, register_objective
 

@@ -3,7 +3,7 @@
 One step: features of both views -> standardise per channel over the batch ->
 noise step (alpha) -> per repetition, sample ``locations`` interior positions per
 map and ``negatives`` other positions of the same map for each -> the position
-or factor loss of :mod:`auxseg.local_prediction` -> mean over repetitions.
+or factor loss of :mod:`auxseg.methods.local_prediction` -> mean over repetitions.
 
 The objective uses no labels (``needs_labels = False``): it trains on a plain
 image folder (``data.source=images``) or on any label folder, whose labels it
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from auxseg.config import Fraction, NonNegativeFloat, PositiveInt
-from auxseg.local_prediction import (
+from auxseg.methods.local_prediction import (
     NEIGHBOURHOODS,
     add_noise,
     contrastive_loss,

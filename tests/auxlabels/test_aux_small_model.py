@@ -17,7 +17,8 @@ from auxlabels.pipeline import run
 from auxseg.checkpoint_io import CheckpointError
 from auxseg.config import ConfigError, load_config
 from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD
-from auxseg.small_models import LinearModel, PixelModel, PredSeg1, save_small_model
+from auxseg.contracts.small_model import save_small_model
+from auxseg.nets.small import LinearModel, PixelModel, PredSeg1
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]

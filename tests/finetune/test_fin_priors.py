@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from independent import miou_by_inference
 from scipy.special import ndtr
 
-from auxseg.implicit_posterior import implied_posterior, qr_loss, rq_loss, smooth
+from auxseg.methods.implicit_posterior import implied_posterior, qr_loss, rq_loss, smooth
 from finetune.losses import PriorFCNHead, QRLoss, RQLoss
 from finetune.priors import coarse_prior, prior_to_labels
 from loop.cli import main as auxseg_main

@@ -1,6 +1,6 @@
 """QR / RQ (implicit posterior) as pre-training objectives: a tiny pre-training with each through the CLI.
 
-The math itself (auxseg/implicit_posterior.py) is tested by hand in tests/test_implicit_posterior.py."""
+The math itself (auxseg/methods/implicit_posterior.py) is tested by hand in tests/test_implicit_posterior.py."""
 
 from __future__ import annotations
 

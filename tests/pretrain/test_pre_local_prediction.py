@@ -15,9 +15,10 @@ import torch.nn as nn
 from auxseg.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 from auxseg.config import ConfigError, load_config
 from auxseg.contracts.backbone import read_backbone_weights
+from auxseg.contracts.small_model import SMALL_MODEL_FILENAME, read_small_model
 from auxseg.io import read_label, write_rgb_png
-from auxseg.local_prediction import offsets
-from auxseg.small_models import SMALL_MODEL_FILENAME, build_small_model, read_small_model
+from auxseg.methods.local_prediction import offsets
+from auxseg.nets.small import build_small_model
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 from boundaries.learned import read_predicting_network
 from loop.cli import main as auxseg_main

@@ -83,9 +83,8 @@ def batch_class_mass(q: torch.Tensor) -> tuple[torch.Tensor, int]:
     ``0 * qbar.sum()`` where a branch does not use it), or the backward passes
     wait for each other.
     """
-    from auxseg.distributed import is_distributed
-
-    if not is_distributed():
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):  # one process
         return (class_mass(q) if q.shape[0] else q.new_zeros(q.shape[1])), q.shape[0]
     stats = _AllReduceSum.apply(torch.cat([q.sum(dim=0), q.new_full((1,), float(q.shape[0]))]))  # [K + 1]: sums, N
     n = int(stats[-1].item())
