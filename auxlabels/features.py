@@ -23,7 +23,7 @@ import torchvision
 
 from auxseg.checkpoint_io import CheckpointError, check_keys, load_checkpoint, state_dict_of
 from auxseg.config import ConfigError
-from auxseg.contracts.backbone import read_backbone_weights
+from auxseg.contracts.backbone import export_output_stride, read_backbone_weights
 from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD
 from auxseg.io import sha256_file
 from auxseg.mmseg_compat import build_in_mmseg_scope, import_mmseg
@@ -356,7 +356,7 @@ def build_auxseg_export(cfg: ExtractorConfig) -> FeatureExtractor:
     if isinstance(trained, dict):  # a pretrain export: run it dilated, at the output stride it was trained at
         from auxseg.nets.dilated_resnet import DilatedResNet
 
-        stride = trained.get("output_stride", 8)  # exports from before the key were all trained at 8
+        stride = export_output_stride(meta)  # a field of the contract, not the writer's training config
         try:
             net = DilatedResNet(arch, weights.stem, stride)
         except ValueError as err:

@@ -33,7 +33,8 @@ def export_backbone(backbone: DilatedResNet, out_dir: str | Path, *, config: dic
     for key_format, name in export_filenames(backbone.stem_type).items():
         meta = export_meta(arch=backbone.arch, stem=backbone.stem_type, key_format=key_format, config=config,
                            iteration=iteration, auxlabels_sha256=auxlabels_sha256,
-                           auxlabels_manifest=auxlabels_manifest, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                           auxlabels_manifest=auxlabels_manifest, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                           output_stride=backbone.output_stride)
         paths[key_format] = save_checkpoint({"state_dict": state, "meta": meta}, Path(out_dir) / name)
     return paths
 

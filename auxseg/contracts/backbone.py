@@ -117,8 +117,9 @@ def export_filenames(stem: str) -> dict[str, str]:
 
 def export_meta(*, arch: str, stem: str, key_format: str, config: dict, iteration: int,
                 auxlabels_sha256: str | None, auxlabels_manifest: str | None,
-                mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict[str, Any]:
-    """The meta block of a backbone export (every key of :data:`REQUIRED_META`)."""
+                mean=IMAGENET_MEAN, std=IMAGENET_STD, output_stride: int | None = None) -> dict[str, Any]:
+    """The meta block of a backbone export (every key of :data:`REQUIRED_META`, plus ``output_stride``: the
+    stride the backbone was trained at, for readers that rebuild it dilated; None for a plain ResNet)."""
     return {
         "format": EXPORT_FORMAT,
         "arch": arch,
@@ -132,8 +133,18 @@ def export_meta(*, arch: str, stem: str, key_format: str, config: dict, iteratio
         "auxlabels_sha256": auxlabels_sha256,
         "auxlabels_manifest": auxlabels_manifest,
         "iteration": int(iteration),
+        "output_stride": None if output_stride is None else int(output_stride),
         "versions": versions(("torch", "torchvision")),
     }
+
+
+def export_output_stride(meta: dict) -> int:
+    """The output stride a pretrain export was trained at: its ``output_stride`` meta field; exports written
+    before the field existed name it in their training config, and the oldest were all trained at 8."""
+    if meta.get("output_stride") is not None:
+        return int(meta["output_stride"])
+    trained = (meta.get("config") or {}).get("model") or {}
+    return int(trained.get("output_stride", 8))
 
 
 def decoder_meta(*, in_channels: int, channels: int, dilations: tuple[int, ...], config: dict, iteration: int,

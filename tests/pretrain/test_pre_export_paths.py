@@ -52,3 +52,16 @@ def test_run_export_equals_export_from_checkpoint(gt_label_folder, tmp_path, tin
         assert "local_predictor.pth" in written  # --export used to leave it out
     for name, path in written.items():
         _same(load_checkpoint(path), load_checkpoint(tmp_path / "again" / name), name)
+
+
+def test_output_stride_is_a_field_of_the_export(gt_label_folder, tmp_path, tiny_config):
+    """Readers take the stride from the contract (meta.output_stride), not from the writer's training config."""
+    from auxseg.contracts.backbone import export_output_stride, load_backbone_export
+
+    cfg = tiny_config(tmp_path / "run", gt_label_folder, "train.max_iters=1", "model.output_stride=16",
+                      "data.batch_size=2")
+    meta = load_backbone_export(run(cfg))[1]
+    assert meta["output_stride"] == 16 and export_output_stride(meta) == 16
+    older = {k: v for k, v in meta.items() if k != "output_stride"}  # written before the field existed
+    assert export_output_stride(older) == 16
+    assert export_output_stride({"config": {"model": {}}}) == 8  # the oldest exports: all trained at 8
