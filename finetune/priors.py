@@ -261,8 +261,8 @@ def configure_targets(cfg, mmcfg, train_images: list[str]) -> dict | None:
     """
     from auxseg.config import ConfigError
     from finetune.losses import PRIOR_HEADS
-    from finetune.run import _dataset_default
-    from finetune.run import _inner_dataset as _dataset_of
+    from finetune.mmseg_config import dataset_default as _dataset_default
+    from finetune.mmseg_config import inner_dataset as _dataset_of
 
     t, loss = cfg.targets, cfg.loss
     if t.kind == "labels" and loss.name == "ce":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import logging
 import time
 import uuid
@@ -25,60 +24,15 @@ from auxseg.checkpoint_io import CheckpointError, allow_mmengine_checkpoints
 from auxseg.config import ConfigError, save_config, to_dict
 from auxseg.contracts.common import versions
 from auxseg.io import atomic_write_json, atomic_write_text, read_json, sha256_file
-from auxseg.mmseg_compat import import_mmseg
 from auxseg.paths import check_separate, resolve_path
 from finetune import splits as splits_mod
 from finetune.config import FinetuneConfig
+from finetune.mmseg_config import inner_dataset, load_mmseg_config, train_image_dir
 
 RESULTS_FORMAT = "auxseg.finetune/1"
 
 
 # ----------------------------------------------------------------------------- mmseg config
-
-
-def load_mmseg_config(path: str | Path):
-    """Read an mmseg config file (``_base_`` inheritance, ``mmseg::`` bases) as an ``mmengine.Config``."""
-    import_mmseg()
-    from mmengine.config import Config
-
-    import finetune.datasets  # noqa: F401  (registers our dataset classes)
-    import finetune.metrics  # noqa: F401  (registers PerClassIoUMetric)
-
-    path = resolve_path(path)
-    if not path.is_file():
-        raise ConfigError(f"mmseg config not found: {path}")
-    try:  # mmengine executes the file (OpenMMLab's convention; docs/reliability.md): any failure is the file's
-        return Config.fromfile(str(path))
-    except Exception as err:
-        raise ConfigError(f"finetune.mmseg_config: {path}: not a valid mmengine config "
-                          f"({type(err).__name__}: {' '.join(str(err).split())})") from err
-
-
-def _inner_dataset(loader_cfg) -> Any:
-    """The dataset dict of a dataloader config, through wrappers like RepeatDataset."""
-    ds = loader_cfg.dataset
-    while "dataset" in ds and "data_prefix" not in ds:
-        ds = ds.dataset
-    return ds
-
-
-def _dataset_default(ds_cfg, name: str) -> Any:
-    """A dataset-class constructor default (e.g. ``img_suffix``) when the config does not set it."""
-    from mmseg.registry import DATASETS
-
-    if name in ds_cfg:
-        return ds_cfg[name]
-    cls = DATASETS.get(ds_cfg.type)
-    if cls is None:
-        raise ConfigError(f"unknown dataset type {ds_cfg.type!r} in the mmseg config")
-    return inspect.signature(cls.__init__).parameters[name].default
-
-
-def train_image_dir(mmcfg) -> tuple[Path, str]:
-    """The training image folder and image suffix of an mmseg config."""
-    ds = _inner_dataset(mmcfg.train_dataloader)
-    root = Path(ds.get("data_root") or "")
-    return root / ds.data_prefix.get("img_path", ""), _dataset_default(ds, "img_suffix")
 
 
 def choose_split(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> dict[str, Any]:
@@ -88,7 +42,7 @@ def choose_split(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> dict[str, Any]:
     info: dict[str, Any] = {"num_available": len(available), "image_dir": str(image_dir), "seed": None}
     if cfg.split.file:
         source = resolve_path(cfg.split.file)
-        prefix = _inner_dataset(mmcfg.train_dataloader).data_prefix.get("img_path", "")
+        prefix = inner_dataset(mmcfg.train_dataloader).data_prefix.get("img_path", "")
         stems = splits_mod.read_split(source, available, image_prefix=prefix, img_suffix=suffix)  # stems or pairs
         info.update(mode="file", file=str(source), file_sha256=sha256_file(source))
     elif cfg.split.fraction is not None or cfg.split.num_images is not None:
@@ -107,7 +61,7 @@ def choose_split(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> dict[str, Any]:
             "another split: use a new work_dir"
         )
     atomic_write_text(split_path, text)
-    _inner_dataset(mmcfg.train_dataloader).ann_file = str(split_path.resolve())
+    inner_dataset(mmcfg.train_dataloader).ann_file = str(split_path.resolve())
     info.update(num_images=len(stems), split_file=str(split_path.resolve()), sha256=sha256_file(split_path))
     return info
 
@@ -126,7 +80,7 @@ def apply_overrides(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> None:
             raise ConfigError(f"data_root not found: {root}")
         for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
             if loader in mmcfg:
-                _inner_dataset(mmcfg[loader]).data_root = str(root)
+                inner_dataset(mmcfg[loader]).data_root = str(root)
     train_cfg = mmcfg.train_cfg
     if cfg.max_iters is not None:
         old = train_cfg.max_iters
@@ -375,7 +329,7 @@ def run(cfg: FinetuneConfig) -> dict:
     if cfg.init.type != "random" and report.get("verified_tensors") is None:
         raise CheckpointError(f"{report_path}: the backbone initialisation was never verified")
 
-    val_ds = _inner_dataset(mmcfg.val_dataloader)
+    val_ds = inner_dataset(mmcfg.val_dataloader)
     classes = list(runner.val_dataloader.dataset.metainfo["classes"])
     results = build_results(
         final["metrics"],

@@ -162,7 +162,7 @@ def check_data(cfg: PipelineConfig, data: Dataset) -> str:
     """Check ``data`` (layout, pairing, label values against the classes and ignore values, sizes, the
     labelled split file); raise naming the first problem, else return a one-line description."""
     from finetune.dataset_check import check_dataset, folder_layout
-    from finetune.run import load_mmseg_config, train_image_dir
+    from finetune.mmseg_config import load_mmseg_config, train_image_dir
 
     suffix = train_image_dir(load_mmseg_config(cfg.finetune.mmseg_config))[1]  # what the fine-tune will look for
     report = check_dataset(data.root, folder_layout(data.num_classes, data.ignore_values, suffix),
@@ -201,7 +201,7 @@ def _dataset(cfg: PipelineConfig, work_dir: Path) -> Dataset:
 
 def check_head_classes(cfg: PipelineConfig, data: Dataset) -> None:
     """The fine-tune model's heads must predict the dataset's classes; say so before any training."""
-    from finetune.run import load_mmseg_config
+    from finetune.mmseg_config import load_mmseg_config
 
     model = load_mmseg_config(cfg.finetune.mmseg_config).get("model", {})
     for head in ("decode_head", "auxiliary_head"):
@@ -327,7 +327,7 @@ def planned_output_stride(cfg: PipelineConfig) -> int:
 @functools.lru_cache(maxsize=8)
 def _mmseg_backbone(mmseg_config: str) -> dict:
     """``model.backbone`` of an mmseg config file (read once per process and path; callers only read it)."""
-    from finetune.run import load_mmseg_config
+    from finetune.mmseg_config import load_mmseg_config
 
     return dict(load_mmseg_config(mmseg_config).get("model", {}).get("backbone", {}))
 

@@ -280,7 +280,7 @@ def _iterations(ft: Any) -> int:
     if ft.max_iters:
         return ft.max_iters
     if ft.mmseg_config not in _SCHEDULES:
-        from finetune.run import load_mmseg_config
+        from finetune.mmseg_config import load_mmseg_config
 
         _SCHEDULES[ft.mmseg_config] = int(load_mmseg_config(ft.mmseg_config).train_cfg.get("max_iters", 0))
     return _SCHEDULES[ft.mmseg_config]

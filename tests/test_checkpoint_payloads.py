@@ -46,7 +46,7 @@ def _readers(tmp_path):
     from auxlabels.config import ExtractorConfig
     from auxlabels.features import build_extractor
     from finetune.convert import prepare_init
-    from finetune.run import load_mmseg_config
+    from finetune.mmseg_config import load_mmseg_config
     from pretrain.checkpoint import init_backbone
     from pretrain.model import DilatedResNet
 

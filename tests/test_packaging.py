@@ -23,7 +23,7 @@ from auxseg.paths import resolve_path
 from auxseg.presets import ROOT, list_presets
 from auxlabels.config import AuxLabelsConfig
 from finetune.config import FinetuneConfig
-from finetune.run import load_mmseg_config
+from finetune.mmseg_config import load_mmseg_config
 from loop.pipeline import PipelineConfig
 from loop.study import StudyConfig, load_study
 from pretrain.config import PretrainConfig

@@ -108,7 +108,7 @@ def finetune_case():
     from mmseg.structures import SegDataSample
 
     from finetune.amp import CPUBf16OptimWrapper
-    from finetune.run import load_mmseg_config
+    from finetune.mmseg_config import load_mmseg_config
 
     cfg = load_mmseg_config(FINETUNE_MMSEG)
     init_default_scope("mmseg")

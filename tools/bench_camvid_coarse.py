@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args.base = load_config(PipelineConfig, resolve_path(args.pipeline_config)).finetune
     if args.set:  # so the header reports the device and config actually used
         args.base = from_dict(FinetuneConfig, apply_overrides(to_dict(args.base), args.set))
-    from finetune.run import load_mmseg_config
+    from finetune.mmseg_config import load_mmseg_config
 
     args.iters = args.max_iters or (args.base.max_iters or load_mmseg_config(args.base.mmseg_config).train_cfg.max_iters)
 

@@ -450,7 +450,7 @@ def estimate_memory(scale: float = 0.5) -> list[dict]:
                          "states_mib": round(states / 2**20), "activation_bytes_per_image": per_crop,
                          "state_bytes": states})
         else:
-            from finetune.run import load_mmseg_config
+            from finetune.mmseg_config import load_mmseg_config
 
             mmcfg = load_mmseg_config(REPO / path)  # installs the mmcv.ops compatibility layer first
             from mmseg.registry import MODELS

@@ -14,7 +14,7 @@ TINY_PSP = REPO_ROOT / "configs/finetune/mmseg/tiny/pspnet_r18-d8_tiny.py"
 
 def tiny_mmseg_cfg(path: Path, data_root: Path, work_dir: Path, max_iters: int = 2):
     """The tiny mmseg config on ``data_root``: ``max_iters`` iterations, validate + checkpoint at the end."""
-    from finetune.run import load_mmseg_config
+    from finetune.mmseg_config import load_mmseg_config
 
     cfg = load_mmseg_config(path)
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):

@@ -28,7 +28,7 @@ def test_every_dataset_has_both_models_at_both_depths():
 def test_config_builds_and_forwards(path):
     from mmseg.registry import DATASETS, MODELS, TRANSFORMS
 
-    from finetune.run import load_mmseg_config
+    from finetune.mmseg_config import load_mmseg_config
 
     cfg = load_mmseg_config(path)
     dataset = path.parent.name

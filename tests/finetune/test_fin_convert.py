@@ -17,7 +17,7 @@ TINY = REPO_ROOT / "configs/finetune/mmseg/tiny/deeplabv3_r18-d8_tiny.py"
 
 
 def tiny_cfg():
-    from finetune.run import load_mmseg_config
+    from finetune.mmseg_config import load_mmseg_config
 
     return load_mmseg_config(TINY)
 

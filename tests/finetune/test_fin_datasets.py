@@ -124,7 +124,8 @@ def test_cityscapes_labelids_to_trainids_and_mmseg_layout(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 0 and "wrote 2" in res.stdout, res.stderr
 
-    from finetune.run import choose_split, load_mmseg_config
+    from finetune.mmseg_config import load_mmseg_config
+    from finetune.run import choose_split
 
     cfg = load_mmseg_config(REPO_ROOT / "configs/finetune/mmseg/cityscapes/pspnet_r50-d8_cityscapes.py")
     cfg.train_dataloader.dataset.data_root = str(tmp_path)
@@ -139,7 +140,8 @@ def test_cityscapes_labelids_to_trainids_and_mmseg_layout(tmp_path):
 
 
 def test_ade20k_layout_reduce_zero_label_and_jpg_split(tmp_path):
-    from finetune.run import choose_split, load_mmseg_config
+    from finetune.mmseg_config import load_mmseg_config
+    from finetune.run import choose_split
 
     label = np.array([[0, 1, 2], [150, 149, 0]], dtype=np.uint8)  # 0 = "other" in ADE20K, ignored
     for i in range(1, 4):

@@ -55,7 +55,8 @@ def test_each_split_resolves_to_its_published_count(cityscapes_names, fraction):
 
 def test_split_file_selects_the_labelled_images_of_a_finetune(cityscapes_names, tmp_path):
     """``split.file=splits/cityscapes_literature/1_16/labeled.txt`` with the Cityscapes mmseg config: 186 images."""
-    from finetune.run import choose_split, load_mmseg_config
+    from finetune.mmseg_config import load_mmseg_config
+    from finetune.run import choose_split
 
     mmcfg = load_mmseg_config(CITYSCAPES_CONFIG)
     mmcfg.train_dataloader.dataset.data_root = str(cityscapes_names)

@@ -194,8 +194,9 @@ def test_prior_follows_the_augmented_labels(synthetic_root, tmp_path):
 
     from auxseg.config import load_config
     from finetune.config import FinetuneConfig
+    from finetune.mmseg_config import load_mmseg_config
     from finetune.priors import configure_targets
-    from finetune.run import apply_overrides, load_mmseg_config
+    from finetune.run import apply_overrides
 
     cfg = load_config(FinetuneConfig, TINY_YAML, [f"data_root={synthetic_root}", "targets.kind=coarse",
                                                    "targets.factor=8", "loss.name=qr"])
@@ -277,8 +278,9 @@ def test_prior_folder_of_another_k_is_refused_before_training(tmp_path, syntheti
 def test_label_targets_with_rq_use_one_hot_priors_and_no_test_prior(synthetic_root, tmp_path):
     from auxseg.config import load_config
     from finetune.config import FinetuneConfig
+    from finetune.mmseg_config import load_mmseg_config
     from finetune.priors import configure_targets
-    from finetune.run import apply_overrides, load_mmseg_config
+    from finetune.run import apply_overrides
 
     cfg = load_config(FinetuneConfig, TINY_YAML, [f"data_root={synthetic_root}", "loss.name=rq"])
     mmcfg = load_mmseg_config(cfg.mmseg_config)

@@ -94,7 +94,7 @@ def test_check_reads_the_prepared_folder(prepared, capsys):
 
 def test_a_tiny_finetune_on_the_real_format(prepared, tmp_path, capsys):
     from auxseg.checkpoint_io import allow_mmengine_checkpoints
-    from finetune.run import load_mmseg_config
+    from finetune.mmseg_config import load_mmseg_config
 
     config = tmp_path / "deeplabv3_r18-d8_tiny-cityscapes.py"
     config.write_text(TINY_CITYSCAPES.format(tiny=REPO_ROOT / "configs/finetune/mmseg/tiny/deeplabv3_r18-d8_tiny.py"))

@@ -56,6 +56,6 @@ def test_a_decoder_export_of_another_width_is_refused_before_training(tmp_path, 
     assert not (tmp_path / "w" / "iter_4.pth").exists()
     with pytest.raises(CheckpointError):
         from finetune.convert import prepare_decoder_init
-        from finetune.run import load_mmseg_config
+        from finetune.mmseg_config import load_mmseg_config
 
         prepare_decoder_init(path, load_mmseg_config("configs/finetune/mmseg/tiny/deeplabv3_r18-d8_tiny.py"), tmp_path)
