@@ -95,6 +95,9 @@ class StudyConfig:
     # labelled fractions of the training images (each a seeded split, labelled.seed); null: the pipeline's own
     fractions: ranged(list[float], gt=0, le=1) | None = None
     split_seed: Seed | None = None  # labelled.seed for every fraction; null: the pipeline's
+    # the report's name: <work_dir>/<report>.md, .json and <report>_figures/ (studies sharing a work_dir share
+    # their steps and keep their own reports)
+    report: str = "study"
 
 
 @dataclass
@@ -142,6 +145,8 @@ def load_study(path: str | Path | None, overrides: list[str] | None = None) -> S
     names = [a.name for a in study.arms]
     if not study.arms or not all(names) or len(set(names)) != len(names):
         raise ConfigError(f"arms: give each arm a unique, non-empty name (got {names})")
+    if not study.report or "/" in study.report or study.report.startswith("."):
+        raise ConfigError(f"report: {study.report!r} must be a plain file name (no folder)")
     if study.reference not in names:
         raise ConfigError(f"reference: {study.reference!r} is not one of the arms {names}")
     if not study.finetune_seeds or len(set(study.finetune_seeds)) != len(study.finetune_seeds):

@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
                 return 1
             if not args.no_report:
                 path = write(p)
-                for line in verdicts(path.parent / "study.json"):
+                for line in verdicts(path.with_suffix(".json")):
                     console.say(line)
                 console.say(f"study report: {path}")
     except ConfigError as err:

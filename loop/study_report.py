@@ -152,7 +152,7 @@ def markdown(p: Plan, data: dict, figures: list[Path]) -> str:
     lines += ["## Unstable runs", ""]
     lines += [f"- {r['arm']} {r['fraction']} pre-seed {r['pretrain_seed']} seed {r['finetune_seed']}: "
               f"{'; '.join(r['flags'])} (`cells/{r['cell']}`)" for r in flagged] or ["None flagged."]
-    lines += ["", "## Figures", ""] + [f"![{f.stem}](figures/{f.name})" for f in figures]
+    lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.parent.name}/{f.name})" for f in figures]
     lines += ["", "## Every run", "", "| arm | labelled | pre-training seed | fine-tune seed | mIoU | cell |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {r['arm']} | {r['fraction']} | {'-' if r['pretrain_seed'] is None else r['pretrain_seed']} | "
@@ -216,10 +216,12 @@ def figures(p: Plan, data: dict, folder: Path) -> list[Path]:
 
 
 def write(p: Plan) -> Path:
-    """Write ``study.json``, ``study.md`` and ``figures/`` under the study's work_dir; returns study.md."""
+    """Write ``<report>.json``, ``<report>.md`` and ``<report>_figures/`` (``report`` defaults to ``study``)
+    under the study's work_dir; returns the .md path."""
     data = collect(p)
-    atomic_write_json(p.work_dir / "study.json", data)
-    figs = figures(p, data, p.work_dir / "figures")
-    path = p.work_dir / "study.md"
+    name = p.study.report
+    atomic_write_json(p.work_dir / f"{name}.json", data)
+    figs = figures(p, data, p.work_dir / f"{name}_figures")
+    path = p.work_dir / f"{name}.md"
     atomic_write_text(path, markdown(p, data, figs))
     return path

@@ -130,7 +130,8 @@ def test_report_numbers_are_scipys_on_the_runs_files(finished_study):
     runs_only = stats.ttest_rel(arm, [score[("none", None, f)] for _ in (0, 1) for f in (0, 1)])
     assert diff["per_run"]["ci95"] == pytest.approx(list(runs_only.confidence_interval(0.95)))
     text = (finished_study / "study.md").read_text()
-    assert diff["verdict"] in text and "| infonce | 4 |" in text and (finished_study / "figures" / "runs.png").is_file()
+    assert diff["verdict"] in text and "| infonce | 4 |" in text
+    assert (finished_study / "study_figures" / "runs.png").is_file() and "](study_figures/runs.png)" in text
 
 
 def test_a_killed_study_resumes_to_the_same_report(finished_study, tmp_path):
