@@ -51,8 +51,8 @@ def _summary(cfg, manifest: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run the stage from the config; exit 0 on success, 1 on bad input, 2 on config errors (auxseg.cli)."""
-    from .config import AuxLabelsConfig, validate
-    from .pipeline import run
+    from .config import AuxLabelsConfig
+    from .pipeline import check_config, run
 
     return run_config_command(args, prog="auxseg auxlabels", schema=AuxLabelsConfig, run=run, summary=_summary,
-                              check=validate, step=lambda cfg: stage_step("auxlabels", cfg.out_dir))
+                              check=check_config, step=lambda cfg: stage_step("auxlabels", cfg.out_dir))

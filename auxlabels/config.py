@@ -154,15 +154,6 @@ def validate(cfg: AuxLabelsConfig) -> None:
         )
     if cfg.clusterer == "kmeans" and cfg.kmeans.k is None and cfg.num_classes is None:
         raise ConfigError("kmeans.k: set it, or set num_classes so that K = round(k_factor * M)")
-    if cfg.clusterer != "superpixel":
-        from .features import EXTRACTORS  # the one list of names
-
-        if cfg.extractor.name not in EXTRACTORS:
-            import difflib
-
-            near = difflib.get_close_matches(cfg.extractor.name, list(EXTRACTORS), n=1)
-            raise ConfigError(f"extractor.name: {cfg.extractor.name!r} is not a registered extractor"
-                              + (f" (did you mean {near[0]!r}?)" if near else "") + f"; known: {', '.join(EXTRACTORS)}")
     if cfg.clusterer != "superpixel" and cfg.extractor.checkpoint is None and not cfg.extractor.random_init:
         raise ConfigError(
             "extractor.checkpoint: required (a weights file); random weights only with "

@@ -40,6 +40,7 @@ from auxseg.io import read_json
 from .assignment import label_all, start_workers
 from .config import AuxLabelsConfig, validate
 from .extraction import Features
+from .extractor_base import check_extractor_name
 from .fitting import fit_or_load, planned_num_labels
 from .inputs import ImageItem, collect_images
 from .labelling import LabelSettings
@@ -50,13 +51,20 @@ from .soft_labels import soft_settings
 __all__ = ["ImageItem", "collect_images", "labels_digest", "run"]
 
 
+def check_config(cfg: AuxLabelsConfig) -> None:
+    """Every check of the config before a run: the cross-field rules and the extractor's name."""
+    validate(cfg)
+    if cfg.clusterer != "superpixel":
+        check_extractor_name(cfg.extractor.name)  # the registry is complete here: features is imported
+
+
 def run(cfg: AuxLabelsConfig) -> dict:
     """Run the whole stage and return the manifest (also written to ``<out_dir>/manifest.json``).
 
     Under torchrun (``WORLD_SIZE > 1``) rank 0 fits, every rank labels its shard
     of the images, and rank 0 writes the manifest; every rank returns it.
     """
-    validate(cfg)  # before anything is written or started
+    check_config(cfg)  # before anything is written or started
     t_start = time.perf_counter()
     dist = env_dist_info()
     joined = init_process_group(dist, "gloo")  # coordination only: no tensors cross the ranks

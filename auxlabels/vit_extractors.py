@@ -45,7 +45,8 @@ from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD
 from auxseg.contracts.vit_checkpoints import ARCHS, ViTSpec, check_shapes, load_weights_file, read_vit_weights
 
 from .config import ExtractorConfig
-from .features import FeatureExtractor, _require_checkpoint, register_extractor
+from .extractor_base import FeatureExtractor, register_extractor
+from .extractor_base import require_checkpoint as _require_checkpoint
 
 # ----------------------------------------------------------------------------- pure functions
 

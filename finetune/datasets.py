@@ -27,6 +27,8 @@ import_mmseg()
 from mmseg.datasets import BaseSegDataset  # noqa: E402  (needs the compatibility layer first)
 from mmseg.registry import DATASETS  # noqa: E402
 
+from finetune.nyuv2 import NYUV2_40_CLASSES  # noqa: E402  (the NYUv2 format module owns its class list)
+
 IGNORE_INDEX = 255
 
 CAMVID_CLASSES = (
@@ -39,16 +41,6 @@ CAMVID_PALETTE = [
     [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192],
 ]
 CAMVID_UNLABELLED = 11
-
-# The 40 classes of Gupta et al. (CVPR 2013), in the order of their classMapping40.mat (1..40 -> 0..39).
-NYUV2_40_CLASSES = (
-    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
-    "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror",
-    "floor mat", "clothes", "ceiling", "books", "refridgerator", "television", "paper", "towel",
-    "shower curtain", "box", "whiteboard", "person", "night stand", "toilet", "sink", "lamp",
-    "bathtub", "bag", "otherstructure", "otherfurniture", "otherprop",
-)
-
 
 def _palette(n: int, seed: int = 7) -> list[list[int]]:
     """A fixed pseudo-random palette (only used for visualisation)."""
@@ -124,13 +116,3 @@ class LabelFolderDataset(BaseSegDataset):
         metainfo.setdefault("palette", _palette(len(metainfo["classes"])))
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, metainfo=metainfo, **kwargs)
 
-
-# ----------------------------------------------------------------------------- Cityscapes
-
-# The label id -> train id conversion lives with the other preparations (`auxseg data prepare`);
-# importing it from here keeps older callers working.
-from finetune.prepare import (  # noqa: E402,F401
-    CITYSCAPES_LABELID_TO_TRAINID,
-    cityscapes_labelid_to_trainid,
-    convert_cityscapes_labels,
-)

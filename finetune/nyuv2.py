@@ -31,6 +31,15 @@ from auxseg import console
 from auxseg.errors import AuxsegError
 from auxseg.io import atomic_write_json, sha256_file, write_label_png, write_rgb_png
 
+# The 40 classes of Gupta et al. (CVPR 2013), in the order of their classMapping40.mat (1..40 -> 0..39).
+NYUV2_40_CLASSES = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
+    "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror",
+    "floor mat", "clothes", "ceiling", "books", "refridgerator", "television", "paper", "towel",
+    "shower curtain", "box", "whiteboard", "person", "night stand", "toilet", "sink", "lamp",
+    "bathtub", "bag", "otherstructure", "otherfurniture", "otherprop",
+)
+
 NUM_RAW_CLASSES = 894
 IGNORE_INDEX = 255
 FORMAT = "auxseg.nyuv2/1"
@@ -148,8 +157,6 @@ def convert(
                 write_rgb_png(img_path, np.asarray(images[i]).transpose(2, 1, 0))  # [H, W, 3]
                 write_label_png(lab_path, lut[raw.astype(np.int64)])
             counts[split] = int(idx.size)
-    from finetune.datasets import NYUV2_40_CLASSES
-
     manifest = {
         "format": FORMAT,
         "classes": list(NYUV2_40_CLASSES),

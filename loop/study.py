@@ -124,7 +124,9 @@ def _digest(kind: str, config: dict, deps: tuple[str, ...]) -> str:
 
 def _identity(cfg: Any, drop: tuple[str, ...], data_root: Path) -> dict:
     """A stage config as plain data without the keys that only name where things are written, and with the
-    dataset's folder written as ``$DATA`` (a study keeps its steps when the data or the study moves)."""
+    dataset's folder written as ``$DATA``, so a step's name does not depend on where the study lives (two
+    studies at different paths name equal steps alike). Moving a study folder after it made auxiliary
+    labels is not supported: the label folder records the absolute image root (docs/study.md)."""
     root = str(data_root)
 
     def relative(value: Any) -> Any:

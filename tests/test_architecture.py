@@ -89,3 +89,74 @@ def test_the_ground_floor_holds_plumbing_and_its_rooms_only():
     assert not {m for m in modules if "boundar" in m}
     assert not modules & {"implicit_posterior", "local_prediction", "dilated_resnet", "small_models"}
     assert {"contracts", "nets", "methods"} <= {p.name for p in (REPO / "auxseg").iterdir() if p.is_dir()}
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Project module -> project modules it imports (module level or in a function; not under TYPE_CHECKING)."""
+    packages = ("auxseg", "auxlabels", "pretrain", "finetune", "boundaries", "loop")
+    modules = {}
+    for pkg in packages:
+        for path in (REPO / pkg).rglob("*.py"):
+            if "presets" in path.parts:
+                continue
+            parts = path.relative_to(REPO).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def owner(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *([node.module] if node.module else [])])
+                targets = [base, *(f"{base}.{a.name}" for a in node.names)]
+            else:
+                continue
+            for target in targets:
+                dep = owner(target)
+                if dep and dep != name and not name.startswith(dep + "."):  # a package's own __init__ is no edge
+                    found.add(dep)
+        graph[name] = found
+    return graph
+
+
+def test_no_import_circle_between_modules():
+    """No two modules import each other, directly or through others (lazy imports count too)."""
+    graph = _module_graph()
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert circles == []

@@ -15,45 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
-from auxseg.errors import AuxsegError
+from auxseg.contracts.layout import (  # noqa: F401  (the folder's names and path rules, re-exported)
+    LABELS_DIR,
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    PRIOR_FORMAT,
+    PRIORS_DIR,
+    SCOPES,
+    LabelFolderError,
+    label_rel,
+    labels_digest,
+    prior_rel,
+)
+from auxseg.contracts.priors import prior_num_labels
 from auxseg.io import atomic_write_json, list_images, read_json, read_label, sha256_file, write_label_png
 from auxseg.paths import relative_inside
-
-MANIFEST_FORMAT = "auxseg.auxlabels/1"
-MANIFEST_NAME = "manifest.json"
-LABELS_DIR = "labels"
-PRIORS_DIR = "priors"  # optional soft priors beside labels/ (auxseg.contracts.priors)
-PRIOR_FORMAT = "auxseg.prior/1"
-SCOPES = ("global", "image")  # global: an id means the same in every image; image: only inside one image
-
-
-class LabelFolderError(AuxsegError, ValueError):
-    """An auxiliary-label folder that is missing, incomplete or inconsistent; names the folder or file."""
-
-
-def label_rel(rel: str | Path) -> str:
-    """Label PNG path (relative to ``labels/``) of an image path: the suffix becomes ``.png``.
-
-    An image path that is absolute or leaves its folder is refused
-    (:func:`auxseg.paths.relative_inside`): no label path can point outside ``labels/``.
-    """
-    return Path(relative_inside(Path(rel).as_posix(), f"image path {str(rel)!r}")).with_suffix(".png").as_posix()
-
-
-def prior_rel(rel: str | Path) -> str:
-    """Prior file path (relative to ``priors/``) of an image path: the suffix becomes ``.npz`` (checked as :func:`label_rel`)."""
-    return Path(relative_inside(Path(rel).as_posix(), f"image path {str(rel)!r}")).with_suffix(".npz").as_posix()
-
-
-def labels_digest(pairs: list[tuple[str, str]]) -> str:
-    """``labels_sha256``: SHA-256 over the sorted ``"<label rel path>\\t<file sha256>\\n"`` lines.
-
-    ``pairs`` are (label path relative to ``labels/`` in POSIX form, hex SHA-256 of the file).
-    """
-    h = hashlib.sha256()
-    for rel, digest in sorted(pairs):
-        h.update(f"{rel}\t{digest}\n".encode())
-    return h.hexdigest()
 
 
 def compute_labels_sha256(labels_dir: str | Path, images: list[str] | tuple[str, ...]) -> str:
@@ -214,8 +190,6 @@ def _check_prior_key(manifest_path: Path, prior) -> dict | None:
 
 def _check_priors(folder: LabelFolder, images: tuple[str, ...], verify_hash: bool) -> None:
     """Every image has its prior file; with ``verify_hash`` each is of this K and ``priors_sha256`` matches."""
-    from auxseg.contracts.priors import prior_num_labels  # it imports this module
-
     missing = [r for r in images if not folder.prior_path(r).is_file()]
     if missing:
         raise LabelFolderError(f"{folder.root}: {len(missing)} prior files missing, e.g. {folder.prior_path(missing[0])}"

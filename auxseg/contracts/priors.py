@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auxseg.contracts.label_folder import PRIOR_FORMAT, PRIORS_DIR, LabelFolderError, labels_digest, prior_rel
+from auxseg.contracts.layout import PRIOR_FORMAT, PRIORS_DIR, LabelFolderError, labels_digest, prior_rel
 from auxseg.io import DataFileError, atomic_write_bytes, check_npz_size
 
 __all__ = ["PRIOR_FORMAT", "PRIORS_DIR", "QUANT", "prior_rel", "write_prior", "write_prior_topk", "read_prior",
@@ -259,7 +259,7 @@ def write_label_priors(folder: str | Path, confidence: float = 0.8, topk: int = 
     labels (before the top-k cut); ignored pixels get a uniform prior. Writes
     ``priors/`` and adds the ``prior`` key to ``manifest.json``.
     """
-    from auxseg.contracts.label_folder import LABELS_DIR, MANIFEST_NAME, label_rel
+    from auxseg.contracts.layout import LABELS_DIR, MANIFEST_NAME, label_rel
     from auxseg.io import atomic_write_json, read_json, read_label, sha256_file
 
     folder = Path(folder)

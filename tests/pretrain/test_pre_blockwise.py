@@ -9,6 +9,7 @@ import types
 
 import pytest
 import torch
+from pre_helpers import loss_grad_stats, unit_features
 
 from pretrain.losses import (
     BLOCK_BYTES,
@@ -21,16 +22,7 @@ from pretrain.losses import (
 from pretrain.objectives.base import StepBatch
 from pretrain.objectives.infonce import InfoNCE, InfoNCEConfig
 
-
-def _unit(n: int, d: int, seed: int, dtype=torch.float64) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1).requires_grad_(True)
-
-
-def _loss_grad_stats(fn, feats: torch.Tensor, ids: torch.Tensor, t: float = 0.1):
-    loss, stats = fn(feats, PixelTargets(ids), temperature=t)
-    (grad,) = torch.autograd.grad(loss, feats)
-    return loss.detach(), grad, stats
+_unit, _loss_grad_stats = unit_features, loss_grad_stats
 
 
 def _blockwise(block: int):

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from pre_helpers import loss_grad_stats, unit_features
 
 from pretrain.losses import (
     PixelTargets,
@@ -123,15 +124,7 @@ def test_targets_per_mode():
 # ----------------------------------------------------------------------------- lean InfoNCE vs the dense reference
 
 
-def _unit(n: int, d: int, seed: int, dtype=torch.float64) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1).requires_grad_(True)
-
-
-def _loss_grad_stats(fn, feats: torch.Tensor, ids: torch.Tensor, t: float = 0.1):
-    loss, stats = fn(feats, PixelTargets(ids), temperature=t)
-    (grad,) = torch.autograd.grad(loss, feats)
-    return loss.detach(), grad, stats
+_unit, _loss_grad_stats = unit_features, loss_grad_stats
 
 
 @pytest.mark.parametrize("n, labels, seed", [(40, 5, 0), (97, 17, 1), (64, 50, 2), (200, 3, 3)])
