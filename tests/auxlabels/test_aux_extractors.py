@@ -274,8 +274,8 @@ def test_vgg19(tmp_path, with_classifier):
 
 def test_the_extractor_registry_is_the_one_list_of_names(capsys):
     from auxlabels.config import AuxLabelsConfig
-    from auxlabels.pipeline import check_config as validate  # the cross-field rules and the extractor name
     from auxlabels.features import EXTRACTOR_HELP, EXTRACTORS, FeatureExtractor, register_extractor
+    from auxlabels.pipeline import check_config as validate  # the cross-field rules and the extractor name
     from auxseg.config import ConfigError
     from loop.cli import main
 
