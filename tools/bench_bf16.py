@@ -174,6 +174,8 @@ def main() -> None:
                                                    "extractor:segmenter", "extractor:resnet50"])
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--others", default="not stated",
+                   help="what else ran on the machine during the measurement, for the results file")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", type=Path)
     args = p.parse_args()
@@ -219,8 +221,7 @@ Machine: {machine_line()}; torch {torch.__version__}, {args.threads} intra-op th
 CPU bf16 (`auxseg env`): capability {cpu['torch_cpu_capability']}, flags {cpu['bf16_flags']}, native bf16
 {cpu['native_bf16']}.
 Load average (1, 5, 15 min) at the start: {", ".join(f"{x:.2f}" for x in load_before)}; at the end:
-{", ".join(f"{x:.2f}" for x in load_after)}. Other jobs (other engineers' tests and benchmarks) shared
-this 2-core machine during the run: the times carry their noise; fp32 and bf16 are alternated step by
+{", ".join(f"{x:.2f}" for x in load_after)}. Other jobs during the run: {args.others}; if any, the times carry their noise; fp32 and bf16 alternate step by
 step in one process so both see the same load, and the minima are the least disturbed figures.
 Command: `{cmd}`
 

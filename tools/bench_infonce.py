@@ -242,7 +242,7 @@ def text_dense(args, rows, load_before, load_after, cmd) -> str:
 
 Machine: {machine()}, {args.threads} intra-op threads; no GPU.
 Load average (1, 5, 15 min) at the start: {", ".join(f"{x:.2f}" for x in load_before)}; at the end:
-{", ".join(f"{x:.2f}" for x in load_after)}. Other jobs may have shared the CPU during the run, so the
+{", ".join(f"{x:.2f}" for x in load_after)}. Other jobs during the run: {args.others}; if any, the
 times carry their noise; the memory figures do not depend on load.
 Command: `{cmd}`
 
@@ -318,8 +318,7 @@ def text_blockwise(args, rows, load_before, load_after, cmd, pml_note) -> str:
 
 Machine: {machine()}, {args.threads} intra-op threads; no GPU.
 Load average (1, 5, 15 min) at the start: {", ".join(f"{x:.2f}" for x in load_before)}; at the end:
-{", ".join(f"{x:.2f}" for x in load_after)}. Other jobs (other engineers' tests and benchmarks) shared
-this 2-core machine during the run, so the times carry their noise; the memory figures do not depend
+{", ".join(f"{x:.2f}" for x in load_after)}. Other jobs during the run: {args.others}; if any, the times carry their noise; the memory figures do not depend
 on load.
 Command: `{cmd}`
 
@@ -372,6 +371,8 @@ def main() -> None:
     p.add_argument("--mem-limit-gib", type=float, default=8.0, help="leave out points predicted to need more")
     p.add_argument("--pml-dir", type=Path, default=Path("/tmp/auxseg_bench_pml"),
                    help="where pytorch-metric-learning is installed (pip --target) for supcon")
+    p.add_argument("--others", default="not stated",
+                   help="what else ran on the machine during the measurement, for the results file")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     p.add_argument("--out", type=Path, help="write the results markdown here")
     p.add_argument("--rows", type=Path, help="also write the measured rows (JSON) here")
