@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auxseg.contracts.label_folder import label_rel, prior_rel
+from auxseg.contracts.label_folder import label_dtype, label_rel, prior_rel
 from auxseg.contracts.priors import write_prior
 from auxseg.io import atomic_write_bytes, encode_label_png, read_label, sha256_file
 from auxseg.paths import output_file
@@ -29,11 +29,6 @@ from .metrics import GroundTruthError, confusion
 from .soft_labels import SoftSettings, soft_prior
 from .superpixels import compute_superpixels, superpixel_label_bound
 from .vote import superpixel_vote
-
-
-def label_dtype(num_labels: int) -> tuple[str, int]:
-    """PNG dtype and ignore index for ``num_labels`` labels: uint8/255 up to 254 labels, else uint16/65535."""
-    return ("uint8", 255) if num_labels <= 254 else ("uint16", 65535)
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,18 @@ import numpy as np
 
 from auxseg.config import save_config, to_dict
 from auxseg.contracts.common import versions
-from auxseg.contracts.label_folder import MANIFEST_FORMAT, label_rel, labels_digest, prior_rel
+from auxseg.contracts.label_folder import (
+    MANIFEST_FORMAT,
+    label_folder_manifest,
+    label_rel,
+    labels_digest,
+    prior_rel,
+)
 from auxseg.contracts.priors import prior_manifest_entry
 from auxseg.io import atomic_write_json, read_json
 
 from .config import AuxLabelsConfig
 from .inputs import ImageItem
-from .labelling import label_dtype
 from .metrics import format_report, pmiou
 from .resume import read_journal
 
@@ -144,19 +149,11 @@ def finish(cfg: AuxLabelsConfig, out: Path, root: Path, items: list[ImageItem], 
     pairs = [(label_rel(it.rel), records[it.rel]["sha256"]) for it in labelled]
     timings["finish"] = time.perf_counter() - t_finish
     timings["total_wall"] = time.perf_counter() - t_start
-    dtype, ignore_index = label_dtype(num_labels)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "num_labels": int(num_labels),
-        "ignore_index": int(ignore_index),
-        "dtype": dtype,
-        "scope": "image" if cfg.clusterer == "superpixel" else "global",
-        "image_root": str(root),
-        "images": [it.rel for it in labelled],
+    manifest = label_folder_manifest(
+        num_labels=num_labels, scope="image" if cfg.clusterer == "superpixel" else "global", image_root=root,
+        images=[it.rel for it in labelled], labels_sha256=labels_digest(pairs),
         # labelled only to measure PmIoU; consumers that train must leave them out (contracts section 1)
-        "eval_images": [it.rel for it in labelled if it.is_eval],
-        "labels_sha256": labels_digest(pairs),
-        "complete": True,
+        eval_images=[it.rel for it in labelled if it.is_eval], **{
         "clusterer": cfg.clusterer,
         "extractor": extractor,
         "working_stride": cfg.extractor.stride if cfg.clusterer != "superpixel" else None,
@@ -175,7 +172,7 @@ def finish(cfg: AuxLabelsConfig, out: Path, root: Path, items: list[ImageItem], 
         "fingerprint": fingerprint,
         "created": (previous or {}).get("created", _now()),
         "finished": _now(),
-    }
+    })
     atomic_write_json(out / "manifest.json", manifest)
     _drop_cache(cfg, out)
     return manifest

@@ -31,8 +31,8 @@ from auxseg.config import ConfigError, PositiveFloat, PositiveInt, to_dict
 from auxseg.contracts.common import versions
 from auxseg.contracts.label_folder import (
     LABELS_DIR,
-    MANIFEST_FORMAT,
     PRIORS_DIR,
+    label_folder_manifest,
     label_rel,
     labels_digest,
     prior_rel,
@@ -54,7 +54,6 @@ from .config import ExtractorConfig
 from .resume import checkpoint_sha256, previous_manifest, read_journal, verified
 from .soft_segments import SoftSegmentsParams, soft_segments_of_image
 
-IGNORE = 255  # the uint8 ignore value (never written: every pixel has a segment)
 JOURNAL = "progress.jsonl"
 # settings that do not change the segments; everything else must match to resume
 NOT_FINGERPRINTED = ("progress", "resume", "out_dir", "on_bad_image")
@@ -243,17 +242,9 @@ def run(cfg: SoftSegmentsConfig) -> dict:
         for key, value in rec["timings"].items():
             timings[key] = timings.get(key, 0.0) + value
     timings["total_wall"] = time.perf_counter() - t_start  # this run only
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "num_labels": int(k),
-        "ignore_index": IGNORE,
-        "dtype": "uint8",
-        "scope": "image",  # segment j of one image has nothing to do with segment j of another
-        "image_root": str(root.resolve()),
-        "images": written,
-        "eval_images": [],
-        "labels_sha256": labels_digest([(label_rel(r), records[r]["sha256"]) for r in written]),
-        "complete": True,
+    manifest = label_folder_manifest(  # scope image: segment j of one image has nothing to do with j of another
+        num_labels=k, scope="image", image_root=root.resolve(), images=written, dtype="uint8",
+        labels_sha256=labels_digest([(label_rel(r), records[r]["sha256"]) for r in written]), **{
         "clusterer": "soft_segments",
         "extractor": semantic.description,
         "semantic_features": "feature view (guided filter + PCA-3)" if cfg.features == "extractor" else "colour",
@@ -273,6 +264,6 @@ def run(cfg: SoftSegmentsConfig) -> dict:
         "fingerprint": fingerprint,
         "created": created,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-    }
+    })
     atomic_write_json(out / "manifest.json", manifest)
     return manifest

@@ -26,6 +26,7 @@ from auxseg.contracts.label_folder import (  # noqa: F401  (re-exported for the 
     LabelFolder,
     LabelFolderError,
     compute_labels_sha256,
+    label_folder_manifest,
     label_rel,
     read_label_folder,
     write_groundtruth_label_folder,
@@ -183,10 +184,7 @@ def write_unlabelled_label_folder(image_root: str | Path, out: str | Path) -> Pa
         except OSError as err:
             raise LabelFolderError(f"{image_root / rel}: not a readable image ({err})") from err
         write_label_png(out / LABELS_DIR / label_rel(rel), np.full((height, width), 255, np.uint8))
-    atomic_write_json(manifest, {
-        "format": MANIFEST_FORMAT, "num_labels": 1, "ignore_index": 255, "dtype": "uint8", "scope": "image",
-        "image_root": str(image_root.resolve()), "images": images,
-        "labels_sha256": compute_labels_sha256(out / LABELS_DIR, images), "complete": True,
-        "extractor": UNLABELLED_EXTRACTOR,
-    })
+    atomic_write_json(manifest, label_folder_manifest(
+        num_labels=1, scope="image", image_root=image_root.resolve(), images=images,
+        labels_sha256=compute_labels_sha256(out / LABELS_DIR, images), extractor=UNLABELLED_EXTRACTOR))
     return out

@@ -38,6 +38,28 @@ def compute_labels_sha256(labels_dir: str | Path, images: list[str] | tuple[str,
     return labels_digest([(label_rel(rel), sha256_file(labels_dir / label_rel(rel))) for rel in images])
 
 
+def label_dtype(num_labels: int) -> tuple[str, int]:
+    """PNG dtype and ignore index for ``num_labels`` labels: uint8/255 up to 254 labels, else uint16/65535."""
+    return ("uint8", 255) if num_labels <= 254 else ("uint16", 65535)
+
+
+def label_folder_manifest(*, num_labels: int, scope: str, image_root: str | Path, images: list[str],
+                          labels_sha256: str, eval_images: list[str] = (), dtype: str | None = None,
+                          **extra) -> dict:
+    """The manifest of a finished label folder: the one builder every writer uses (docs/contracts.md 1).
+
+    The keys every reader relies on come first, in the documented order (``dtype`` and ``ignore_index``
+    from :func:`label_dtype` unless ``dtype`` is given), then ``extra``: the writer's own description
+    (clusterer, extractor, priors, timings, ...). ``eval_images`` are labelled only to be evaluated.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"label_folder_manifest: scope must be one of {SCOPES}, got {scope!r}")
+    dtype, ignore = (dtype, {"uint8": 255, "uint16": 65535}[dtype]) if dtype else label_dtype(num_labels)
+    return {"format": MANIFEST_FORMAT, "num_labels": int(num_labels), "ignore_index": ignore, "dtype": dtype,
+            "scope": scope, "image_root": str(image_root), "images": list(images), "eval_images": list(eval_images),
+            "labels_sha256": labels_sha256, "complete": True, **extra}
+
+
 @dataclass(frozen=True)
 class LabelFolder:
     """What a consumer needs from an auxiliary-label folder's manifest."""
@@ -265,16 +287,7 @@ def write_groundtruth_label_folder(dataset_root: str | Path, out: str | Path, sp
         gt = read_label(dataset_root / f"{split}annot" / label_rel(rel))
         lab = np.where(gt < k, gt, ignore).astype(np.uint8)
         write_label_png(out / LABELS_DIR / label_rel(rel), lab)
-    atomic_write_json(out / MANIFEST_NAME, {
-        "format": MANIFEST_FORMAT,
-        "num_labels": k,
-        "ignore_index": ignore,
-        "dtype": "uint8",
-        "scope": "global",
-        "image_root": str(image_root.resolve()),
-        "images": images,
-        "labels_sha256": compute_labels_sha256(out / LABELS_DIR, images),
-        "complete": True,
-        "extractor": "ground truth",
-    })
+    atomic_write_json(out / MANIFEST_NAME, label_folder_manifest(
+        num_labels=k, scope="global", image_root=image_root.resolve(), images=images, dtype="uint8",
+        labels_sha256=compute_labels_sha256(out / LABELS_DIR, images), extractor="ground truth"))
     return out
