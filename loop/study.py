@@ -46,7 +46,7 @@ from auxseg.config import (
     to_dict,
     without_keys,
 )
-from auxseg.io import read_json
+from auxseg.io import atomic_write_json, read_json
 from auxseg.paths import resolve_path
 from loop.pipeline import (
     Dataset,
@@ -194,83 +194,101 @@ def _arm_config(study: StudyConfig, base: Path, arm: ArmConfig, fraction: list[s
 def plan(study: StudyConfig) -> Plan:
     """Every cell of the study with its dependencies. The data is generated (the built-in set) and checked
     first, as the pipeline does: the steps' configs name its folders and classes."""
-    from auxlabels.pipeline import run as run_auxlabels
-    from finetune.run import run as run_finetune
-    from pretrain.checkpoint import with_added_defaults
-    from pretrain.train import run as run_pretrain
-
     work_dir = resolve_path(study.work_dir)
     base = resolve_path(study.pipeline)
     cells: dict[str, Cell] = {}
     runs: list[Cell] = []
     data = None
-    ft_seeds, pre_seeds = list(study.finetune_seeds), list(study.pretrain_seeds)
+    ft_seeds = list(study.finetune_seeds)
 
     def add(cell: Cell) -> Cell:
-        return cells.setdefault(cell.key, cell)
+        return cells.setdefault(cell.key, cell)  # a step with equal inputs is shared, not planned twice
 
     fraction_names = []
     for name, fraction in _fraction_overrides(study):
         fraction_names.append(name)
+        base_cfg = _arm_config(study, base, BASE_ARM, fraction, work_dir)
+        if data is None:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            data = prepare_data(base_cfg, work_dir)
+        # the baseline fine-tunes: the base schedule, no arm overrides; the first seed's labels every arm
+        segmenters = {f: add(_finetune_cell(base_cfg, BASE_ARM, data, name, f, label=f"segmenter {name} seed {f}"))
+                      for f in ft_seeds}
         for arm in study.arms:
             cfg = _arm_config(study, base, arm, fraction, work_dir)
-            if data is None:
-                work_dir.mkdir(parents=True, exist_ok=True)
-                data = prepare_data(cfg, work_dir)
-                check_head_classes(cfg, data)
-            check_priors(cfg)
-            check_owned_keys(cfg, {  # as the pipeline: a template key that it would overrule is an error
-                "finetune": finetune_config(cfg, data, work_dir / "segmenter", cfg.baseline_init, ft_seeds[0]),
-                "auxlabels": auxlabels_config(cfg, data, work_dir / "labels", work_dir / "segmenter" / "iter.pth"),
-                "pretrain": pretrain_config(cfg, work_dir / "pretrain", work_dir / "labels", *planned_backbone(cfg)),
-            })
-            segmenters = {}
-            base_cfg = _arm_config(study, base, ArmConfig("base"), fraction, work_dir)
-            for f in ft_seeds:  # the baseline fine-tunes: base schedule, no arm overrides of the fine-tune
-                ft = finetune_config(base_cfg, data, Path("."), base_cfg.baseline_init, f)
-                ident = _identity(ft, ("work_dir", "data_root"), data.root)
-                key = f"segmenter_{_digest('segmenter', ident, ())}"
-                segmenters[f] = add(Cell("segmenter", key, f"segmenter {name} seed {f}", (), name, None, None, f,
-                                         _iterations(ft),
-                                         _finetune_runner(base_cfg, ArmConfig("base"), data, None, f, run_finetune),
-                                         ident))
+            _check_arm(cfg, data, work_dir, ft_seeds[0])
             if not arm.pretrain:
-                for f in ft_seeds:
-                    ft = _staged(arm, "finetune", finetune_config(cfg, data, Path("."), cfg.baseline_init, f))
-                    ident = _identity(ft, ("work_dir", "data_root"), data.root)
-                    key = f"segmenter_{_digest('segmenter', ident, ())}"  # equal to the baseline's when unchanged
-                    cell = add(Cell("segmenter", key, f"fine-tune {arm.name} {name} seed {f}", (), name, None, None,
-                                    f, _iterations(ft), _finetune_runner(cfg, arm, data, None, f, run_finetune),
-                                    ident))
+                for f in ft_seeds:  # equal to the baseline's segmenter when the arm changes nothing
+                    cell = add(_finetune_cell(cfg, arm, data, name, f, label=f"fine-tune {arm.name} {name} seed {f}"))
                     runs.append(_as_run(cell, arm.name, None, f))
                 continue
             seg0 = segmenters[ft_seeds[0]]
-            aux = _staged(arm, "auxlabels", auxlabels_config(cfg, data, Path("."), Path("segmenter.pth")))
-            ident = _identity(aux, ("out_dir", "extractor.checkpoint", "extractor.config", "progress"), data.root)
-            aux_cell = add(Cell("auxlabels", f"auxlabels_{_digest('auxlabels', ident, (seg0.key,))}",
-                                f"auxiliary labels {name} ({arm.name})", (seg0.key,), name,
-                                iterations=_count_images(data), run=_auxlabels_runner(cfg, arm, data, seg0.key, run_auxlabels),
-                                config=ident))
-            for p in pre_seeds:
-                pre = _staged(arm, "pretrain", pretrain_config(cfg, Path("."), Path("."), *planned_backbone(cfg)))
-                pre.train.seed = p
-                ident = _identity(pre, ("out_dir", "data.labels", "train.progress"), data.root)
-                pre_cell = add(Cell("pretrain", f"pretrain_{_digest('pretrain', ident, (aux_cell.key, seg0.key))}",
-                                    f"pre-train {arm.name} {name} seed {p}", (aux_cell.key, seg0.key), name,
-                                    arm.name, p, None, pre.train.max_iters,
-                                    _pretrain_runner(cfg, arm, aux_cell.key, seg0.key, p, run_pretrain,
-                                                     with_added_defaults),
-                                    ident))
+            aux_cell = add(_auxlabels_cell(cfg, arm, data, name, seg0))
+            for p in study.pretrain_seeds:
+                pre_cell = add(_pretrain_cell(cfg, arm, data, name, p, aux_cell, seg0))
                 for f in ft_seeds:
-                    ft = _staged(arm, "finetune", finetune_config(cfg, data, Path("."), export_init("export.pth"), f))
-                    ident = _identity(ft, ("work_dir", "data_root", "init.checkpoint", "init.decoder"), data.root)
-                    key = f"finetune_{_digest('finetune', ident, (pre_cell.key,))}"
-                    cell = add(Cell("finetune", key, f"fine-tune {arm.name} {name} pre-seed {p} seed {f}",
-                                    (pre_cell.key,), name, arm.name, p, f, _iterations(ft),
-                                    _finetune_runner(cfg, arm, data, pre_cell.key, f, run_finetune), ident))
+                    cell = add(_finetune_cell(cfg, arm, data, name, f, pre_cell,
+                                              label=f"fine-tune {arm.name} {name} pre-seed {p} seed {f}"))
                     runs.append(_as_run(cell, arm.name, p, f))
     order = sorted(cells.values(), key=lambda c: KINDS.index(c.kind))
     return Plan(study, work_dir, data, {c.key: c for c in order}, runs, fraction_names)
+
+
+BASE_ARM = ArmConfig("base")  # the pipeline config as the study gives it: the segmenters' config
+
+
+def _check_arm(cfg: PipelineConfig, data: Dataset, work_dir: Path, seed: int) -> None:
+    """The pipeline's checks before any training: head classes, priors, template keys it would overrule."""
+    check_head_classes(cfg, data)
+    check_priors(cfg)
+    check_owned_keys(cfg, {
+        "finetune": finetune_config(cfg, data, work_dir / "segmenter", cfg.baseline_init, seed),
+        "auxlabels": auxlabels_config(cfg, data, work_dir / "labels", work_dir / "segmenter" / "iter.pth"),
+        "pretrain": pretrain_config(cfg, work_dir / "pretrain", work_dir / "labels", *planned_backbone(cfg)),
+    })
+
+
+def _finetune_cell(cfg: PipelineConfig, arm: ArmConfig, data: Dataset, fraction: str, seed: int,
+                   pre_cell: Cell | None = None, *, label: str) -> Cell:
+    """A fine-tune: from ``baseline_init`` (a ``segmenter`` cell) or from ``pre_cell``'s export (``finetune``)."""
+    from finetune.run import run as run_finetune
+
+    init = cfg.baseline_init if pre_cell is None else export_init("export.pth")
+    ft = _staged(arm, "finetune", finetune_config(cfg, data, Path("."), init, seed))
+    paths = ("work_dir", "data_root") + (() if pre_cell is None else ("init.checkpoint", "init.decoder"))
+    ident = _identity(ft, paths, data.root)
+    kind, deps = ("segmenter", ()) if pre_cell is None else ("finetune", (pre_cell.key,))
+    return Cell(kind, f"{kind}_{_digest(kind, ident, deps)}", label, deps, fraction,
+                None if pre_cell is None else arm.name, None if pre_cell is None else pre_cell.pretrain_seed, seed,
+                _iterations(ft), _finetune_runner(cfg, arm, data, deps[0] if deps else None, seed, run_finetune),
+                ident)
+
+
+def _auxlabels_cell(cfg: PipelineConfig, arm: ArmConfig, data: Dataset, fraction: str, seg0: Cell) -> Cell:
+    """The auxiliary labels of ``arm``'s labelling settings, from the segmenter ``seg0``."""
+    from auxlabels.pipeline import run as run_auxlabels
+
+    aux = _staged(arm, "auxlabels", auxlabels_config(cfg, data, Path("."), Path("segmenter.pth")))
+    ident = _identity(aux, ("out_dir", "extractor.checkpoint", "extractor.config", "progress"), data.root)
+    return Cell("auxlabels", f"auxlabels_{_digest('auxlabels', ident, (seg0.key,))}",
+                f"auxiliary labels {fraction} ({arm.name})", (seg0.key,), fraction,
+                iterations=_count_images(data), run=_auxlabels_runner(cfg, arm, data, seg0.key, run_auxlabels),
+                config=ident)
+
+
+def _pretrain_cell(cfg: PipelineConfig, arm: ArmConfig, data: Dataset, fraction: str, seed: int, aux_cell: Cell,
+                   seg0: Cell) -> Cell:
+    """One pre-training of ``arm`` with ``train.seed = seed`` on ``aux_cell``'s labels."""
+    from pretrain.checkpoint import with_added_defaults
+    from pretrain.train import run as run_pretrain
+
+    pre = _staged(arm, "pretrain", pretrain_config(cfg, Path("."), Path("."), *planned_backbone(cfg)))
+    pre.train.seed = seed
+    ident = _identity(pre, ("out_dir", "data.labels", "train.progress"), data.root)
+    deps = (aux_cell.key, seg0.key)
+    return Cell("pretrain", f"pretrain_{_digest('pretrain', ident, deps)}", f"pre-train {arm.name} {fraction} seed {seed}",
+                deps, fraction, arm.name, seed, None, pre.train.max_iters,
+                _pretrain_runner(cfg, arm, aux_cell.key, seg0.key, seed, run_pretrain, with_added_defaults), ident)
 
 
 def _staged(arm: ArmConfig, kind: str, cfg: Any) -> Any:
@@ -379,16 +397,10 @@ def run_cell(p: Plan, cell: Cell) -> bool:
             shutil.rmtree(folder)  # half-written by a killed worker: redo from scratch (inside work_dir/cells)
             folder.mkdir()
         stage_cfg, fn, upgrade = cell.run(p.work_dir, cell.key)
-        atomic_json(folder / "cell.json", {"kind": cell.kind, "label": cell.label, "deps": list(cell.deps),
+        atomic_write_json(folder / "cell.json", {"kind": cell.kind, "label": cell.label, "deps": list(cell.deps),
                                            "config": cell.config})
         run_step(cell.label, folder, stage_cfg, fn, **({"upgrade": upgrade} if upgrade else {}))
     return True
-
-
-def atomic_json(path: Path, obj: Any) -> None:
-    from auxseg.io import atomic_write_json
-
-    atomic_write_json(path, obj)
 
 
 def run_all(p: Plan, poll_s: float = 5.0) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from auxseg.io import atomic_write_json, atomic_write_text, read_json
+from loop.report import read_log
 from loop.study import STUDY_FORMAT, Cell, Plan, cell_dir, is_done
 from loop.study_stats import (
     instability,
@@ -33,7 +34,7 @@ def _run_record(p: Plan, run: Cell) -> dict:
               "flags": instability(result.get("val_history", []), result.get("max_iters"))}
     if run.deps:  # the pre-training this fine-tune started from
         pre = cell_dir(p.work_dir, run.deps[0])
-        log = [r["loss"] for r in _read_log(pre / "log.jsonl") if "loss" in r]
+        log = [r["loss"] for r in read_log(pre / "log.jsonl") if "loss" in r]
         flag = loss_not_falling(log)
         export = Path(read_json(pre / "step.json")["result"])
         record["pretrain"] = {"cell": run.deps[0], "export": f"cells/{run.deps[0]}/{export.name}",
@@ -41,12 +42,6 @@ def _run_record(p: Plan, run: Cell) -> dict:
         if flag:
             record["flags"].append(f"pre-training {flag}")
     return record
-
-
-def _read_log(path: Path) -> list[dict]:
-    from auxseg.io import read_jsonl
-
-    return read_jsonl(path) if path.is_file() else []
 
 
 def collect(p: Plan) -> dict:
