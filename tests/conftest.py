@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,27 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip_gpu)
         if "realdata" in item.keywords and not has_data:
             item.add_marker(skip_data)
+
+
+@pytest.fixture(scope="session")
+def session_tmp(tmp_path_factory) -> Path:
+    """A folder for session-scoped fixtures' files, kept until the session ends (see ``_free_module_tmp``)."""
+    return tmp_path_factory.mktemp("session")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_module_tmp(request, tmp_path_factory, session_tmp):
+    """Delete what a test module wrote under pytest's base temp folder once the module is done, unless one of
+    its tests failed. Several tests write checkpoints of full-size networks (about 100 MB each); kept to the
+    end, the suite's files outgrow a small CI disk. Function-level ``tmp_path`` folders of passing tests go
+    at once (``tmp_path_retention_policy = "failed"`` in pyproject.toml); this covers module fixtures."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(base.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 
 
 @pytest.fixture(scope="session")
-def synthetic_root(tmp_path_factory) -> Path:
+def synthetic_root(session_tmp) -> Path:
     """6 train + 2 val synthetic scenes of 48x64 (6 classes, 255 = ignore), CamVid layout."""
-    root = tmp_path_factory.mktemp("synthetic")
+    root = session_tmp / "finetune_synthetic"
     return make_synthetic_dataset(root, SyntheticSpec(num_train=6, num_val=2, height=48, width=64, seed=0))
 
 
@@ -28,6 +28,6 @@ def make_export():
 
 
 @pytest.fixture(scope="session")
-def trained_deeplab(tmp_path_factory, synthetic_root) -> TrainedRun:
+def trained_deeplab(session_tmp, synthetic_root) -> TrainedRun:
     """DeepLabV3 (ResNetV1c) trained 2 iterations by mmengine's Runner, once per session."""
-    return train_tiny(TINY_DEEPLAB, synthetic_root, tmp_path_factory.mktemp("deeplab") / "work", "ResNetV1c")
+    return train_tiny(TINY_DEEPLAB, synthetic_root, session_tmp / "finetune_deeplab" / "work", "ResNetV1c")

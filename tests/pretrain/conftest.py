@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def gt_label_folder(tmp_path_factory) -> Path:
+def gt_label_folder(session_tmp) -> Path:
     """An auxiliary-label folder per docs/contracts.md whose labels are the synthetic ground truth."""
-    root = tmp_path_factory.mktemp("pre_data")
+    root = session_tmp / "pretrain_data"
     make_synthetic_dataset(root / "dataset", SyntheticSpec(num_train=6, num_val=0, height=48, width=64, seed=3))
     return write_groundtruth_label_folder(root / "dataset", root / "auxlabels")
 
