@@ -44,13 +44,18 @@ def _tiny_run(tmp_path, mode: str, iters: int) -> list[float]:
 
 @pytest.mark.parametrize(("mode", "iters", "pinned"), [("aux", 8, PINNED_AUX), ("pixel", 4, PINNED_PIXEL)])
 def test_infonce_objective_gives_the_losses_of_the_loop_before_plugins(tmp_path, monkeypatch, mode, iters, pinned):
-    """With the loss function of that time, every logged loss is bit-identical: the loop, the targets, the
-    sampling, the head and its initialisation, the optimizer groups and the schedule did not change."""
+    """With the loss function of that time, the first two logged losses agree to float32 rounding (the
+    initialisation, the targets, the sampling, the head and the first optimizer step did not change) and
+    the later ones to 0.5%. The numbers were printed on an AMD EPYC; on an Intel Xeon, whose BLAS kernels
+    round differently, the same code agrees bit for bit on the first two losses and drifts from the third
+    (relative differences of 2e-5 to 1.2e-3 by the last), so only the first two are pinned tightly."""
     import pretrain.objectives.infonce as infonce
     from pretrain.losses import _infonce_dense_reference
 
     monkeypatch.setattr(infonce, "supervised_infonce", _infonce_dense_reference)
-    assert _tiny_run(tmp_path, mode, iters) == pinned
+    losses = _tiny_run(tmp_path, mode, iters)
+    assert losses[:2] == pytest.approx(pinned[:2], rel=1e-6, abs=0)
+    assert losses[2:] == pytest.approx(pinned[2:], rel=5e-3, abs=0)
 
 
 def test_the_lean_loss_gives_the_same_numbers(tmp_path):
