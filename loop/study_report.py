@@ -32,8 +32,14 @@ def _run_record(p: Plan, run: Cell) -> dict:
               "config": f"{rel}/config.yaml", "log": f"{rel}/console.log",
               "checkpoint": f"{rel}/iter_{result['iteration']}.pth",
               "flags": instability(result.get("val_history", []), result.get("max_iters"))}
+    record["per_class_iou"] = result.get("per_class_iou") or {}
+    if result.get("mIoU_r") is not None:  # fine-tunes from priors: argmax r (docs/finetune.md)
+        record["mIoU_r"] = result["mIoU_r"]
     if run.deps:  # the pre-training this fine-tune started from
         pre = cell_dir(p.work_dir, run.deps[0])
+        labels = cell_dir(p.work_dir, p.cells[run.deps[0]].deps[0]) / "pmiou.json"
+        if labels.is_file():  # the quality of the auxiliary labels it pre-trained on
+            record["pmiou"] = read_json(labels)["pmiou"]
         log = [r["loss"] for r in read_log(pre / "log.jsonl") if "loss" in r]
         flag = loss_not_falling(log)
         export = Path(read_json(pre / "step.json")["result"])
@@ -62,6 +68,7 @@ def collect(p: Plan) -> dict:
             entry = summarise([r["mIoU"] for r in mine]).as_dict()
             entry["pretrains"] = arm.pretrain
             entry["overrides"] = list(arm.overrides)
+            entry.update(_secondary(mine))
             if arm.pretrain:
                 grid = [[_score(mine, ps, fs) for fs in study.finetune_seeds] for ps in study.pretrain_seeds]
                 entry["variance_components"] = variance_components(grid)
@@ -70,6 +77,22 @@ def collect(p: Plan) -> dict:
             if name != study.reference:
                 out["differences"].setdefault(fraction, {})[name] = _difference(
                     records, name, study.reference, fraction, arm.pretrain, arms[study.reference].pretrain, study)
+    return out
+
+
+def _secondary(runs: list[dict]) -> dict:
+    """What an arm's runs say beside mIoU: per-class IoU (mean over runs), ``mIoU_r`` (runs from priors) and
+    the PmIoU of the auxiliary labels it pre-trained on (one label folder per arm and fraction)."""
+    out: dict[str, Any] = {}
+    classes = list(runs[0]["per_class_iou"]) if runs else []
+    per_class = {c: [r["per_class_iou"].get(c) for r in runs] for c in classes}
+    out["per_class_iou"] = {c: (None if any(v is None for v in vs) else sum(vs) / len(vs))
+                            for c, vs in per_class.items()}
+    if runs and all("mIoU_r" in r for r in runs):
+        out["mIoU_r"] = summarise([r["mIoU_r"] for r in runs]).as_dict()
+    pm = sorted({r["pmiou"] for r in runs if "pmiou" in r})
+    if pm:
+        out["pmiou"] = pm[0] if len(pm) == 1 else pm
     return out
 
 
@@ -124,10 +147,7 @@ def markdown(p: Plan, data: dict, figures: list[Path]) -> str:
              f"{list(study.pretrain_seeds)}, fine-tune seeds {list(study.finetune_seeds)}. mIoU (%) on the validation "
              "images. Intervals are 95% Student-t intervals (scipy.stats); docs/study.md says what each assumes.", ""]
     for fraction in p.fractions:
-        lines += [f"## Labelled: {fraction}", "", "| arm | runs | mIoU mean ± sd [95% CI] | overrides |", "|---|---|---|---|"]
-        for name, entry in data["arms"][fraction].items():
-            over = ", ".join(f"`{o}`" for o in entry["overrides"]) or ("fine-tune only" if not entry["pretrains"] else "-")
-            lines.append(f"| {name} | {entry['n']} | {_fmt(entry)} | {over} |")
+        lines += [f"## Labelled: {fraction}", ""] + _arm_table(data["arms"][fraction])
         lines += ["", "Paired differences to the reference (pairs share the labelled split and the fine-tune seed):", ""]
         for diff in data["differences"].get(fraction, {}).values():
             run = diff["per_run"]
@@ -142,7 +162,7 @@ def markdown(p: Plan, data: dict, figures: list[Path]) -> str:
                 s, v = c["share"], c["variance"]
                 lines.append(f"| {name} | {s['pretrain_seed']:.0%} | {s['finetune_seed']:.0%} | {s['residual']:.0%} | "
                              f"{math.sqrt(sum(v.values())):.2f} |")
-        lines.append("")
+        lines += _per_class_table(data["arms"][fraction]) + _pmiou_order(data["arms"][fraction]) + [""]
     flagged = [r for r in data["runs"] if r["flags"]]
     lines += ["## Unstable runs", ""]
     lines += [f"- {r['arm']} {r['fraction']} pre-seed {r['pretrain_seed']} seed {r['finetune_seed']}: "
@@ -155,6 +175,49 @@ def markdown(p: Plan, data: dict, figures: list[Path]) -> str:
     lines += ["", "Each cell folder holds its `config.yaml`, its logs and checkpoints, and `step.json`; "
               "`auxseg finetune cells/<cell>/config.yaml` reruns one alone.", ""]
     return "\n".join(lines)
+
+
+def _arm_table(arms: dict[str, dict]) -> list[str]:
+    """Per arm: runs, mIoU with its interval, and where any arm has them, PmIoU of its labels and mIoU_r."""
+    pm = any("pmiou" in e for e in arms.values())
+    r_ = any("mIoU_r" in e for e in arms.values())
+    head = ["arm", "runs", "mIoU mean ± sd [95% CI]"] + ["PmIoU of its labels"] * pm + ["mIoU_r"] * r_ + ["overrides"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, e in arms.items():
+        over = ", ".join(f"`{o}`" for o in e["overrides"]) or ("fine-tune only" if not e["pretrains"] else "-")
+        pmiou = e.get("pmiou", "-")
+        cells = [name, str(e["n"]), _fmt(e)]
+        cells += [f"{pmiou:.2f}" if isinstance(pmiou, float) else str(pmiou)] * pm
+        cells += [_fmt(e["mIoU_r"]) if "mIoU_r" in e else "-"] * r_
+        lines.append("| " + " | ".join(cells + [over]) + " |")
+    return lines
+
+
+def _per_class_table(arms: dict[str, dict]) -> list[str]:
+    """IoU per class (mean over the arm's runs), one row per arm."""
+    classes = next((list(e["per_class_iou"]) for e in arms.values() if e.get("per_class_iou")), [])
+    if not classes:
+        return []
+    lines = ["", "IoU per class (%, mean over the arm's runs):", "",
+             "| arm | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for name, e in arms.items():
+        values = [e["per_class_iou"].get(c) for c in classes]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in values) + " |")
+    return lines
+
+
+def _pmiou_order(arms: dict[str, dict]) -> list[str]:
+    """Does label quality predict the gain? With three or more arms whose labels have a PmIoU: both orders and
+    Spearman's rank correlation (scipy.stats.spearmanr) between PmIoU and mean mIoU."""
+    from scipy.stats import spearmanr
+
+    rated = [(n, e["pmiou"], e["mean"]) for n, e in arms.items() if isinstance(e.get("pmiou"), float)]
+    if len(rated) < 3:
+        return []
+    rho = float(spearmanr([r[1] for r in rated], [r[2] for r in rated]).statistic)
+    by = {i: " > ".join(n for n, *_ in sorted(rated, key=lambda r: -r[i])) for i in (1, 2)}
+    return ["", f"Order by PmIoU of the labels: {by[1]}. Order by mean mIoU: {by[2]}. Spearman rank correlation over "
+            f"{len(rated)} arms: " + ("undefined" if rho != rho else f"{rho:.2f}") + "."]
 
 
 def figures(p: Plan, data: dict, folder: Path) -> list[Path]:

@@ -37,7 +37,6 @@ def test_smoke_run_writes_every_number(tmp_path):
         assert r["auxlabels"]["pmiou"] == pytest.approx(_pmiou_again(tmp_path, tmp_path / arch / "auxlabels"), abs=1e-9)
     assert pixel["boundaries"]["images"] == 3 and 0.0 <= pixel["boundaries"]["ods_f"] <= 1.0
     assert resnet["boundaries"]["images"] == 3 and resnet["auxlabels"]["extractor"] == "auxseg_export"
-    assert "finetune" not in resnet  # only with --finetune-seeds
     assert Path(pixel["pretrain"]["export"]).name == "small_model.pth"
     table = (tmp_path / "results.md").read_text()
     assert "| pixel | 2 |" in table and "| resnet18 | 2 |" in table

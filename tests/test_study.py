@@ -80,6 +80,17 @@ def test_flags():
     assert loss_not_falling([5.0, 5.1, 5.2, 5.3]) == "loss not falling (5.000 -> 5.300)"
 
 
+def test_label_quality_order_is_scipys_spearman():
+    from loop.study_report import _pmiou_order
+
+    arms = {"none": {"mean": 24.0}, "a": {"pmiou": 30.0, "mean": 26.0}, "b": {"pmiou": 20.0, "mean": 27.0},
+            "c": {"pmiou": 10.0, "mean": 25.0}}
+    rho = stats.spearmanr([30.0, 20.0, 10.0], [26.0, 27.0, 25.0]).statistic
+    assert _pmiou_order(arms) == ["", "Order by PmIoU of the labels: a > b > c. Order by mean mIoU: b > a > c. "
+                                      f"Spearman rank correlation over 3 arms: {rho:.2f}."]
+    assert _pmiou_order({"a": arms["a"], "b": arms["b"]}) == []  # two arms: no correlation worth stating
+
+
 def test_study_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="reference: 'nope' is not one of the arms"):
         load_study(TINY, ["reference=nope"])
@@ -132,6 +143,26 @@ def test_report_numbers_are_scipys_on_the_runs_files(finished_study):
     text = (finished_study / "study.md").read_text()
     assert diff["verdict"] in text and "| infonce | 4 |" in text
     assert (finished_study / "study_figures" / "runs.png").is_file() and "](study_figures/runs.png)" in text
+
+
+def test_report_carries_per_class_iou_and_label_quality(finished_study):
+    """Per-class IoU is the mean of the runs' results.json values; PmIoU is the auxiliary-label step's own."""
+    data = json.loads((finished_study / "study.json").read_text())
+    arm = data["arms"]["default"]["infonce"]
+    runs = [json.loads((finished_study / r["config"]).parent.joinpath("results.json").read_text())
+            for r in data["runs"] if r["arm"] == "infonce"]
+    for name, value in arm["per_class_iou"].items():
+        values = [r["per_class_iou"][name] for r in runs]
+        assert value == (None if None in values else pytest.approx(np.mean(values)))
+    aux = {json.loads((finished_study / "cells" / r["pretrain"]["cell"] / "cell.json").read_text())["deps"][0]
+           for r in data["runs"] if r["arm"] == "infonce"}
+    assert len(aux) == 1  # one label folder serves both pre-training seeds
+    assert arm["pmiou"] == json.loads((finished_study / "cells" / aux.pop() / "pmiou.json").read_text())["pmiou"]
+    assert "pmiou" not in data["arms"]["default"]["none"] and "mIoU_r" not in arm
+    text = (finished_study / "study.md").read_text()
+    assert "| arm | runs | mIoU mean ± sd [95% CI] | PmIoU of its labels | overrides |" in text
+    assert f"| infonce | 4 | {arm['mean']:.2f}" in text and f"{arm['pmiou']:.2f} |" in text
+    assert "IoU per class (%, mean over the arm's runs):" in text
 
 
 def test_a_killed_study_resumes_to_the_same_report(finished_study, tmp_path):

@@ -13,9 +13,9 @@ For each model (``pixel``, ``linear``, ``predseg1``, ``resnet18``):
    (``configs/auxlabels/camvid_r18.yaml`` with extractor ``small_model``, or ``auxseg_export``
    (layer4 of ``backbone_mmseg.pth``) for the ResNet-18) and their PmIoU against the validation
    ground truth;
-4. ResNets with ``--finetune-seeds``: fine-tune the export on the labelled 10% exactly as
-   ``auxseg pipeline configs/pipeline/camvid_cpu.yaml`` fine-tunes after pre-training (its
-   ``finetune`` section, split and schedule), mIoU on val per seed.
+The downstream question (does a ResNet-18 pre-trained this way fine-tune better than one from random
+weights or from InfoNCE on auxiliary labels?) is a study over seeds, not this script:
+``auxseg study configs/study/camvid_local_prediction.yaml`` (docs/study.md).
 
 Writes ``OUT/results.json`` and ``OUT/results.md`` (each model's command and settings, every number);
 a later invocation with the same ``--out`` adds its models to both.
@@ -23,7 +23,7 @@ a later invocation with the same ``--out`` adds its models to both.
 Usage:
   python tools/bench_local_prediction.py --camvid ../shared/data/camvid --out bench/results/local_prediction \\
       --models pixel linear resnet18 --iters 5000 --device cuda
-  python tools/bench_local_prediction.py --out runs/lp --models resnet18 --iters 200 --finetune-seeds 0 1 \\
+  python tools/bench_local_prediction.py --out runs/lp --models resnet18 --iters 200 \\
       --set model.stem=deep "augment.crop=[160,180]" augment.out_size=160
   python tools/bench_local_prediction.py --smoke --out /tmp/lp_smoke     # tiny synthetic data, CPU, seconds
   python tools/bench_local_prediction.py --cost --out /tmp/lp_cost --models pixel linear predseg1 resnet18
@@ -116,30 +116,6 @@ def pmiou(root: Path, export: Path | None, arch: str, out: Path, info: dict, arg
     manifest = run(load_config(AuxLabelsConfig, REPO / "configs/auxlabels/camvid_r18.yaml", overrides))
     return {"extractor": extractor[0].split("=", 1)[1], "k": manifest["num_labels"],
             "pmiou": manifest["pmiou"]["pmiou"], "overrides": extractor}
-
-
-def finetune(root: Path, export: Path, out: Path, args) -> dict:
-    """Fine-tune the ResNet export on the labelled 10% with the CamVid CPU pipeline's fine-tune settings."""
-    from auxseg.contracts.backbone import load_backbone_export
-    from finetune.config import InitConfig
-    from finetune.run import run
-    from loop.pipeline import Dataset, PipelineConfig, finetune_config, planned_backbone, pretrain_config
-
-    cfg = load_config(PipelineConfig, REPO / "configs/pipeline/camvid_cpu.yaml", [f"data.root={root}"])
-    trained = load_backbone_export(export)[1]["config"]["model"]
-    model = pretrain_config(cfg, out, out, *planned_backbone(cfg)).model  # what the pipeline would pre-train
-    planned = {"stem": model.stem, "output_stride": model.output_stride}
-    if {k: trained.get(k, 8 if k == "output_stride" else None) for k in planned} != planned:
-        raise SystemExit(f"{export}: pre-trained with model.stem={trained.get('stem')} "
-                         f"model.output_stride={trained.get('output_stride', 8)}, but the fine-tune "
-                         f"({cfg.finetune.mmseg_config}) needs {planned}: add --set model.stem=... to the run")
-    data = Dataset(root, CAMVID["num_classes"], CAMVID["class_names"], [CAMVID["ignore_index"]])
-    init = InitConfig(type="export", checkpoint=str(export))
-    miou = {}
-    for seed in args.finetune_seeds:
-        result = run(finetune_config(cfg, data, out / f"finetune_seed{seed}", init, seed))
-        miou[str(seed)] = result["mIoU"]
-    return {"mIoU": miou, "split": "labelled fraction 0.1, seed 0 (configs/pipeline/camvid_cpu.yaml)"}
 
 
 def figure(root: Path, out: Path, models: list[str], baselines: Path | None, n_images: int = 3) -> Path:
@@ -238,30 +214,18 @@ def cost(args) -> str:
 
 
 def _markdown(results: dict) -> str:
-    import statistics
-
     lines = [f"# Local prediction on {results['data']}", "",
              "| model | iters | s/iter | loss first -> last | ODS F | OIS F | AP | PmIoU (K) |",
              "|---|---|---|---|---|---|---|---|"]
-    tuned = []
     for arch, r in results["models"].items():
         p, b, m = r["pretrain"], r.get("boundaries"), r["auxlabels"]
         bnd = (f"{b['ods_f']:.3f} | {b['ois_f']:.3f} | {b['ap']:.3f}" if b else "n/a | n/a | n/a")
         lines.append(f"| {arch} | {p['iters']} | {p['s_per_iter']:.3f} | {p['first_loss']:.3f} -> "
                      f"{p['last_loss']:.3f} | {bnd} | {m['pmiou']:.2f} ({m['k']}) |")
-        if "finetune" in r:
-            tuned.append((arch, r["finetune"]["mIoU"]))
     ref = results.get("reference")
     if ref:
         lines.append(f"| ResNet-18, random weights (reference; no training) | - | - | - | - | - | - | "
                      f"{ref['pmiou']:.2f} ({ref['k']}) |")
-    if tuned:
-        lines += ["", "| pre-trained with local_prediction | mIoU per fine-tune seed | mean ± sd |", "|---|---|---|"]
-        for arch, miou in tuned:
-            values = [miou[k] for k in sorted(miou, key=int)]
-            spread = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else \
-                f"{values[0]:.2f}"
-            lines.append(f"| {arch} | {', '.join(f'{v:.2f}' for v in values)} | {spread} |")
     lines += ["", "Commands (and the machine each ran on):", ""] + [
         f"- {arch}: `{r.get('command', results.get('command'))}` ({r.get('machine', results.get('machine'))})"
         for arch, r in results["models"].items()]
@@ -281,9 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--globalize", action="store_true", help="spectral globalisation for the boundaries")
     ap.add_argument("--set", nargs="*", default=[], metavar="key=value", help="extra pretrain config overrides")
-    ap.add_argument("--finetune-seeds", nargs="*", type=int, default=[],
-                    help="ResNets: fine-tune the export on the labelled 10%% with these seeds (CamVid CPU pipeline "
-                         "settings)")
     ap.add_argument("--smoke", action="store_true", help="tiny synthetic data in OUT/data, a few iterations")
     ap.add_argument("--figure", action="store_true",
                     help="only draw OUT/boundaries.png from the boundary maps an earlier run left in OUT")
@@ -332,8 +293,6 @@ def main(argv: list[str] | None = None) -> int:
         r["boundaries"] = boundaries(root, export if arch in SMALL_MODELS else export.parent, out / "boundaries",
                                      info, args)
         r["auxlabels"] = pmiou(root, export, arch, out / "auxlabels", info, args)
-        if args.finetune_seeds and arch not in SMALL_MODELS:
-            r["finetune"] = finetune(root, export, out, args)
         r["machine"] = machine()
         results["models"][arch] = r
         atomic_write_json(args.out / "results.json", results)  # partial results survive a later failure
