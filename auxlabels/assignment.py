@@ -23,9 +23,11 @@ from auxseg.distributed import DistInfo
 from .config import AuxLabelsConfig
 from .extraction import Features
 from .features import working_size
+from .fit_state import FitState
 from .inputs import ImageItem, batches, prefetched, progress_bar, read_images, same_size_groups
 from .labelling import LabelJob, LabelSettings, init_worker, label_image, warm_up
 from .resume import finished_images, journal_path
+from .run_context import RunContext
 
 # CPU time the workers report per image, summed into the rank's timings
 _CPU_TIMINGS = ("superpixels", "vote", "write", "soft_labels", "cpu_total")
@@ -63,16 +65,16 @@ class LabelQueue:
     their atomic write.
     """
 
-    def __init__(self, pool, warm: list, num_workers: int, journal: Path, done: set[str], total: int,
-                 timings: dict, show: bool):
-        self.pool = pool
+    def __init__(self, workers: tuple, num_workers: int, journal: Path, done: set[str], total: int, ctx: RunContext):
+        """``workers``: ``(pool, warm-up futures)`` from :func:`start_workers`; ``total``: images to label."""
+        self.pool, warm = workers
         self.pending: deque = deque(warm)
         self.limit = 4 * num_workers
         self.journal = journal
         self.done = done
-        self.timings = timings
+        self.timings = ctx.timings
         self.cpu_time = dict.fromkeys(_CPU_TIMINGS, 0.0)
-        self.total, self.show = total, show
+        self.total, self.show = total, ctx.show
 
     def __enter__(self) -> LabelQueue:
         self.bar = progress_bar(self.total, "auxlabels assign", self.show)
@@ -128,15 +130,19 @@ class Assigner:
     exactly those of a run without soft labels).
     """
 
-    def __init__(self, cfg: AuxLabelsConfig, feats: Features, fit: dict, settings: LabelSettings, timings: dict):
+    def __init__(self, feats: Features, fit: FitState, settings: LabelSettings, *, gpu: bool, outliers: bool):
+        """``gpu``: faiss search on this rank's GPU (``kmeans.gpu``); ``outliers``: ``outliers.enabled``.
+
+        Assignment time goes to ``feats.timings`` (the run's timings).
+        """
         from .kmeans import NearestCentroid
 
-        gpu_id = int(os.environ.get("LOCAL_RANK", "0")) if cfg.kmeans.gpu else None
-        self.nearest = NearestCentroid(fit["refs"], gpu=cfg.kmeans.gpu, gpu_id=gpu_id)
-        self.ref_labels, self.thresholds = fit["ref_labels"], fit["thresholds"]
-        self.outliers = cfg.outliers.enabled
-        self.stride = cfg.extractor.stride
-        self.feats, self.timings = feats, timings
+        gpu_id = int(os.environ.get("LOCAL_RANK", "0")) if gpu else None
+        self.nearest = NearestCentroid(fit.refs, gpu=gpu, gpu_id=gpu_id)
+        self.ref_labels, self.thresholds = fit.ref_labels, fit.thresholds
+        self.outliers = outliers
+        self.stride = settings.stride
+        self.feats, self.timings = feats, feats.timings
         self.settings = settings
         self.topk = settings.soft.topk if settings.soft is not None else 0
 
@@ -164,31 +170,28 @@ class Assigner:
         return maps
 
 
-def label_all(cfg: AuxLabelsConfig, out: Path, items: list[ImageItem], feats: Features | None, fit: dict | None,
-              settings: LabelSettings, dist: DistInfo, workers: tuple, skipped: dict, timings: dict,
-              show: bool) -> None:
+def label_all(cfg: AuxLabelsConfig, ctx: RunContext, items: list[ImageItem], assigner: Assigner | None,
+              settings: LabelSettings, workers: tuple) -> None:
     """Label this rank's share of the images not yet done; each result goes to the rank's journal.
 
-    ``workers``: ``(pool, warm-up futures)`` from :func:`start_workers`.
-    ``fit`` and ``feats`` are None for the superpixel baseline.
+    ``assigner``: None for the superpixel baseline. ``workers``: ``(pool,
+    warm-up futures)`` from :func:`start_workers`.
     """
-    done = finished_images(cfg, out)
-    todo = shard(items, cfg.extractor.batch_size, done, dist)
-    assigner = Assigner(cfg, feats, fit, settings, timings) if fit is not None else None
+    done = finished_images(cfg, ctx.out)
+    todo = shard(items, cfg.extractor.batch_size, done, ctx.dist)
     n_todo = sum(sum(it.rel not in done for it in c) for c in todo)
-    _announce(items, done, n_todo, dist)
-    journal = journal_path(out, dist.rank, dist.world_size)
-    pool, warm = workers
-    with LabelQueue(pool, warm, cfg.num_workers, journal, done, n_todo, timings, show) as queue:
-        _label_chunks(cfg, todo, queue, assigner, settings, skipped, timings)
+    _announce(items, done, n_todo, ctx.dist)
+    journal = journal_path(ctx.out, ctx.dist.rank, ctx.dist.world_size)
+    with LabelQueue(workers, cfg.num_workers, journal, done, n_todo, ctx) as queue:
+        _label_chunks(cfg.on_bad_image, ctx, todo, queue, assigner, settings)
 
 
-def _label_chunks(cfg: AuxLabelsConfig, todo: list[list[ImageItem]], queue: LabelQueue, assigner: Assigner | None,
-                  settings: LabelSettings, skipped: dict, timings: dict) -> None:
+def _label_chunks(on_bad_image: str, ctx: RunContext, todo: list[list[ImageItem]], queue: LabelQueue,
+                  assigner: Assigner | None, settings: LabelSettings) -> None:
     """Read the ``todo`` chunks (prefetched), assign each same-size group, queue the images not yet done."""
 
     def read(chunk):
-        return read_images(chunk, cfg.on_bad_image, skipped, timings)
+        return read_images(chunk, on_bad_image, ctx)
 
     for _chunk, loaded in prefetched(todo, read):
         for group in same_size_groups(loaded):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from auxseg.cli import add_config_arguments, run_config_command, stage_step
+from auxseg.cli import ConfigCommand, add_config_arguments, run_config_command, stage_step
 
 DESCRIPTION = """\
 Turn a folder of images into auxiliary-label PNGs (one per image, same relative
@@ -54,5 +54,6 @@ def main(args: argparse.Namespace) -> int:
     from .config import AuxLabelsConfig
     from .pipeline import check_config, run
 
-    return run_config_command(args, prog="auxseg auxlabels", schema=AuxLabelsConfig, run=run, summary=_summary,
-                              check=check_config, step=lambda cfg: stage_step("auxlabels", cfg.out_dir))
+    command = ConfigCommand(prog="auxseg auxlabels", schema=AuxLabelsConfig, run=run, summary=_summary,
+                            check=check_config, step=lambda cfg: stage_step("auxlabels", cfg.out_dir))
+    return run_config_command(args, command)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auxseg.io import atomic_path
+from auxseg.files import atomic_path
 from auxseg.precision import autocast
 
 from .config import AuxLabelsConfig

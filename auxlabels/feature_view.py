@@ -26,7 +26,8 @@ import numpy as np
 
 from auxseg.config import ConfigError, PositiveFloat, PositiveInt, ranged, save_config, to_dict
 from auxseg.errors import AuxsegError
-from auxseg.io import ImageReadError, atomic_write_text, read_rgb, scan_images, write_rgb_png
+from auxseg.files import atomic_write_text
+from auxseg.images import ImageReadError, read_rgb, scan_images, write_rgb_png
 from auxseg.paths import check_separate, output_file, read_path_list
 
 from .config import ExtractorConfig
@@ -206,19 +207,29 @@ def working_image(image: np.ndarray, max_side: int | None) -> np.ndarray:
     return cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
 
 
-def views_of_image(extractor, image: np.ndarray, *, max_side: int | None = 480, clip: float = 5.0, radius: int = 5,
-                   eps: float = 0.01, guide: Literal["colour", "grey", "none"] = "colour",
-                   filter_channels: int | None = 64, extract_max_side: int | None = None) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class ViewParams:
+    """How one feature view is made (defaults: the supplement's procedure at a 480-px working size)."""
+
+    max_side: int | None = 480  # working size (longer side, pixels); None: the image size
+    clip: float = 5.0  # standardised features clipped to [-clip, clip]
+    radius: int = 5  # guided-filter window 2r+1
+    eps: float = 0.01  # guided-filter epsilon on the [0, 1] guide
+    guide: Literal["colour", "grey", "none"] = "colour"  # the guided filter's guide; none: no filter
+    # guided-filter the features' coordinates on their top this many principal axes (None: all D, the
+    # supplement's procedure; the same result when the rank is <= this)
+    filter_channels: int | None = 64
+    # the extractor's own max_side: the image is downscaled before the forward pass, as in the auxlabels stage
+    extract_max_side: int | None = None
+
+
+def views_of_image(extractor, image: np.ndarray, params: ViewParams = ViewParams()) -> dict[str, np.ndarray]:
     """The feature view of one image, and the same without the guided filter.
 
     Args:
         extractor: a :class:`auxlabels.features.FeatureExtractor` (on the CPU or a GPU).
         image: uint8 ``[H, W, 3]`` RGB.
-        max_side: working size (longer side, pixels); None: the image size.
-        filter_channels: guided-filter the features' coordinates on their top this many principal
-            axes (None: all D, the supplement's procedure; the same result when the rank is <= this).
-        extract_max_side: the extractor's own ``max_side`` (the image is downscaled before the
-            forward pass, as in the auxlabels stage).
+        params: working size, clipping, guided filter (:class:`ViewParams`).
 
     Returns:
         ``{"image": working image, "pca": PCA of the clipped features, "view": guided filter + PCA}``,
@@ -227,12 +238,12 @@ def views_of_image(extractor, image: np.ndarray, *, max_side: int | None = 480, 
     import torch
     import torch.nn.functional as F
 
-    small = working_image(image, max_side)
+    small = working_image(image, params.max_side)
     h, w = small.shape[:2]
     device = next((b.device for b in extractor.buffers()), torch.device("cpu"))
     x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].to(device)  # [1, 3, H, W], a copy
-    if extract_max_side is not None and max(x.shape[-2:]) > extract_max_side:
-        s = extract_max_side / max(x.shape[-2:])
+    if params.extract_max_side is not None and max(x.shape[-2:]) > params.extract_max_side:
+        s = params.extract_max_side / max(x.shape[-2:])
         size = (max(1, round(x.shape[-2] * s)), max(1, round(x.shape[-1] * s)))
         x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True)
     with torch.no_grad():
@@ -240,23 +251,23 @@ def views_of_image(extractor, image: np.ndarray, *, max_side: int | None = 480, 
         # channels-last: the bilinear resize is several times faster on CPU, and [h, w, D] comes out contiguous
         native = native.contiguous(memory_format=torch.channels_last)
         up = F.interpolate(native, size=(h, w), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
-    feats = standardise_and_clip(up.contiguous().cpu().numpy(), clip, inplace=True)  # [h, w, D], a fresh array
+    feats = standardise_and_clip(up.contiguous().cpu().numpy(), params.clip, inplace=True)  # [h, w, D], a fresh array
     d = feats.shape[2]
     x = feats.reshape(-1, d)
     x -= _column_mean(x)  # centred rows [N, D] (clipping moved the mean)
-    k = d if filter_channels is None else min(d, filter_channels)
+    k = d if params.filter_channels is None else min(d, params.filter_channels)
     # the guided filter is the same linear map on every channel, so it commutes with mixing channels:
     # filtering the coordinates on all D principal axes is filtering the features; on the top k it
     # drops only the low-variance rest (exact when the features have rank <= k)
     coords = x @ principal_axes(x)[:, :k]  # [N, k]
     out = {"image": small, "pca": minmax_rgb(coords[:, :3], (h, w))}
-    if guide == "none":
+    if params.guide == "none":
         out["view"] = out["pca"]
         return out
     g = small.astype(np.float32) / 255.0
-    if guide == "grey":
+    if params.guide == "grey":
         g = g @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    out["view"] = pca_rgb(guided_filter(g, coords.reshape(h, w, k), radius, eps))
+    out["view"] = pca_rgb(guided_filter(g, coords.reshape(h, w, k), params.radius, params.eps))
     return out
 
 
@@ -279,6 +290,11 @@ class FeatureViewConfig:
     radius: PositiveInt = 5  # guided-filter window 2r+1 = 11 px (official code: MATLAB NeighborhoodSize 10)
     eps: PositiveFloat = 0.01  # guided-filter epsilon on the [0, 1] guide (MATLAB's default 0.01)
     progress: bool = True
+
+    def view_params(self) -> ViewParams:
+        """The view's parameters as :func:`views_of_image` takes them."""
+        return ViewParams(max_side=self.max_side, clip=self.clip, radius=self.radius, eps=self.eps, guide=self.guide,
+                          filter_channels=self.filter_channels, extract_max_side=self.extractor.max_side)
 
 
 def validate(cfg: FeatureViewConfig) -> None:
@@ -333,9 +349,7 @@ def run(cfg: FeatureViewConfig) -> dict:
                 bar.update(1)
                 continue
             t0 = time.perf_counter()
-            views = views_of_image(extractor, image, max_side=cfg.max_side, clip=cfg.clip, radius=cfg.radius,
-                                   eps=cfg.eps, guide=cfg.guide, filter_channels=cfg.filter_channels,
-                                   extract_max_side=cfg.extractor.max_side)
+            views = views_of_image(extractor, image, cfg.view_params())
             seconds += time.perf_counter() - t0
             target = output_file(out, rel.with_suffix(".png").as_posix(), f"image {rel}")
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from auxseg.cli import add_config_arguments, run_config_command
+from auxseg.cli import ConfigCommand, add_config_arguments, run_config_command
 
 DESCRIPTION = """\
 Show what a frozen extractor sees: for each image, its dense features are
@@ -48,5 +48,6 @@ def main(args: argparse.Namespace) -> int:
     """Write the views; exit 0 on success, 1 on bad input, 2 on config errors (auxseg.cli)."""
     from .feature_view import FeatureViewConfig, run, validate
 
-    return run_config_command(args, prog="auxseg featureview", schema=FeatureViewConfig, run=run, summary=_summary,
-                              check=validate)
+    command = ConfigCommand(prog="auxseg featureview", schema=FeatureViewConfig, run=run, summary=_summary,
+                            check=validate)
+    return run_config_command(args, command)

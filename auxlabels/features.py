@@ -22,7 +22,7 @@ from auxseg.checkpoint_io import CheckpointError, check_keys, load_checkpoint, s
 from auxseg.config import ConfigError
 from auxseg.contracts.backbone import export_output_stride, read_backbone_weights
 from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD
-from auxseg.io import sha256_file
+from auxseg.files import sha256_file
 from auxseg.mmseg_compat import build_in_mmseg_scope, import_mmseg
 
 from .config import ExtractorConfig

@@ -9,16 +9,16 @@ from __future__ import annotations
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from auxseg.distributed import DistInfo, barrier
+from auxseg.distributed import barrier
 
-from .config import AuxLabelsConfig, resolve_k
+from .config import AuxLabelsConfig, DBSCANConfig, KMeansConfig, OutlierConfig, resolve_k
 from .extraction import Features
+from .fit_state import FIT_STATE, FitState
 from .inputs import ImageItem, batches, prefetched, progress_bar, read_images, same_size_groups
-from .resume import FIT_STATE, load_fit_state, save_fit_state
+from .run_context import RunContext
 from .superpixels import superpixel_label_bound
 
 
@@ -31,20 +31,21 @@ def planned_num_labels(cfg: AuxLabelsConfig) -> int | None:
     return None
 
 
-def fit_or_load(cfg: AuxLabelsConfig, out: Path, items: list[ImageItem], feats: Features, num_labels: int | None,
-                dist: DistInfo, skipped: dict, timings: dict, show: bool) -> dict:
-    """The fit state: read from ``out`` when an earlier run saved it, else fitted by rank 0 and saved.
+def fit_or_load(cfg: AuxLabelsConfig, ctx: RunContext, items: list[ImageItem], feats: Features,
+                num_labels: int | None) -> FitState:
+    """The fit state: read from the run's folder when an earlier run saved it, else fitted by rank 0 and saved.
 
-    Every rank returns the same state (the others read what rank 0 wrote).
+    ``num_labels``: K before the fit (:func:`planned_num_labels`). Every rank
+    returns the same state (the others read what rank 0 wrote).
     """
     fit = None
-    if (out / FIT_STATE).is_file():
-        fit = load_fit_state(out)
-    elif dist.is_main:
-        fit = fit_clusters(cfg, items, feats, num_labels, skipped, timings, show)
-        save_fit_state(out, fit)
+    if (ctx.out / FIT_STATE).is_file():
+        fit = FitState.load(ctx.out)
+    elif ctx.dist.is_main:
+        fit = fit_clusters(cfg, ctx, items, feats, num_labels)
+        fit.save(ctx.out)
     barrier()
-    return fit if fit is not None else load_fit_state(out)
+    return fit if fit is not None else FitState.load(ctx.out)
 
 
 def sample_indices(n_pixels: int, n_fit: int, n_calib: int, seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,46 +71,52 @@ def fit_images(cfg: AuxLabelsConfig, items: list[ImageItem]) -> list[ImageItem]:
     return [pool_items[i] for i in sorted(order)]
 
 
-class _PixelSample:
-    """Fit and calibration rows, filled in place.
+class PixelSample:
+    """Fit and calibration rows of ``n_images`` images, ``per_image`` and ``calib_per_image`` each, filled in place.
 
     A list of per-image arrays plus a concatenation would hold the sample twice.
     """
 
     def __init__(self, n_images: int, per_image: int, calib_per_image: int):
-        self.shape = (n_images, per_image, calib_per_image)
+        self.n_images, self.per_image, self.calib_per_image = n_images, per_image, calib_per_image
         self.sample = self.calib = None
         self.n_sample = self.n_calib = 0
 
     def add(self, rows: np.ndarray, fit_idx: np.ndarray, calib_idx: np.ndarray) -> None:
+        """Copy the fit rows ``rows[fit_idx]`` and calibration rows ``rows[calib_idx]`` of one image's ``[N, D]``."""
         if self.sample is None:
-            n_images, per_image, calib_per_image = self.shape
-            self.sample = np.empty((n_images * per_image, rows.shape[1]), np.float32)
-            self.calib = np.empty((n_images * calib_per_image, rows.shape[1]), np.float32)
+            self.sample = np.empty((self.n_images * self.per_image, rows.shape[1]), np.float32)
+            self.calib = np.empty((self.n_images * self.calib_per_image, rows.shape[1]), np.float32)
         self.sample[self.n_sample : self.n_sample + len(fit_idx)] = rows[fit_idx]
         self.calib[self.n_calib : self.n_calib + len(calib_idx)] = rows[calib_idx]
         self.n_sample += len(fit_idx)
         self.n_calib += len(calib_idx)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Fit rows ``[N, D]`` and calibration rows ``[N_c, D]`` (float32)."""
         if self.sample is None:
             raise ValueError("no readable image to fit on (every fit image was skipped)")
         return self.sample[: self.n_sample], self.calib[: self.n_calib]
 
 
-def sample_pixels(cfg: AuxLabelsConfig, items: list[ImageItem], fit_items: list[ImageItem], feats: Features,
-                  per_image: int, calib_per_image: int, skipped: dict, timings: dict, show: bool):
-    """Fit rows ``[N, D]`` and calibration rows ``[N_c, D]`` from the fit images' working features.
+def sample_pixels(cfg: AuxLabelsConfig, ctx: RunContext, feats: Features, items: list[ImageItem],
+                  fit_items: list[ImageItem]) -> PixelSample:
+    """The fit and calibration rows of the fit images' working features, the pixel budget spread evenly.
 
-    Each image's native features are cached for the assignment pass.
+    ``items``: every input image (an image's index among them seeds its pixel
+    choice); ``fit_items``: those the fit samples. Each image's native
+    features are cached for the assignment pass.
     """
     seed = _fit_seed(cfg)
+    budget = cfg.kmeans.fit_pixels if cfg.clusterer == "kmeans" else cfg.dbscan.num_samples
+    per_image = math.ceil(budget / len(fit_items))
+    calib_per_image = math.ceil(per_image * cfg.kmeans.calib_fraction) if cfg.outliers.enabled else 0
     index_of = {it.rel: i for i, it in enumerate(items)}
-    pixels = _PixelSample(len(fit_items), per_image, calib_per_image)
-    bar = progress_bar(len(fit_items), "auxlabels fit: features", show)
+    pixels = PixelSample(len(fit_items), per_image, calib_per_image)
+    bar = progress_bar(len(fit_items), "auxlabels fit: features", ctx.show)
 
     def read(batch):
-        return read_images(batch, cfg.on_bad_image, skipped, timings)
+        return read_images(batch, cfg.on_bad_image, ctx)
 
     for batch, loaded in prefetched(batches(fit_items, cfg.extractor.batch_size), read):
         for group in same_size_groups(loaded):
@@ -120,64 +127,78 @@ def sample_pixels(cfg: AuxLabelsConfig, items: list[ImageItem], fit_items: list[
                 pixels.add(rows, *sample_indices(len(rows), per_image, calib_per_image, seed, index_of[it.rel]))
         bar.update(len(batch))
     bar.close()
-    return pixels.arrays()
+    return pixels
 
 
-def _cluster(cfg: AuxLabelsConfig, sample: np.ndarray, num_labels: int | None, info: dict):
-    """(centroids, refs, ref_labels): K-means centroids are their own references; DBSCAN's are its core samples."""
-    if cfg.clusterer == "kmeans":
-        from .kmeans import fit_kmeans
+def _kmeans_centroids(kmeans: KMeansConfig, sample: np.ndarray, num_labels: int) -> np.ndarray:
+    """K-means centroids ``[K, D]`` of the sample rows (faiss)."""
+    from .kmeans import fit_kmeans
 
-        if cfg.kmeans.threads is not None:
-            import faiss
+    if kmeans.threads is not None:
+        import faiss
 
-            faiss.omp_set_num_threads(cfg.kmeans.threads)
-        print(f"[auxlabels] K-means: K={num_labels} on {len(sample)} pixels x {sample.shape[1]} dims", file=sys.stderr)
-        centroids = fit_kmeans(sample, num_labels, cfg.kmeans.niter, cfg.kmeans.nredo, cfg.kmeans.seed, cfg.kmeans.gpu)
-        return centroids, centroids, np.arange(num_labels)
+        faiss.omp_set_num_threads(kmeans.threads)
+    print(f"[auxlabels] K-means: K={num_labels} on {len(sample)} pixels x {sample.shape[1]} dims", file=sys.stderr)
+    return fit_kmeans(sample, num_labels, kmeans.niter, kmeans.nredo, kmeans.seed, kmeans.gpu)
+
+
+def _dbscan_clusters(dbscan: DBSCANConfig, sample: np.ndarray, summary: dict):
+    """(centroids, refs, ref_labels) of DBSCAN: its core samples are the references, their normalised means the
+    centroids; ``eps`` and ``core_samples`` are added to ``summary``."""
     from .dbscan import fit_dbscan
 
     print(f"[auxlabels] DBSCAN on {len(sample)} pixels x {sample.shape[1]} dims", file=sys.stderr)
-    refs, ref_labels, eps = fit_dbscan(sample, cfg.dbscan.eps, cfg.dbscan.min_samples, cfg.dbscan.eps_quantile)
+    refs, ref_labels, eps = fit_dbscan(sample, dbscan.eps, dbscan.min_samples, dbscan.eps_quantile)
     num_labels = int(ref_labels.max()) + 1
     centroids = np.stack([refs[ref_labels == k].mean(axis=0) for k in range(num_labels)])
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True) + 1e-12
-    info.update(eps=eps, core_samples=int(len(refs)))
+    summary.update(eps=eps, core_samples=int(len(refs)))
     return centroids, refs, ref_labels
 
 
-def fit_clusters(cfg: AuxLabelsConfig, items: list[ImageItem], feats: Features, num_labels: int | None,
-                 skipped: dict, timings: dict, show: bool) -> dict:
-    """Sample pixels from the fit images, fit the clusterer, estimate the outlier thresholds.
-
-    Returns ``centroids [K, D]``, ``refs [R, D]`` and ``ref_labels [R]`` (the
-    points assignment compares against and their labels), ``thresholds [K]``
-    (inf: no outliers) and ``info`` for the manifest (with soft labels, its
-    ``soft_distance_scale``: the median squared nearest-centroid distance).
-    """
+def _thresholds(outliers: OutlierConfig, refs: np.ndarray, ref_labels: np.ndarray, calib: np.ndarray,
+                num_labels: int) -> np.ndarray:
+    """Outlier distance per label ``[K]`` from the held-out rows ``calib`` (inf everywhere: no outliers)."""
     from .kmeans import NearestCentroid
     from .outliers import outlier_thresholds
 
+    if not (outliers.enabled and len(calib)):
+        return np.full(num_labels, np.inf)
+    idx, dist = NearestCentroid(refs).assign(calib)
+    return outlier_thresholds(dist, ref_labels[idx], num_labels, outliers.fraction, outliers.mode)
+
+
+def fit_clusters(cfg: AuxLabelsConfig, ctx: RunContext, items: list[ImageItem], feats: Features,
+                 num_labels: int | None) -> FitState:
+    """Sample pixels from the fit images, fit the clusterer, estimate the outlier thresholds.
+
+    ``num_labels``: the K-means K (None for DBSCAN, which finds its own). With
+    soft labels, the state's ``soft_distance_scale`` is the median squared
+    nearest-centroid distance of the held-out pixels.
+    """
+    from .kmeans import NearestCentroid
+
     chosen = fit_images(cfg, items)
-    budget = cfg.kmeans.fit_pixels if cfg.clusterer == "kmeans" else cfg.dbscan.num_samples
-    per_image = math.ceil(budget / len(chosen))
-    calib_per_image = math.ceil(per_image * cfg.kmeans.calib_fraction) if cfg.outliers.enabled else 0
-    sample, calib = sample_pixels(cfg, items, chosen, feats, per_image, calib_per_image, skipped, timings, show)
+    pixels = sample_pixels(cfg, ctx, feats, items, chosen)
+    sample, calib = pixels.arrays()
     t0 = time.perf_counter()
-    info: dict = {"n_fit_images": len(chosen) - sum(it.rel in skipped for it in chosen),
-                  "fit_pixels": int(len(sample)), "calib_pixels": int(len(calib)), "pixels_per_image": per_image}
-    centroids, refs, ref_labels = _cluster(cfg, sample, num_labels, info)
+    summary: dict = {"n_fit_images": len(chosen) - sum(it.rel in ctx.skipped for it in chosen),
+                     "fit_pixels": int(len(sample)), "calib_pixels": int(len(calib)),
+                     "pixels_per_image": pixels.per_image}
+    if cfg.clusterer == "kmeans":
+        centroids = refs = _kmeans_centroids(cfg.kmeans, sample, num_labels)
+        ref_labels = np.arange(num_labels)
+    else:
+        centroids, refs, ref_labels = _dbscan_clusters(cfg.dbscan, sample, summary)
     num_labels = len(centroids)
-    timings["fit"] = time.perf_counter() - t0
-    thresholds = np.full(num_labels, np.inf)
-    if cfg.outliers.enabled and len(calib):
-        idx, dist = NearestCentroid(refs).assign(calib)
-        thresholds = outlier_thresholds(dist, ref_labels[idx], num_labels, cfg.outliers.fraction, cfg.outliers.mode)
+    ctx.timings["fit"] = time.perf_counter() - t0
+    thresholds = _thresholds(cfg.outliers, refs, ref_labels, calib, num_labels)
+    scale = None
     if cfg.soft_labels.enabled:  # the soft labels' distance unit: held-out pixels when there are any
         from .soft_labels import distance_scale
 
         _, near = NearestCentroid(refs).assign(calib if len(calib) else sample)
-        info["soft_distance_scale"] = distance_scale(near.astype(np.float64) ** 2)
-    info["num_labels"] = int(num_labels)
-    return {"centroids": centroids.astype(np.float32), "refs": refs.astype(np.float32),
-            "ref_labels": ref_labels.astype(np.int64), "thresholds": thresholds, "info": info}
+        scale = distance_scale(near.astype(np.float64) ** 2)
+    return FitState(centroids=centroids.astype(np.float32), refs=refs.astype(np.float32),
+                    ref_labels=ref_labels.astype(np.int64), thresholds=thresholds, num_labels=int(num_labels),
+                    soft_distance_scale=scale, summary=summary)

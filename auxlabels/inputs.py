@@ -14,10 +14,11 @@ import numpy as np
 from auxseg import console
 from auxseg.contracts.label_folder import label_rel
 from auxseg.errors import AuxsegError
-from auxseg.io import ImageReadError, read_rgb, scan_images
+from auxseg.images import ImageReadError, read_rgb, scan_images
 from auxseg.paths import read_path_list
 
 from .config import AuxLabelsConfig
+from .run_context import RunContext
 
 
 class LabelPathCollisionError(AuxsegError, ValueError):
@@ -32,6 +33,15 @@ class ImageItem:
     path: Path
     gt_path: Path | None
     is_eval: bool = False  # from eval_image_dir: labelled and evaluated, not fitted on by default
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The images of a run: their common root, the sorted items, and the image-named entries that cannot be read."""
+
+    root: Path
+    items: list[ImageItem]
+    unreadable: dict[str, str]  # path relative to the root -> one-line error
 
 
 def _read_list(list_file: Path, root: Path) -> list[Path]:
@@ -76,7 +86,7 @@ def _absolute(path: str | Path) -> Path:
     return Path(os.path.normpath(Path(path).expanduser().absolute()))
 
 
-def collect_images(cfg: AuxLabelsConfig) -> tuple[Path, list[ImageItem], dict[str, str]]:
+def collect_images(cfg: AuxLabelsConfig) -> Inputs:
     """The image root, the sorted input items (labelled images plus optional eval images) and the
     image-named entries that cannot be read (``{path relative to the root: one-line error}``).
 
@@ -104,7 +114,7 @@ def collect_images(cfg: AuxLabelsConfig) -> tuple[Path, list[ImageItem], dict[st
     check_label_paths_unique(ordered)
     if unreadable and cfg.on_bad_image == "stop":
         raise ImageReadError(f"{min(unreadable.items())[1]} (on_bad_image=stop)")
-    return root, ordered, unreadable
+    return Inputs(root, ordered, unreadable)
 
 
 def check_label_paths_unique(items: list[ImageItem]) -> None:
@@ -119,8 +129,9 @@ def check_label_paths_unique(items: list[ImageItem]) -> None:
         owner[png] = it
 
 
-def read_images(items: list[ImageItem], on_bad: str, skipped: dict, timings: dict) -> list[tuple[ImageItem, np.ndarray]]:
-    """Decode ``items`` to RGB; with ``on_bad="skip"`` an unreadable one is reported once and recorded in ``skipped``."""
+def read_images(items: list[ImageItem], on_bad: str, ctx: RunContext) -> list[tuple[ImageItem, np.ndarray]]:
+    """Decode ``items`` to RGB; with ``on_bad="skip"`` an unreadable one is reported once and recorded in the
+    run's ``skipped`` (the time spent goes to its ``read`` timing)."""
     out = []
     for it in items:
         t0 = time.perf_counter()
@@ -129,10 +140,10 @@ def read_images(items: list[ImageItem], on_bad: str, skipped: dict, timings: dic
         except ImageReadError as err:
             if on_bad == "stop":
                 raise
-            if it.rel not in skipped:
+            if it.rel not in ctx.skipped:
                 print(f"[auxlabels] skipping unreadable image: {err}", file=sys.stderr)
-            skipped[it.rel] = str(err)
-        timings["read"] = timings.get("read", 0.0) + time.perf_counter() - t0
+            ctx.skipped[it.rel] = str(err)
+        ctx.add_time("read", time.perf_counter() - t0)
     return out
 
 

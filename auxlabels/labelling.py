@@ -21,7 +21,8 @@ import numpy as np
 
 from auxseg.contracts.label_folder import label_dtype, label_rel, prior_rel
 from auxseg.contracts.priors import write_prior
-from auxseg.io import atomic_write_bytes, encode_label_png, read_label, sha256_file
+from auxseg.files import atomic_write_bytes, sha256_file
+from auxseg.images import encode_label_png, read_label
 from auxseg.paths import output_file
 
 from .config import SuperpixelConfig

@@ -17,18 +17,21 @@ from auxseg.config import save_config, to_dict
 from auxseg.contracts.common import versions
 from auxseg.contracts.label_folder import (
     MANIFEST_FORMAT,
+    LabelledImages,
     label_folder_manifest,
     label_rel,
     labels_digest,
     prior_rel,
 )
 from auxseg.contracts.priors import prior_manifest_entry
-from auxseg.io import atomic_write_json, read_json
+from auxseg.files import atomic_write_json, read_json
 
 from .config import AuxLabelsConfig
-from .inputs import ImageItem
+from .fit_state import FitState
+from .inputs import ImageItem, Inputs
 from .metrics import format_report, pmiou
-from .resume import read_journal
+from .resume import RunIdentity, read_journal
+from .run_context import RunContext
 
 
 def _now() -> str:
@@ -44,9 +47,9 @@ def write_started(cfg: AuxLabelsConfig, out: Path, fingerprint: str, previous: d
                                                   "fingerprint": fingerprint, "created": _now()})
 
 
-def write_rank_timings(out: Path, rank: int, timings: dict, skipped: dict) -> None:
+def write_rank_timings(ctx: RunContext) -> None:
     """This rank's phase timings (seconds) and skipped images, for rank 0 to merge."""
-    atomic_write_json(out / f"timings.rank{rank}.json", {"timings": timings, "skipped": skipped})
+    atomic_write_json(ctx.out / f"timings.rank{ctx.dist.rank}.json", {"timings": ctx.timings, "skipped": ctx.skipped})
 
 
 def _merged_timings(out: Path, world: int) -> tuple[dict, dict]:
@@ -96,11 +99,11 @@ def _write_pmiou(cfg: AuxLabelsConfig, out: Path, conf: np.ndarray | None, n_eva
     return report
 
 
-def _method_sections(cfg: AuxLabelsConfig, fit: dict | None, num_labels: int) -> dict:
+def _method_sections(cfg: AuxLabelsConfig, fit: FitState | None, num_labels: int) -> dict:
     """The manifest's ``clustering``, ``centroids``, ``outliers`` and ``superpixels`` entries, in that order."""
     return {
         "clustering": None if fit is None else {
-            **fit["info"],
+            **fit.info,
             "k": int(num_labels),
             "seed": cfg.kmeans.seed if cfg.clusterer == "kmeans" else cfg.dbscan.seed,
             "niter": cfg.kmeans.niter if cfg.clusterer == "kmeans" else None,
@@ -110,50 +113,54 @@ def _method_sections(cfg: AuxLabelsConfig, fit: dict | None, num_labels: int) ->
             "enabled": cfg.outliers.enabled and fit is not None,
             "fraction": cfg.outliers.fraction,
             "mode": cfg.outliers.mode,
-            "thresholds": None if fit is None else [None if not np.isfinite(t) else float(t) for t in fit["thresholds"]],
+            "thresholds": None if fit is None else [None if not np.isfinite(t) else float(t) for t in fit.thresholds],
         },
         "superpixels": {"enabled": cfg.superpixels.enabled, "method": cfg.superpixels.method,
                         "n_segments": cfg.superpixels.n_segments, "compactness": cfg.superpixels.compactness},
     }
 
 
-def _prior_section(cfg: AuxLabelsConfig, fit: dict | None, records: dict, labelled: list[ImageItem]) -> dict:
+def _prior_section(cfg: AuxLabelsConfig, fit: FitState | None, records: dict, labelled: list[ImageItem]) -> dict:
     """``{"prior": ...}`` (docs/contracts.md section 1b) with soft labels, else ``{}`` (the key is absent)."""
     soft = cfg.soft_labels
     if not soft.enabled or fit is None:
         return {}
     pairs = [(prior_rel(it.rel), records[it.rel]["prior_sha256"]) for it in labelled]
     return {"prior": prior_manifest_entry(
-        min(soft.topk, int(fit["info"]["num_labels"])), cfg.extractor.stride, pairs,
+        min(soft.topk, fit.num_labels), cfg.extractor.stride, pairs,
         source="auxlabels.soft_labels", temperature=soft.temperature, outlier_temperature=soft.outlier_temperature,
         superpixel_weight=soft.superpixel_weight if cfg.superpixels.enabled else 0.0,
-        distance_scale=fit["info"]["soft_distance_scale"])}
+        distance_scale=fit.soft_distance_scale)}
 
 
-def finish(cfg: AuxLabelsConfig, out: Path, root: Path, items: list[ImageItem], fingerprint: str, num_labels: int,
-           fit: dict | None, extractor: dict | None, world: int, t_start: float, previous: dict | None) -> dict:
+def finish(cfg: AuxLabelsConfig, ctx: RunContext, inputs: Inputs, fit: FitState | None, num_labels: int,
+           extractor: dict | None, identity: RunIdentity) -> dict:
     """Merge the journals, compute PmIoU, write pmiou.json and the complete manifest; return the manifest.
 
-    ``extractor``: the extractor's description (None for the superpixel
-    baseline); ``t_start``: ``time.perf_counter()`` at the start of the run.
+    ``fit``: None for the superpixel baseline; ``num_labels``: K (the fit's, or
+    the superpixel bound); ``extractor``: the extractor's description (None for
+    the superpixel baseline). Timings and skipped images are merged from every
+    rank's ``timings.rank<r>.json``.
     """
     t_finish = time.perf_counter()
+    out, world = ctx.out, ctx.dist.world_size
     records = read_journal(out)
     timings, skipped = _merged_timings(out, world)
-    labelled = [it for it in items if it.rel in records and it.rel not in skipped]
-    missing = [it.rel for it in items if it.rel not in records and it.rel not in skipped]
+    labelled = [it for it in inputs.items if it.rel in records and it.rel not in skipped]
+    missing = [it.rel for it in inputs.items if it.rel not in records and it.rel not in skipped]
     if missing:
         raise RuntimeError(f"{len(missing)} images have no label after the assignment pass (first: {missing[0]})")
     counts, conf, n_eval = _label_statistics(records, labelled, num_labels, cfg.num_classes)
     report = _write_pmiou(cfg, out, conf, n_eval, timings)
     pairs = [(label_rel(it.rel), records[it.rel]["sha256"]) for it in labelled]
     timings["finish"] = time.perf_counter() - t_finish
-    timings["total_wall"] = time.perf_counter() - t_start
-    manifest = label_folder_manifest(
-        num_labels=num_labels, scope="image" if cfg.clusterer == "superpixel" else "global", image_root=root,
-        images=[it.rel for it in labelled], labels_sha256=labels_digest(pairs),
+    timings["total_wall"] = time.perf_counter() - ctx.t_start
+    listed = LabelledImages(
+        inputs.root, [it.rel for it in labelled], labels_digest(pairs),
         # labelled only to measure PmIoU; consumers that train must leave them out (contracts section 1)
-        eval_images=[it.rel for it in labelled if it.is_eval], **{
+        eval_images=[it.rel for it in labelled if it.is_eval])
+    manifest = label_folder_manifest(
+        num_labels=num_labels, scope="image" if cfg.clusterer == "superpixel" else "global", labelled=listed, **{
         "clusterer": cfg.clusterer,
         "extractor": extractor,
         "working_stride": cfg.extractor.stride if cfg.clusterer != "superpixel" else None,
@@ -169,8 +176,8 @@ def finish(cfg: AuxLabelsConfig, out: Path, root: Path, items: list[ImageItem], 
         "world_size": world,
         "versions": versions(),
         "config": to_dict(cfg),
-        "fingerprint": fingerprint,
-        "created": (previous or {}).get("created", _now()),
+        "fingerprint": identity.fingerprint,
+        "created": (identity.previous or {}).get("created", _now()),
         "finished": _now(),
     })
     atomic_write_json(out / "manifest.json", manifest)

@@ -147,7 +147,7 @@ def same_pixel_bound(gt_dir: str | Path, ignore: list[int], num_classes: int) ->
     most ``1 / n_c``; the bound is the mean of that over the classes present. A value
     outside ``0..num_classes-1`` and ``ignore`` raises :class:`GroundTruthError` naming the file.
     """
-    from auxseg.io import list_images, read_label
+    from auxseg.images import list_images, read_label
 
     gt_dir = Path(gt_dir)
     counts = np.zeros(num_classes, np.int64)

@@ -10,8 +10,8 @@ Steps of :func:`run` (method.md, Stage 1), each in its own module:
    anything is written (a wrong checkpoint leaves no half-made folder).
 4. **fit** (:mod:`.fitting`) -- features of ``n_fit`` images (a seeded
    choice), a pixel sample, K-means (or DBSCAN), the outlier threshold on a
-   held-out part of the sample. Once, on rank 0 under torchrun; saved, so a
-   resumed run reuses it.
+   held-out part of the sample. Once, on rank 0 under torchrun; saved
+   (:class:`.fit_state.FitState`), so a resumed run reuses it.
 5. **assignment** (:mod:`.assignment`) -- for every image: features ->
    nearest centroid at the working stride -> outliers to ignore; then, in CPU
    worker processes (:mod:`.labelling`), upsample to full resolution, SLIC
@@ -22,6 +22,9 @@ Steps of :func:`run` (method.md, Stage 1), each in its own module:
    soft vote -> ``priors/<rel>.npz``).
 6. **manifest** (:mod:`.manifest`) -- PmIoU on the images with ground truth,
    ``manifest.json`` with ``complete: true``.
+
+What the phases share -- the output folder, the ranks, timings, skipped
+images, the progress switch -- is one :class:`.run_context.RunContext`.
 
 Resume: each finished image is appended to ``progress*.jsonl`` with its PNG's
 SHA-256. A rerun with the same settings reuses the centroids and skips exactly
@@ -35,9 +38,9 @@ from pathlib import Path
 
 from auxseg.contracts.label_folder import labels_digest
 from auxseg.distributed import DistInfo, barrier, cleanup, env_dist_info, init_process_group
-from auxseg.io import read_json
+from auxseg.files import read_json
 
-from .assignment import label_all, start_workers
+from .assignment import Assigner, label_all, start_workers
 from .config import AuxLabelsConfig, validate
 from .extraction import Features
 from .extractor_base import check_extractor_name
@@ -45,7 +48,8 @@ from .fitting import fit_or_load, planned_num_labels
 from .inputs import ImageItem, collect_images
 from .labelling import LabelSettings
 from .manifest import finish, write_rank_timings, write_started
-from .resume import checkpoint_sha256, fingerprint, previous_manifest
+from .resume import RunIdentity, checkpoint_sha256, fingerprint, previous_manifest
+from .run_context import RunContext
 from .soft_labels import soft_settings
 
 __all__ = ["ImageItem", "collect_images", "labels_digest", "run"]
@@ -79,40 +83,38 @@ def run(cfg: AuxLabelsConfig) -> dict:
 
 
 def _run(cfg: AuxLabelsConfig, dist: DistInfo, t_start: float, workers: tuple) -> dict:
-    out = Path(cfg.out_dir).resolve()
-    show = cfg.progress and dist.is_main
-    timings: dict = {}
-    skipped: dict[str, str] = {}
+    ctx = RunContext(out=Path(cfg.out_dir).resolve(), dist=dist, show=cfg.progress and dist.is_main, t_start=t_start)
 
     # inputs and resume checks: each may refuse the run, and nothing is written yet
-    root, items, unreadable = collect_images(cfg)
-    skipped.update(unreadable)  # dangling links and link loops: listed as skipped with their reason
+    inputs = collect_images(cfg)
+    ctx.skipped.update(inputs.unreadable)  # dangling links and link loops: listed as skipped with their reason
     ckpt_sha256 = checkpoint_sha256(cfg)
-    fp = fingerprint(cfg, items, ckpt_sha256)
-    previous = previous_manifest(cfg, out, fp)
+    fp = fingerprint(cfg, inputs.items, ckpt_sha256)
+    identity = RunIdentity(fp, previous_manifest(cfg, ctx.out, fp))
 
     num_labels = planned_num_labels(cfg)
-    feats = Features(cfg, out / "cache", timings, ckpt_sha256) if cfg.clusterer != "superpixel" else None
+    feats = Features(cfg, ctx.out / "cache", ctx.timings, ckpt_sha256) if cfg.clusterer != "superpixel" else None
     if dist.is_main:
-        write_started(cfg, out, fp, previous)
-    timings["setup"] = time.perf_counter() - t_start  # inputs, fingerprint, building the extractor
+        write_started(cfg, ctx.out, fp, identity.previous)
+    ctx.timings["setup"] = time.perf_counter() - t_start  # inputs, fingerprint, building the extractor
 
-    fit = None
+    fit = assigner = scale = None
     if feats is not None:
-        fit = fit_or_load(cfg, out, items, feats, num_labels, dist, skipped, timings, show)
-        num_labels = int(fit["info"]["num_labels"])
-
+        fit = fit_or_load(cfg, ctx, inputs.items, feats, num_labels)
+        num_labels, scale = fit.num_labels, fit.soft_distance_scale
     settings = LabelSettings(
-        labels_dir=str(out / "labels"), num_labels=num_labels, stride=cfg.extractor.stride,
+        labels_dir=str(ctx.out / "labels"), num_labels=num_labels, stride=cfg.extractor.stride,
         superpixels=cfg.superpixels, num_classes=cfg.num_classes, gt_ignore=tuple(cfg.gt_ignore_values),
-        soft=soft_settings(cfg, out, fit),
+        soft=soft_settings(cfg.soft_labels, cfg.superpixels.enabled, ctx.out, scale),
     )
-    label_all(cfg, out, items, feats, fit, settings, dist, workers, skipped, timings, show)
-    write_rank_timings(out, dist.rank, timings, skipped)
+    if fit is not None:
+        assigner = Assigner(feats, fit, settings, gpu=cfg.kmeans.gpu, outliers=cfg.outliers.enabled)
+    label_all(cfg, ctx, inputs.items, assigner, settings, workers)
+    write_rank_timings(ctx)
 
     barrier()
     if dist.is_main:
         extractor = feats.model.description if feats is not None else None
-        manifest = finish(cfg, out, root, items, fp, num_labels, fit, extractor, dist.world_size, t_start, previous)
+        manifest = finish(cfg, ctx, inputs, fit, num_labels, extractor, identity)
     barrier()
-    return manifest if dist.is_main else read_json(out / "manifest.json")
+    return manifest if dist.is_main else read_json(ctx.out / "manifest.json")

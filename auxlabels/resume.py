@@ -1,28 +1,36 @@
-"""What a rerun may reuse: the settings fingerprint, the journal of finished images and the fit state.
+"""What a rerun may reuse: the settings fingerprint and the journal of finished images.
 
 Each finished image is appended to ``progress*.jsonl`` with its PNG's SHA-256.
-A rerun with the same fingerprint reuses the fit state (centroids, thresholds)
-and skips exactly the images whose PNG exists and matches its record.
+A rerun with the same fingerprint reuses the fit state (:mod:`.fit_state`:
+centroids, thresholds) and skips exactly the images whose PNG exists and
+matches its record.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from auxseg.config import ConfigError, to_dict
 from auxseg.contracts.label_folder import PRIORS_DIR, label_rel, prior_rel
-from auxseg.io import DataFileError, atomic_path, read_json, read_npz, sha256_file
+from auxseg.files import read_json, sha256_file
 
 from .config import AuxLabelsConfig, ExtractorConfig
+from .fit_state import FIT_STATE
 from .inputs import ImageItem
 
 # settings that do not change the labels; everything else must match to resume
 NOT_FINGERPRINTED = ("num_workers", "progress", "resume", "keep_cache", "out_dir", "on_bad_image")
-FIT_STATE = "fit_state.npz"
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Which run a folder holds: the settings fingerprint, and the manifest of an earlier run of it (or None)."""
+
+    fingerprint: str
+    previous: dict | None
 
 
 def checkpoint_sha256(cfg: AuxLabelsConfig) -> str | None:
@@ -113,25 +121,3 @@ def finished_images(cfg: AuxLabelsConfig, out: Path) -> set[str]:
 def journal_path(out: Path, rank: int, world_size: int) -> Path:
     """This rank's journal: ``progress.jsonl``, or ``progress.rank<r>.jsonl`` under torchrun."""
     return out / (f"progress.rank{rank}.jsonl" if world_size > 1 else "progress.jsonl")
-
-
-def save_fit_state(out: Path, fit: dict) -> None:
-    """Write ``centroids.npy`` (for consumers) and the full fit state (for resuming), each atomically."""
-    with atomic_path(out / "centroids.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, fit["centroids"])
-    with atomic_path(out / FIT_STATE) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, centroids=fit["centroids"], refs=fit["refs"], ref_labels=fit["ref_labels"],
-                     thresholds=fit["thresholds"], info=json.dumps(fit["info"]))
-
-
-def load_fit_state(out: Path) -> dict:
-    """The fit state :func:`save_fit_state` wrote: arrays plus the ``info`` dict."""
-    path = out / FIT_STATE
-    fit = read_npz(path)
-    try:
-        fit["info"] = json.loads(str(fit["info"]))
-    except (KeyError, json.JSONDecodeError) as err:
-        raise DataFileError(f"{path}: no readable 'info' entry ({type(err).__name__}); delete the file to refit") from err
-    return fit

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from auxseg.contracts.label_folder import PRIORS_DIR
 
-from .config import AuxLabelsConfig
+from .config import SoftLabelsConfig
 
 _BINCOUNT_LIMIT = 1 << 23  # entries (64 MB of int64) of the (cell, superpixel) count table
 
@@ -47,20 +47,19 @@ class SoftSettings:
     distance_scale: float  # m: median squared nearest-centroid distance of the fit's held-out pixels
 
 
-def soft_settings(cfg: AuxLabelsConfig, out: Path, fit: dict | None) -> SoftSettings | None:
-    """The workers' soft-label settings for a run (None when ``soft_labels.enabled`` is off).
+def soft_settings(soft: SoftLabelsConfig, superpixels: bool, out: Path, scale: float | None) -> SoftSettings | None:
+    """The workers' soft-label settings for a run (None when ``soft.enabled`` is off).
 
-    ``fit``: the fit state, whose ``info["soft_distance_scale"]`` is the distance unit m.
+    ``superpixels``: ``superpixels.enabled`` (off: no soft vote); ``scale``: the
+    fit state's ``soft_distance_scale``, the distance unit m.
     """
-    soft = cfg.soft_labels
     if not soft.enabled:
         return None
-    scale = (fit or {}).get("info", {}).get("soft_distance_scale")
     if scale is None:  # the fingerprint includes soft_labels, so a fit state without it is another run's
         raise RuntimeError(f"{out}: the saved fit state has no soft_distance_scale; use a new out_dir")
     return SoftSettings(priors_dir=str(out / PRIORS_DIR), topk=soft.topk, temperature=soft.temperature,
                         outlier_temperature=soft.outlier_temperature,
-                        superpixel_weight=soft.superpixel_weight if cfg.superpixels.enabled else 0.0,
+                        superpixel_weight=soft.superpixel_weight if superpixels else 0.0,
                         distance_scale=float(scale))
 
 

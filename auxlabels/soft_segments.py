@@ -46,6 +46,11 @@ from .superpixels import compute_superpixels
 DEMO_PIXELS = 320 * 320
 """Pixels of the official demo image (``docia.png`` halved) that 2,500 superpixels were chosen for."""
 DEMO_SUPERPIXELS = 2500
+ZERO_ONE_WEIGHTS = (0.3, 0.3)
+"""``(w0, w1)``: weights of the constrained sparsification's two sparsity terms (official ``softSegmentsFromEigs``)."""
+RELAXED_WEIGHTS = (1.0, 1.0, 100.0)
+"""``(sigma_s, sigma_f, delta)``: the relaxed sparsification's sparsity, fidelity and sum-to-one weights
+(official ``sparsifySegments``)."""
 
 
 @dataclass
@@ -215,11 +220,11 @@ def _kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 3) -> np.ndarray:
 
 
 def constrained_sparsification(vecs: np.ndarray, vals: np.ndarray, L: sp.spmatrix, init: np.ndarray,
-                               iterations: int = 40, sparsity: float = 0.8, prune_below: float = 0.1,
-                               w0: float = 0.3, w1: float = 0.3) -> np.ndarray:
+                               iterations: int = 40, sparsity: float = 0.8, prune_below: float = 0.1) -> np.ndarray:
     """Spectral-matting layers in the eigenvector subspace that sum to one (official ``softSegmentsFromEigs``).
 
-    Minimises ``sum_k sum_p |a_kp|^s + |1 - a_kp|^s`` (weights ``w0, w1``) plus ``y_k^T Lambda y_k``
+    Minimises ``sum_k sum_p |a_kp|^s + |1 - a_kp|^s`` (weights ``w0, w1``: :data:`ZERO_ONE_WEIGHTS`) plus
+    ``y_k^T Lambda y_k``
     over layers ``a_k = V y_k`` (k < K) and ``a_K = 1 - sum a_k``, by iteratively reweighted
     least squares (Levin et al., Spectral Matting, Eq. 9).
 
@@ -232,6 +237,7 @@ def constrained_sparsification(vecs: np.ndarray, vals: np.ndarray, L: sp.spmatri
         layers ``[N, K']`` (K' <= K after pruning), summing to one per pixel (may leave [0, 1]).
     """
     n, e = vecs.shape
+    w0, w1 = ZERO_ONE_WEIGHTS
     k_count = int(init.max()) + 1
     layers = (init[:, None] == np.arange(k_count)[None]).astype(np.float64)  # [N, K]
     lam = np.diag(vals)
@@ -335,13 +341,12 @@ def gradient_magnitude(image: np.ndarray) -> np.ndarray:
 
 
 def relaxed_sparsification(layers: np.ndarray, L: sp.spmatrix, grad: np.ndarray, outer: int = 20,
-                           inner: int = 100, polish: int = 1000, sigma_s: float = 1.0, sigma_f: float = 1.0,
-                           delta: float = 100.0) -> np.ndarray:
+                           inner: int = 100, polish: int = 1000) -> np.ndarray:
     """The final soft segments from grouped layers (official ``sparsifySegments``).
 
     Minimises, over layers ``a_k`` (``[N]`` each),
     ``sum_k a_k^T L a_k + sigma_s sum |a|^p + |1 - a|^p + sigma_f ||a - a0||^2 + delta ||sum_k a_k - 1||^2``
-    with per-pixel ``p = 0.9 + min(grad, 0.1)``, the sparsity term reweighted ``outer`` times
+    (weights: :data:`RELAXED_WEIGHTS`) with per-pixel ``p = 0.9 + min(grad, 0.1)``, the sparsity term reweighted ``outer`` times
     (IRLS) and each weighted system solved by ``inner`` conjugate-gradient iterations, then one
     ``polish`` CG solve without the sparsity term. ``a0``: the grouped layers with values below
     0.1 set to 0, above 0.9 to 1, renormalised.
@@ -349,6 +354,7 @@ def relaxed_sparsification(layers: np.ndarray, L: sp.spmatrix, grad: np.ndarray,
     Args: layers ``[N, G]``; L ``[N, N]``; grad ``[N]``. Returns ``[N, G]`` (not yet clipped).
     """
     n, g = layers.shape
+    sigma_s, sigma_f, delta = RELAXED_WEIGHTS
     a0 = np.where(layers < 0.1, 0.0, np.where(layers > 0.9, 1.0, layers))
     total = a0.sum(axis=1, keepdims=True)
     a0 = np.where(total > 0, a0 / np.where(total > 0, total, 1.0), 1.0 / g)
@@ -394,6 +400,27 @@ def normalise_layers(layers: np.ndarray, axis: int = -1) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ whole image
 
+def affinity_laplacian(image: np.ndarray, features: np.ndarray, p: SoftSegmentsParams,
+                       superpixels: np.ndarray | None = None) -> tuple[SuperpixelGraph, sp.csr_matrix]:
+    """Step 1: the superpixel graph and ``L = D - W``, ``W = W_matting + w_s W_semantic + w_c W_colour``.
+
+    Args: image float RGB ``[H, W, 3]`` in [0, 1]; features ``[H, W, C]`` in [0, 1]; superpixel ids
+    ``[H, W]`` or None (SLIC as the params say). Returns the graph and the Laplacian ``[H*W, H*W]``.
+    """
+    h, w = image.shape[:2]
+    if superpixels is None:
+        count = p.superpixels or default_superpixel_count(h, w)
+        superpixels = compute_superpixels(np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8), count,
+                                          p.superpixel_compactness, p.superpixel_method)
+    graph = superpixel_graph(np.asarray(superpixels, dtype=np.int64))
+    W = matting_affinity(image, eps=p.matting_eps)
+    if p.semantic_weight:
+        W = W + p.semantic_weight * semantic_affinity(graph, features, p.semantic_steepness, p.semantic_center)
+    if p.colour_weight:
+        W = W + p.colour_weight * colour_affinity(graph, image, p.colour_steepness, p.colour_center, p.colour_radius)
+    return graph, laplacian(W)
+
+
 def soft_segments(image: np.ndarray, features: np.ndarray, params: SoftSegmentsParams | None = None,
                   superpixels: np.ndarray | None = None) -> SoftSegmentsResult:
     """Semantic soft segments of an image at the resolution given (docs/related-methods.md B.5).
@@ -418,18 +445,7 @@ def soft_segments(image: np.ndarray, features: np.ndarray, params: SoftSegmentsP
     n = h * w
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-
-    if superpixels is None:
-        count = p.superpixels or default_superpixel_count(h, w)
-        superpixels = compute_superpixels(np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8), count,
-                                          p.superpixel_compactness, p.superpixel_method)
-    graph = superpixel_graph(np.asarray(superpixels, dtype=np.int64))
-    W = matting_affinity(img, eps=p.matting_eps)
-    if p.semantic_weight:
-        W = W + p.semantic_weight * semantic_affinity(graph, feats, p.semantic_steepness, p.semantic_center)
-    if p.colour_weight:
-        W = W + p.colour_weight * colour_affinity(graph, img, p.colour_steepness, p.colour_center, p.colour_radius)
-    L = laplacian(W)
+    graph, L = affinity_laplacian(img, feats, p, superpixels)
     times["graph"] = time.perf_counter() - t0
 
     t = time.perf_counter()

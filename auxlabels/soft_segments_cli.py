@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from auxseg.cli import add_config_arguments, run_config_command
+from auxseg.cli import ConfigCommand, add_config_arguments, run_config_command
 
 DESCRIPTION = """\
 Semantic soft segmentation (Aksoy et al., SIGGRAPH 2018) of every image in a
@@ -51,5 +51,6 @@ def main(args: argparse.Namespace) -> int:
     """Write the folder; exit 0 on success, 1 on bad input, 2 on config errors (auxseg.cli)."""
     from .soft_segments_run import SoftSegmentsConfig, run, validate
 
-    return run_config_command(args, prog="auxseg softsegments", schema=SoftSegmentsConfig, run=run,
-                              summary=_summary, check=validate)
+    command = ConfigCommand(prog="auxseg softsegments", schema=SoftSegmentsConfig, run=run, summary=_summary,
+                            check=validate)
+    return run_config_command(args, command)

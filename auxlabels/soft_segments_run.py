@@ -32,26 +32,22 @@ from auxseg.contracts.common import versions
 from auxseg.contracts.label_folder import (
     LABELS_DIR,
     PRIORS_DIR,
+    LabelledImages,
     label_folder_manifest,
     label_rel,
     labels_digest,
     prior_rel,
 )
 from auxseg.contracts.priors import prior_manifest_entry, write_prior
+from auxseg.distributed import DistInfo
 from auxseg.errors import AuxsegError
-from auxseg.io import (
-    ImageReadError,
-    append_jsonl,
-    atomic_write_json,
-    read_rgb,
-    scan_images,
-    sha256_file,
-    write_label_png,
-)
+from auxseg.files import append_jsonl, atomic_write_json, sha256_file
+from auxseg.images import ImageReadError, read_rgb, scan_images, write_label_png
 from auxseg.paths import check_separate, output_file, read_path_list
 
 from .config import ExtractorConfig
-from .resume import checkpoint_sha256, previous_manifest, read_journal, verified
+from .resume import RunIdentity, checkpoint_sha256, previous_manifest, read_journal, verified
+from .run_context import RunContext
 from .soft_segments import SoftSegmentsParams, soft_segments_of_image
 
 JOURNAL = "progress.jsonl"
@@ -144,11 +140,11 @@ class _Semantic:
     def __call__(self, image: np.ndarray) -> np.ndarray | None:
         if self.extractor is None:
             return None
-        from .feature_view import views_of_image
+        from .feature_view import ViewParams, views_of_image
 
-        view = views_of_image(self.extractor, image, max_side=self.cfg.soft.working_side, clip=self.cfg.clip,
-                              radius=self.cfg.guide_radius, eps=self.cfg.guide_eps, guide="colour",
-                              extract_max_side=self.cfg.extractor.max_side)["view"]
+        params = ViewParams(max_side=self.cfg.soft.working_side, clip=self.cfg.clip, radius=self.cfg.guide_radius,
+                            eps=self.cfg.guide_eps, guide="colour", extract_max_side=self.cfg.extractor.max_side)
+        view = views_of_image(self.extractor, image, params)["view"]
         return view.astype(np.float64) / 255.0  # [h, w, 3] in [0, 1], per-channel min-max as in B.4
 
 
@@ -190,80 +186,101 @@ def run(cfg: SoftSegmentsConfig) -> dict:
     if skipped and cfg.on_bad_image == "stop":
         raise ImageReadError(f"{min(skipped.items())[1]} (on_bad_image=stop)")
     semantic = _Semantic(cfg)  # a wrong checkpoint fails here, before anything is written
-    out = Path(cfg.out_dir)
-    fingerprint = _fingerprint(cfg, rels)
-    records = _reusable(cfg, out, fingerprint)
+    ctx = RunContext(out=Path(cfg.out_dir), dist=DistInfo(), show=cfg.progress, t_start=t_start, skipped=skipped)
+    identity = RunIdentity(_fingerprint(cfg, rels), None)
+    records = _reusable(cfg, ctx.out, identity.fingerprint)
     if not records:  # a fresh start: lines of another run must not be read as this run's
-        (out / JOURNAL).unlink(missing_ok=True)
-    write_started(cfg, out, fingerprint, None)
-    k = cfg.soft.segments
-    topk = min(cfg.topk or k, k)
+        (ctx.out / JOURNAL).unlink(missing_ok=True)
+    write_started(cfg, ctx.out, identity.fingerprint, None)
     todo = [r for r in rels if r not in skipped and r not in records]
     if records:
         print(f"[softsegments] {len(rels)} images, {len(rels) - len(todo) - len(skipped)} already done, "
               f"{len(todo)} to segment", file=sys.stderr)
-    with progress_bar(len(todo), "soft segments", cfg.progress) as bar:
+    with progress_bar(len(todo), "soft segments", ctx.show) as bar:
         for rel in todo:
-            path = root / rel
-            try:
-                image = read_rgb(path)
-            except ImageReadError as err:
-                if cfg.on_bad_image == "stop":
-                    raise
-                skipped[rel] = str(err)
-                bar.update(1)
-                continue
-            t0, c0 = time.perf_counter(), time.process_time()
-            try:
-                feats = semantic(image)
-                result = soft_segments_of_image(image, feats, cfg.soft)
-            except (ValueError, ArithmeticError, RuntimeError, np.linalg.LinAlgError) as err:
-                raise SoftSegmentsError(f"{path}: soft segmentation failed ({type(err).__name__}: "
-                                        f"{str(err).splitlines()[0] if str(err) else ''})") from err
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            layers = result.layers  # [K, H, W] float32, sums to one
-            label = layers.argmax(axis=0).astype(np.uint8)
-            label_path = output_file(out, f"{LABELS_DIR}/{label_rel(rel)}", f"image {rel}")
-            prior_path = output_file(out, f"{PRIORS_DIR}/{prior_rel(rel)}", f"image {rel}")
-            write_label_png(label_path, label)
-            write_prior(prior_path, layers, topk)
-            records[rel] = {"rel": rel, "sha256": sha256_file(label_path), "prior_sha256": sha256_file(prior_path),
-                            "counts": np.bincount(label.ravel(), minlength=k)[:k].tolist(),
-                            "seconds": wall, "cpu_seconds": cpu, "timings": result.info["seconds"]}
-            append_jsonl(out / JOURNAL, records[rel])  # a kill loses at most the image in progress
+            record = _segment_image(cfg, ctx, semantic, root, rel)
+            if record is not None:
+                records[rel] = record
+                append_jsonl(ctx.out / JOURNAL, record)  # a kill loses at most the image in progress
             bar.update(1)
-    written = [r for r in rels if r in records]
+    written = {r: records[r] for r in rels if r in records}
     if not written:
         raise SoftSegmentsError(f"{root}: no image could be read ({len(skipped)} skipped, first: {min(skipped.values())})")
-    done = [records[r] for r in written]
+    manifest = _manifest(cfg, ctx, root, written, semantic.description, identity, created)
+    atomic_write_json(ctx.out / "manifest.json", manifest)
+    return manifest
+
+
+def _segment_image(cfg: SoftSegmentsConfig, ctx: RunContext, semantic: _Semantic, root: Path, rel: str) -> dict | None:
+    """Segment one image and write its label PNG and prior file; return its journal record.
+
+    An unreadable image is recorded in ``ctx.skipped`` (None is returned), or raises with ``on_bad_image: stop``.
+    """
+    path = root / rel
+    try:
+        image = read_rgb(path)
+    except ImageReadError as err:
+        if cfg.on_bad_image == "stop":
+            raise
+        ctx.skipped[rel] = str(err)
+        return None
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        feats = semantic(image)
+        result = soft_segments_of_image(image, feats, cfg.soft)
+    except (ValueError, ArithmeticError, RuntimeError, np.linalg.LinAlgError) as err:
+        raise SoftSegmentsError(f"{path}: soft segmentation failed ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''})") from err
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    k = cfg.soft.segments
+    layers = result.layers  # [K, H, W] float32, sums to one
+    label = layers.argmax(axis=0).astype(np.uint8)
+    label_path = output_file(ctx.out, f"{LABELS_DIR}/{label_rel(rel)}", f"image {rel}")
+    prior_path = output_file(ctx.out, f"{PRIORS_DIR}/{prior_rel(rel)}", f"image {rel}")
+    write_label_png(label_path, label)
+    write_prior(prior_path, layers, _topk(cfg))
+    return {"rel": rel, "sha256": sha256_file(label_path), "prior_sha256": sha256_file(prior_path),
+            "counts": np.bincount(label.ravel(), minlength=k)[:k].tolist(),
+            "seconds": wall, "cpu_seconds": cpu, "timings": result.info["seconds"]}
+
+
+def _topk(cfg: SoftSegmentsConfig) -> int:
+    """Segments stored per pixel in the prior files."""
+    return min(cfg.topk or cfg.soft.segments, cfg.soft.segments)
+
+
+def _manifest(cfg: SoftSegmentsConfig, ctx: RunContext, root: Path, written: dict[str, dict],
+              extractor: dict | None, identity: RunIdentity, created: str) -> dict:
+    """The complete manifest of the images ``written`` (``{rel: journal record}``, in input order)."""
+    k = cfg.soft.segments
+    done = list(written.values())
     counts = np.sum([rec["counts"] for rec in done], axis=0, dtype=np.int64)
     timings: dict[str, float] = {}  # per phase, summed over the images (of every run that wrote one)
     for rec in done:
         for key, value in rec["timings"].items():
             timings[key] = timings.get(key, 0.0) + value
-    timings["total_wall"] = time.perf_counter() - t_start  # this run only
-    manifest = label_folder_manifest(  # scope image: segment j of one image has nothing to do with j of another
-        num_labels=k, scope="image", image_root=root.resolve(), images=written, dtype="uint8",
-        labels_sha256=labels_digest([(label_rel(r), records[r]["sha256"]) for r in written]), **{
+    timings["total_wall"] = time.perf_counter() - ctx.t_start  # this run only
+    labelled = LabelledImages(root.resolve(), list(written),
+                              labels_digest([(label_rel(r), rec["sha256"]) for r, rec in written.items()]))
+    return label_folder_manifest(  # scope image: segment j of one image has nothing to do with j of another
+        num_labels=k, scope="image", labelled=labelled, dtype="uint8", **{
         "clusterer": "soft_segments",
-        "extractor": semantic.description,
+        "extractor": extractor,
         "semantic_features": "feature view (guided filter + PCA-3)" if cfg.features == "extractor" else "colour",
-        "prior": prior_manifest_entry(topk, 1, [(prior_rel(r), records[r]["prior_sha256"]) for r in written],
+        "prior": prior_manifest_entry(_topk(cfg), 1, [(prior_rel(r), rec["prior_sha256"]) for r, rec in written.items()],
                                       source="auxlabels.soft_segments",
                                       resolution="image", working_side=cfg.soft.working_side),
         "soft_segments": to_dict(cfg.soft),
         "label_pixel_counts": counts.tolist(),
         "ignored_pixels": 0,
         "ignored_share": 0.0,
-        "skipped": [{"path": rel, "error": err} for rel, err in sorted(skipped.items())],
+        "skipped": [{"path": rel, "error": err} for rel, err in sorted(ctx.skipped.items())],
         "seconds_per_image": float(np.mean([rec["seconds"] for rec in done])),  # wall, features to layers
         "cpu_seconds_per_image": float(np.mean([rec["cpu_seconds"] for rec in done])),
         "timings": timings,
         "versions": versions(),
         "config": to_dict(cfg),
-        "fingerprint": fingerprint,
+        "fingerprint": identity.fingerprint,
         "created": created,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
     })
-    atomic_write_json(out / "manifest.json", manifest)
-    return manifest

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from auxseg.errors import AuxsegError
-from auxseg.io import WriteError, atomic_path, write_error
+from auxseg.files import WriteError, atomic_path, write_error
 
 
 class CheckpointError(AuxsegError, RuntimeError):
@@ -194,7 +194,7 @@ def save_checkpoint(obj: Any, path: str | Path) -> Path:
 
     A failed write (an ``OSError`` such as ENOSPC, or torch's "enforce fail at
     inline_container.cc" when the disk fills mid-file) raises
-    :class:`~auxseg.io.WriteError`, one line: "cannot write <path>: <cause>".
+    :class:`~auxseg.files.WriteError`, one line: "cannot write <path>: <cause>".
     The temporary file is removed and a previous file at ``path`` is left intact.
     """
     path = Path(path)

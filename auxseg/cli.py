@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,35 +85,41 @@ def report_error(prog: str, err: BaseException) -> int:
     return EXIT_INPUT_ERROR
 
 
-def run_config_command(
-    args: argparse.Namespace,
-    *,
-    prog: str,
-    schema: type,
-    run: Callable[[Any], Any],
-    summary: Callable[[Any, Any], str | None] | None = None,
-    check: Callable[[Any], None] | None = None,
-    show: Callable[[Any], str] = dump_config,
-    step: Callable[[Any], tuple[str, Path] | None] | None = None,
-) -> int:
-    """Load the config, honour ``--print-config``, run, print the summary line; return the exit code.
+@dataclass(frozen=True)
+class ConfigCommand:
+    """A config-driven subcommand: its name, its config schema, the work, and how it reports.
 
     ``run(cfg)`` does the work; ``summary(cfg, result)`` turns its result into
-    the line printed on success (None prints nothing); ``show(cfg)`` is what
-    ``--print-config`` prints (default: the resolved config). Errors that the input
-    caused (:class:`~auxseg.errors.AuxsegError`, and ``FileNotFoundError`` for
-    a path that does not exist) become one line on stderr.
-
-    ``step(cfg)`` -> ``(name, log file)`` (or None) makes the run one step of the console
+    the line printed on success (None prints nothing); ``check(cfg)`` raises
+    :class:`ConfigError` for what the schema cannot say; ``show(cfg)`` is what
+    ``--print-config`` prints (default: the resolved config); ``step(cfg)`` ->
+    ``(name, log file)`` (or None) makes the run one step of the console
     (:mod:`auxseg.console`): one running line with the stage's progress, its full
     output in the log file (unless ``--verbose``), and the summary as the closing line.
     """
-    cfg = load_cli_config(schema, args, prog, check)
+
+    prog: str  # "auxseg <stage>", the prefix of every error line
+    schema: type
+    run: Callable[[Any], Any]
+    summary: Callable[[Any, Any], str | None] | None = None
+    check: Callable[[Any], None] | None = None
+    show: Callable[[Any], str] = dump_config
+    step: Callable[[Any], tuple[str, Path] | None] | None = None
+
+
+def run_config_command(args: argparse.Namespace, command: ConfigCommand) -> int:
+    """Load the config, honour ``--print-config``, run, print the summary line; return the exit code.
+
+    Errors that the input caused (:class:`~auxseg.errors.AuxsegError`, and
+    ``FileNotFoundError`` for a path that does not exist) become one line on stderr.
+    """
+    prog, run, summary, step = command.prog, command.run, command.summary, command.step
+    cfg = load_cli_config(command.schema, args, prog, command.check)
     if cfg is None:
         return EXIT_CONFIG_ERROR
     if getattr(args, "print_config", False):
         try:
-            print(show(cfg), end="")
+            print(command.show(cfg), end="")
         except (AuxsegError, FileNotFoundError) as err:
             return report_error(prog, err)
         return 0

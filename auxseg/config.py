@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 from auxseg.errors import AuxsegError
-from auxseg.io import atomic_write_text
+from auxseg.files import atomic_write_text
 from auxseg.paths import resolve_path
 
 T = TypeVar("T")
@@ -255,59 +255,90 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin is Annotated:
-        base, *meta = get_args(tp)
-        ranges = [m for m in meta if isinstance(m, Range)]
-        if base is float and isinstance(value, float) and not math.isfinite(value) and any(not r.finite for r in ranges):
-            return value  # the key opts in to NaN / infinity (Range(finite=False))
-        value = _convert(base, value, where)
-        for rng in ranges:
-            _check_numbers(value, rng, where)
-        return value
+        return _convert_annotated(tp, value, where)
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value, where)
-            except ConfigError as err:
-                errors.append(err)
-        if len(errors) == 1:  # X | None: X's own message (its range, its type)
-            raise errors[0]
-        raise ConfigError(f"{where}: {value!r} matches none of {_type_name(tp)}")
+        return _convert_union(tp, value, where)
     if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}{hint}")
-        return value
+        return _convert_literal(tp, value, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         return from_dict(tp, value, where)
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        item_tp = args[0] if args else Any
-        items = [_convert(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _convert_sequence(tp, origin, value, where)
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        key_tp, val_tp = get_args(tp) or (Any, Any)
-        return {
-            _convert(key_tp, k, f"{where} key"): _convert(val_tp, v, f"{where}.{k}")
-            for k, v in value.items()
-        }
+        return _convert_mapping(tp, value, where)
+    return _convert_plain(tp, value, where)
+
+
+def _convert_annotated(tp: Any, value: Any, where: str) -> Any:
+    """``Annotated[base, Range(...)]``: the base type, then every range."""
+    base, *meta = get_args(tp)
+    ranges = [m for m in meta if isinstance(m, Range)]
+    if base is float and isinstance(value, float) and not math.isfinite(value) and any(not r.finite for r in ranges):
+        return value  # the key opts in to NaN / infinity (Range(finite=False))
+    value = _convert(base, value, where)
+    for rng in ranges:
+        _check_numbers(value, rng, where)
+    return value
+
+
+def _convert_union(tp: Any, value: Any, where: str) -> Any:
+    """``X | Y | None``: the first member that accepts the value (None only where the union allows it)."""
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _convert(arg, value, where)
+        except ConfigError as err:
+            errors.append(err)
+    if len(errors) == 1:  # X | None: X's own message (its range, its type)
+        raise errors[0]
+    raise ConfigError(f"{where}: {value!r} matches none of {_type_name(tp)}")
+
+
+def _convert_literal(tp: Any, value: Any, where: str) -> Any:
+    """``Literal[...]``: one of the choices, with the closest one suggested."""
+    choices = get_args(tp)
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}{hint}")
+    return value
+
+
+def _convert_sequence(tp: Any, origin: Any, value: Any, where: str) -> Any:
+    """``list[X]``, ``tuple[X, ...]`` and fixed-length ``tuple[X, Y]``: each item converted."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    args = get_args(tp)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    item_tp = args[0] if args else Any
+    items = [_convert(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _convert_mapping(tp: Any, value: Any, where: str) -> Any:
+    """``dict[K, V]``: every key and value converted."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    key_tp, val_tp = get_args(tp) or (Any, Any)
+    return {
+        _convert(key_tp, k, f"{where} key"): _convert(val_tp, v, f"{where}.{k}")
+        for k, v in value.items()
+    }
+
+
+def _convert_plain(tp: Any, value: Any, where: str) -> Any:
+    """``float`` (finite; an int is accepted), ``int``, ``bool`` and ``str`` strictly (no bool for a number);
+    any other class by ``isinstance``."""
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
@@ -367,12 +398,30 @@ def load_config(
         raise
 
 
+OMIT_AT_DEFAULT = "auxseg_omit_at_default"
+
+
+def added_section(factory: Any) -> Any:
+    """A dataclass field for a config section added after runs had recorded their configs.
+
+    :func:`to_dict` leaves the section out while it equals ``factory()``, so a config that does not use
+    it has the plain form it had before the section existed: recorded step configs and the step names
+    hashed from them (``loop.pipeline.run_step``, ``loop.study``) stay valid. Loading fills it in again.
+    """
+    return dataclasses.field(default_factory=factory, metadata={OMIT_AT_DEFAULT: True})
+
+
+def _omitted(owner: Any, f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get(OMIT_AT_DEFAULT)) and getattr(owner, f.name) == f.default_factory()
+
+
 def to_dict(cfg: Any) -> dict:
-    """The config as plain YAML/JSON-compatible Python data (tuples become lists)."""
+    """The config as plain YAML/JSON-compatible Python data (tuples become lists; sections declared with
+    :func:`added_section` are left out while they hold their defaults)."""
 
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if not _omitted(value, f)}
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         if isinstance(value, dict):

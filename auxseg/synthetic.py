@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from auxseg.config import PositiveInt, Seed, ranged
-from auxseg.io import atomic_write_json, write_label_png, write_rgb_png
+from auxseg.files import atomic_write_json
+from auxseg.images import write_label_png, write_rgb_png
 
 CLASS_NAMES = ("sky", "ground", "wall", "tree", "car", "person")
 # RGB base colours and texture (stripe period in px, angle in degrees)

@@ -55,8 +55,8 @@ def _fail(verb: str, err: BaseException) -> int:
 
 
 def _eval_main(args: argparse.Namespace) -> int:
-    from auxseg.io import atomic_write_json
-    from boundaries.evaluation import evaluate_folder
+    from auxseg.files import atomic_write_json
+    from boundaries.evaluation import EvalOptions, evaluate_folder
 
     if args.gt is None and args.bsds is None:
         print(f"{PROG} eval: give the ground truth: --gt LABEL_DIR or --bsds GT_MAT_DIR", file=sys.stderr)
@@ -70,11 +70,10 @@ def _eval_main(args: argparse.Namespace) -> int:
     kind, gt_dir = ("bsds", args.bsds) if args.bsds is not None else ("labels", args.gt)
     t0 = time.perf_counter()
     try:
-        result = evaluate_folder(
-            args.pred_dir, gt_dir, kind, ignore_index=args.ignore_index, ignore_margin=args.ignore_margin,
-            n_thresholds=args.thresholds, max_dist=args.max_dist, thin=not args.no_thin,
-            thin_gt=not args.no_thin_gt, progress=not args.no_progress, segmentations=args.segmentations,
-        )
+        options = EvalOptions(ignore_index=args.ignore_index, ignore_margin=args.ignore_margin,
+                              n_thresholds=args.thresholds, max_dist=args.max_dist, thin=not args.no_thin,
+                              thin_gt=not args.no_thin_gt, segmentations=args.segmentations)
+        result = evaluate_folder(args.pred_dir, gt_dir, kind, options, progress=not args.no_progress)
         result["seconds"] = round(time.perf_counter() - t0, 2)
         if args.out is not None:
             atomic_write_json(args.out, result)
@@ -94,7 +93,7 @@ def _eval_main(args: argparse.Namespace) -> int:
 def _baseline_main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from auxseg.io import read_rgb, scan_images, write_label_png
+    from auxseg.images import read_rgb, scan_images, write_label_png
     from boundaries.baselines import canny_boundaries, slic_boundaries, sobel_boundaries, to_uint8
 
     if args.levels < 1:

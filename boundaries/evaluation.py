@@ -528,7 +528,7 @@ def read_boundary_map(path: str | Path) -> np.ndarray:
     colour). Anything else raises :class:`BoundaryError` (or ``ImageReadError``)
     naming the file.
     """
-    from auxseg.io import read_label
+    from auxseg.images import read_label
 
     path = Path(path)
     try:
@@ -614,11 +614,11 @@ def read_bsds_mat(path: str | Path) -> list[np.ndarray]:
 
 def read_label_ground_truth(path: str | Path, ignore_index: int | None = None, ignore_margin: int = 1,
                             thin: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``(boundaries, valid)`` of one label PNG (:func:`auxseg.io.read_label`, then :func:`label_boundaries`).
+    """``(boundaries, valid)`` of one label PNG (:func:`auxseg.images.read_label`, then :func:`label_boundaries`).
 
     The boundaries are thinned by default (see ``thin`` in :func:`label_boundaries`).
     """
-    from auxseg.io import read_label
+    from auxseg.images import read_label
 
     path = Path(path)
     try:
@@ -640,7 +640,7 @@ class GroundTruthItem:
 
 def list_ground_truth(gt_dir: str | Path, kind: str) -> list[GroundTruthItem]:
     """Ground-truth files below ``gt_dir``: label PNGs (``kind="labels"``) or BSDS ``.mat`` files (``"bsds"``)."""
-    from auxseg.io import scan_images
+    from auxseg.images import scan_images
 
     gt_dir = Path(gt_dir)
     if not gt_dir.is_dir():
@@ -692,42 +692,53 @@ def evaluate_segmentation(seg: np.ndarray, gts: Sequence[np.ndarray], valid: np.
 
 
 def _read_segmentation(path: Path) -> np.ndarray:
-    from auxseg.io import read_label
+    from auxseg.images import read_label
 
     return read_label(path)
 
 
-def evaluate_folder(pred_dir: str | Path, gt_dir: str | Path, kind: str = "labels", *,
-                    ignore_index: int | None = None, ignore_margin: int = 1,
-                    n_thresholds: int = NUM_THRESHOLDS, max_dist: float = MAX_DIST, thin: bool = True,
-                    thin_gt: bool = True, progress: bool = False, segmentations: bool = False) -> dict:
-    """Evaluate every ``pred_dir/<name>.png`` against the ground truth ``gt_dir/<name>.{png,mat}``.
+@dataclass(frozen=True)
+class EvalOptions:
+    """How :func:`evaluate_folder` scores boundary maps (the defaults follow the BSDS benchmark)."""
 
-    ``segmentations``: the PNGs are label maps (hard segmentations, e.g. auxiliary labels or SLIC),
-    scored by their label boundaries (:func:`evaluate_segmentation`) instead of soft boundary maps.
+    ignore_index: int | None = None  # label value of label-map ground truth whose boundaries do not count
+    ignore_margin: int = 1  # pixels around ignored regions left out as well
+    n_thresholds: int = NUM_THRESHOLDS  # thresholds of a soft boundary map
+    max_dist: float = MAX_DIST  # matching distance, as a fraction of the image diagonal
+    thin: bool = True  # thin the predicted maps before matching
+    thin_gt: bool = True  # thin label-map ground-truth boundaries (BSDS boundaries are used as stored)
+    # the PNGs are label maps (hard segmentations, e.g. auxiliary labels or SLIC), scored by their label
+    # boundaries (:func:`evaluate_segmentation`) instead of soft boundary maps
+    segmentations: bool = False
+
+
+def evaluate_folder(pred_dir: str | Path, gt_dir: str | Path, kind: str = "labels",
+                    options: EvalOptions = EvalOptions(), *, progress: bool = False) -> dict:
+    """Evaluate every ``pred_dir/<name>.png`` against the ground truth ``gt_dir/<name>.{png,mat}``.
 
     The ground-truth files define the image set; a missing prediction or one
     whose size differs from its ground truth raises :class:`BoundaryError`
     naming both files. Returns a JSON-ready dict: the scores
     (:meth:`BoundaryScores.as_dict`), per-image best F and counts, and the settings.
     """
+    o = options
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise BoundaryError(f"boundary map folder not found: {pred_dir}")
     items = list_ground_truth(gt_dir, kind)
-    ts = thresholds(1 if segmentations else n_thresholds)
+    ts = thresholds(1 if o.segmentations else o.n_thresholds)
     from tqdm import tqdm
 
     counts = []
     for item in tqdm(items, desc="boundaries eval", unit="img", disable=not progress, dynamic_ncols=True):
         pred_path = find_prediction(pred_dir, item.name)
-        humans, valid = load_ground_truth(item, kind, ignore_index, ignore_margin, thin_gt)
-        pb = _read_segmentation(pred_path) if segmentations else read_boundary_map(pred_path)
+        humans, valid = load_ground_truth(item, kind, o.ignore_index, o.ignore_margin, o.thin_gt)
+        pb = _read_segmentation(pred_path) if o.segmentations else read_boundary_map(pred_path)
         if pb.shape != humans[0].shape:
             raise BoundaryError(f"boundary map {pred_path} is {pb.shape[1]}x{pb.shape[0]} but its ground truth "
                                 f"{item.path} is {humans[0].shape[1]}x{humans[0].shape[0]} (width x height)")
-        counts.append(evaluate_segmentation(pb, humans, valid, max_dist=max_dist) if segmentations else
-                      evaluate_image(pb, humans, valid, ts, max_dist, thin))
+        counts.append(evaluate_segmentation(pb, humans, valid, max_dist=o.max_dist) if o.segmentations else
+                      evaluate_image(pb, humans, valid, ts, o.max_dist, o.thin))
     counts = np.stack(counts)  # [N, T, 4]
     scores = summarize(counts, ts)
     _, _, f_img = precision_recall(counts)
@@ -739,9 +750,9 @@ def evaluate_folder(pred_dir: str | Path, gt_dir: str | Path, kind: str = "label
         for i, (item, k) in enumerate(zip(items, scores.per_image_best))
     ]
     result["settings"] = {
-        "pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "gt_kind": kind, "ignore_index": ignore_index,
-        "ignore_margin": ignore_margin, "num_thresholds": int(n_thresholds), "max_dist": max_dist, "thin": thin,
-        "thin_gt": thin_gt if kind == "labels" else False, "segmentations": segmentations,
+        "pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "gt_kind": kind, "ignore_index": o.ignore_index,
+        "ignore_margin": o.ignore_margin, "num_thresholds": int(o.n_thresholds), "max_dist": o.max_dist,
+        "thin": o.thin, "thin_gt": o.thin_gt if kind == "labels" else False, "segmentations": o.segmentations,
         "counts_fields": list(COUNT_FIELDS),
     }
     return result

@@ -48,7 +48,7 @@ from auxseg.contracts.small_model import (
     read_small_model,
 )
 from auxseg.errors import AuxsegError
-from auxseg.io import read_rgb, scan_images, write_label_png
+from auxseg.images import read_rgb, scan_images, write_label_png
 from auxseg.methods.local_prediction import offsets, posterior_maps, standardise
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from auxseg.cli import add_config_arguments, run_config_command, stage_step
-from auxseg.paths import resolve_path
+from auxseg.cli import ConfigCommand, add_config_arguments, run_config_command, stage_step
 
 DESCRIPTION = """\
 Fine-tune DeepLabV3 or PSPNet (mmsegmentation, mmengine Runner) on a fixed,
@@ -24,6 +23,7 @@ Examples:
   auxseg finetune configs/finetune/default.yaml split.num_images=100 work_dir=work_dirs/camvid_100img
   auxseg finetune configs/finetune/cityscapes.yaml device=cuda split.fraction=0.1
   auxseg finetune configs/finetune/camvid_10pct.yaml targets.kind=coarse targets.factor=16 loss.name=rq
+  auxseg finetune configs/finetune/camvid_10pct.yaml consistency.method=unimatch   # + the unlabelled images
 """
 
 
@@ -50,8 +50,9 @@ def _summary(cfg, results: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run the stage from the config; exit 0 on success, 1 on bad input, 2 on config errors (auxseg.cli)."""
-    from .config import FinetuneConfig
+    from .config import FinetuneConfig, resolve_paths
     from .run import run
 
-    return run_config_command(args, prog="auxseg finetune", schema=FinetuneConfig, run=run, summary=_summary,
-                              step=lambda cfg: stage_step("finetune", resolve_path(cfg.work_dir)))
+    command = ConfigCommand(prog="auxseg finetune", schema=FinetuneConfig, run=run, summary=_summary,
+                            step=lambda cfg: stage_step("finetune", resolve_paths(cfg).work_dir))
+    return run_config_command(args, command)

@@ -11,17 +11,21 @@ are under configs/finetune/.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from auxseg.config import (
     ConfigError,
+    Fraction,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     Seed,
+    added_section,
     ranged,
 )
+from auxseg.paths import resolve_path
 
 
 @dataclass
@@ -69,6 +73,54 @@ class LossConfig:
 
 
 @dataclass
+class StrongViewConfig:
+    """The strong perturbation of an unlabelled image; defaults are UniMatch's (``dataset/semi.py``,
+    ``dataset/transform.py`` of LiheYoung/UniMatch, CVPR 2023), each drawn independently per view."""
+
+    jitter_p: Fraction = 0.8  # probability of a colour jitter
+    # brightness, contrast, saturation: factors from [1 - x, 1 + x]; hue: shift from [-x, x] of a turn (<= 0.5)
+    jitter: ranged(tuple[float, float, float, float], ge=0, le=1) = (0.5, 0.5, 0.5, 0.25)
+    grayscale_p: Fraction = 0.2
+    blur_p: Fraction = 0.5
+    blur_sigma: ranged(tuple[float, float], gt=0) = (0.1, 2.0)  # Gaussian std, px, drawn uniformly
+    cutmix_p: Fraction = 0.5  # probability that a box of the view comes from another unlabelled image
+    cutmix_area: ranged(tuple[float, float], gt=0, le=1) = (0.02, 0.4)  # box area, share of the image
+    cutmix_aspect: ranged(tuple[float, float], gt=0) = (0.3, 1 / 0.3)  # box height / width
+
+
+@dataclass
+class ConsistencyConfig:
+    """Weak-to-strong consistency on the unlabelled images (docs/consistency.md). ``none``: labels only."""
+
+    # fixmatch: one strong view (Sohn et al. 2020, as UniMatch's fixmatch.py); unimatch: two strong views and a
+    # feature-perturbation stream (Yang et al., CVPR 2023)
+    method: Literal["none", "fixmatch", "unimatch"] = "none"
+    threshold: Fraction = 0.95  # confidence a pseudo-label needs (UniMatch's Pascal / COCO configs)
+    # loss = labelled_weight * (the mmseg config's losses on the labelled batch) + unlabelled_weight * L_u;
+    # UniMatch halves both: (loss_x + loss_u) / 2
+    labelled_weight: NonNegativeFloat = 0.5
+    unlabelled_weight: NonNegativeFloat = 0.5
+    # unimatch only: L_u = (1 - fp_share) * mean over the strong views + fp_share * the perturbed-feature term
+    # (UniMatch: 0.25 + 0.25 + 0.5)
+    fp_share: Fraction = 0.5
+    fp_dropout: ranged(float, ge=0, lt=1) = 0.5  # unimatch only: Dropout2d on the encoder features
+    # None: the training images outside the labelled split; else a folder of images (the dataset's image suffix)
+    unlabelled_folder: str | None = None
+    # score the pseudo-labels against the ground truth of unlabelled images that have one (a diagnostic: it is
+    # logged, never trained on)
+    score_pseudo_labels: bool = True
+    strong: StrongViewConfig = field(default_factory=StrongViewConfig)
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    @property
+    def num_strong(self) -> int:
+        return 2 if self.method == "unimatch" else 1
+
+
+@dataclass
 class FinetuneConfig:
     mmseg_config: str = "configs/finetune/mmseg/tiny/deeplabv3_r18-d8_tiny.py"
     data_root: str | None = None  # overrides the mmseg config's data_root (train and val)
@@ -94,6 +146,8 @@ class FinetuneConfig:
     tensorboard: bool = True  # also log scalars to <work_dir>/<timestamp>/vis_data (TensorBoard)
     log_interval: PositiveInt | None = None  # iterations between log lines; None: the mmseg config's
     cfg_options: dict[str, Any] = field(default_factory=dict)  # extra mmseg config overrides, dotted keys
+    # learn from the unlabelled images too (FixMatch / UniMatch); left out of the saved config while off
+    consistency: ConsistencyConfig = added_section(ConsistencyConfig)
 
     def __post_init__(self) -> None:
         chosen = [k for k in ("file", "fraction", "num_images") if getattr(self.split, k) is not None]
@@ -104,3 +158,44 @@ class FinetuneConfig:
             raise ConfigError("targets.folder is required with targets.kind=prior_folder and only then")
         if t.val_folder is not None and t.kind != "prior_folder":
             raise ConfigError("targets.val_folder is only used with targets.kind=prior_folder")
+        if self.launcher == "slurm" and self.device == "cpu":
+            raise ConfigError("launcher=slurm needs device=cuda (mmengine's SLURM start picks a GPU); on CPUs start "
+                              "the processes with torchrun and launcher=pytorch")
+        c = self.consistency
+        if c.enabled and (t.kind != "labels" or self.loss.name != "ce"):
+            raise ConfigError(f"consistency.method={c.method} trains on labels with cross-entropy; it does not "
+                              f"combine with targets.kind={t.kind} / loss.name={self.loss.name}")
+        for key in ("blur_sigma", "cutmix_area", "cutmix_aspect"):
+            low, high = getattr(c.strong, key)
+            if low > high:
+                raise ConfigError(f"consistency.strong.{key}: [{low}, {high}] is not an interval (low > high)")
+
+
+@dataclass(frozen=True)
+class FinetunePaths:
+    """Every path of a :class:`FinetuneConfig`, resolved once (:func:`auxseg.paths.resolve_path`) when a run
+    starts; None where the config names none."""
+
+    work_dir: Path
+    mmseg_config: Path
+    data_root: Path | None
+    split_file: Path | None
+    init_checkpoint: Path | None
+    init_decoder: Path | None
+    targets_folder: Path | None
+    targets_val_folder: Path | None
+    unlabelled_folder: Path | None
+
+
+def resolve_paths(cfg: FinetuneConfig) -> FinetunePaths:
+    """The config's paths as absolute paths (relative ones against the working folder, or the shipped presets)."""
+
+    def optional(value: str | None) -> Path | None:
+        return None if value is None else resolve_path(value)
+
+    return FinetunePaths(
+        work_dir=resolve_path(cfg.work_dir), mmseg_config=resolve_path(cfg.mmseg_config),
+        data_root=optional(cfg.data_root), split_file=optional(cfg.split.file or None),
+        init_checkpoint=optional(cfg.init.checkpoint or None), init_decoder=optional(cfg.init.decoder or None),
+        targets_folder=optional(cfg.targets.folder), targets_val_folder=optional(cfg.targets.val_folder),
+        unlabelled_folder=optional(cfg.consistency.unlabelled_folder))

@@ -34,7 +34,7 @@ from auxseg.contracts.backbone import (
     load_decoder_export,
     read_backbone_weights,
 )
-from auxseg.io import sha256_file
+from auxseg.files import sha256_file
 
 INIT_REPORT_FORMAT = "auxseg.finetune.init/1"
 INIT_TYPES = ("random", *CHECKPOINT_KINDS)

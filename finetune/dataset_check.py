@@ -26,7 +26,7 @@ from PIL import Image
 
 from auxseg import console
 from auxseg.errors import AuxsegError
-from auxseg.io import IMAGE_SUFFIXES, ImageReadError, read_label, read_rgb, scan_images
+from auxseg.images import IMAGE_SUFFIXES, ImageReadError, read_label, read_rgb, scan_images
 from auxseg.paths import UnsafePathError
 
 MAX_PRINTED_PROBLEMS = 50  # `auxseg data check` prints this many problem lines (--all: every one)
@@ -113,7 +113,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        """``<path>: <message>``, the path said once (messages of auxseg.io name it themselves)."""
+        """``<path>: <message>``, the path said once (messages of auxseg.images name it themselves)."""
         message = self.message.replace(f" {self.path}:", ":").replace(f"{self.path}: ", "").replace(f" {self.path}", "")
         return f"{self.path}: {message}"
 

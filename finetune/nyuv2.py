@@ -29,7 +29,8 @@ import numpy as np
 
 from auxseg import console
 from auxseg.errors import AuxsegError
-from auxseg.io import atomic_write_json, sha256_file, write_label_png, write_rgb_png
+from auxseg.files import atomic_write_json, sha256_file
+from auxseg.images import write_label_png, write_rgb_png
 
 # The 40 classes of Gupta et al. (CVPR 2013), in the order of their classMapping40.mat (1..40 -> 0..39).
 NYUV2_40_CLASSES = (
@@ -132,31 +133,10 @@ def convert(
     except OSError as err:
         raise NYUv2FormatError(f"{labeled_mat} is not the MATLAB v7.3 (HDF5) labelled release: {err}") from err
     with f:
-        for key in ("images", "labels"):
-            if key not in f:
-                raise NYUv2FormatError(f"{labeled_mat}: no {key!r} dataset (found: {', '.join(f)})")
-        images, labels = f["images"], f["labels"]
-        if images.ndim != 4 or images.shape[1] != 3 or labels.shape != (images.shape[0], *images.shape[2:]):
-            raise NYUv2FormatError(
-                f"{labeled_mat}: expected images [N, 3, W, H] and labels [N, W, H], "
-                f"got {images.shape} and {labels.shape}"
-            )
-        n = images.shape[0]
-        split_idx = read_splits(splits, n)
-        counts = {}
-        for split, idx in split_idx.items():
-            for i in console.iterate(idx, desc=f"NYUv2 {split}", unit="img"):
-                name = f"{i + 1:04d}.png"
-                img_path = out_dir / "images" / split / name
-                lab_path = out_dir / "labels40" / split / name
-                if not overwrite and img_path.exists() and lab_path.exists():
-                    continue
-                raw = np.asarray(labels[i]).T  # [H, W]
-                if raw.min() < 0 or raw.max() > NUM_RAW_CLASSES:
-                    raise NYUv2FormatError(f"{labeled_mat}: image {i + 1} has label ids outside 0..{NUM_RAW_CLASSES}")
-                write_rgb_png(img_path, np.asarray(images[i]).transpose(2, 1, 0))  # [H, W, 3]
-                write_label_png(lab_path, lut[raw.astype(np.int64)])
-            counts[split] = int(idx.size)
+        images, labels = _image_and_label_arrays(f, labeled_mat)
+        split_idx = read_splits(splits, images.shape[0])
+        counts = {split: _write_split((images, labels), idx, lut, out_dir, split, overwrite, labeled_mat)
+                  for split, idx in split_idx.items()}
     manifest = {
         "format": FORMAT,
         "classes": list(NYUV2_40_CLASSES),
@@ -172,3 +152,35 @@ def convert(
     }
     atomic_write_json(out_dir / "dataset.json", manifest)
     return manifest
+
+
+def _image_and_label_arrays(f, labeled_mat: Path):
+    """The release's ``images [N, 3, W, H]`` and ``labels [N, W, H]`` datasets, their shapes checked."""
+    for key in ("images", "labels"):
+        if key not in f:
+            raise NYUv2FormatError(f"{labeled_mat}: no {key!r} dataset (found: {', '.join(f)})")
+    images, labels = f["images"], f["labels"]
+    if images.ndim != 4 or images.shape[1] != 3 or labels.shape != (images.shape[0], *images.shape[2:]):
+        raise NYUv2FormatError(
+            f"{labeled_mat}: expected images [N, 3, W, H] and labels [N, W, H], "
+            f"got {images.shape} and {labels.shape}"
+        )
+    return images, labels
+
+
+def _write_split(arrays: tuple, idx: np.ndarray, lut: np.ndarray, out_dir: Path, split: str, overwrite: bool,
+                 labeled_mat: Path) -> int:
+    """Write the images ``idx`` (0-based) of ``arrays = (images, labels)`` as ``images/<split>/NNNN.png``
+    (1-based) and their 40-class labels as ``labels40/<split>/NNNN.png``; returns the count."""
+    images, labels = arrays
+    for i in console.iterate(idx, desc=f"NYUv2 {split}", unit="img"):
+        name = f"{i + 1:04d}.png"
+        img_path, lab_path = out_dir / "images" / split / name, out_dir / "labels40" / split / name
+        if not overwrite and img_path.exists() and lab_path.exists():
+            continue
+        raw = np.asarray(labels[i]).T  # [H, W]
+        if raw.min() < 0 or raw.max() > NUM_RAW_CLASSES:
+            raise NYUv2FormatError(f"{labeled_mat}: image {i + 1} has label ids outside 0..{NUM_RAW_CLASSES}")
+        write_rgb_png(img_path, np.asarray(images[i]).transpose(2, 1, 0))  # [H, W, 3]
+        write_label_png(lab_path, lut[raw.astype(np.int64)])
+    return int(idx.size)

@@ -26,7 +26,8 @@ import numpy as np
 
 from auxseg import console
 from auxseg.errors import AuxsegError
-from auxseg.io import atomic_path, read_label, write_label_png
+from auxseg.files import atomic_path
+from auxseg.images import read_label, write_label_png
 from auxseg.paths import output_file, relative_inside
 
 IGNORE_INDEX = 255

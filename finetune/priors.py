@@ -135,24 +135,24 @@ class LoadPrior(BaseTransform):
             and resized to the label map by the folder's stride).
         num_classes: K; a prior file of another K is refused.
         factor, blur_sigma: of ``coarse``; ``blur_sigma=None`` means ``factor``.
-        folder: the label folder (``folder``); img_dir: the image folder the
-            folder's relative paths start from (``<data_root>/<img_path>``).
-        stride: the folder's ``prior.stride`` (manifest), or None.
+        folder: ``folder`` only: ``dict(root=..., img_dir=..., stride=...)``, the label folder, the image
+            folder its relative paths start from (``<data_root>/<img_path>``) and the folder's
+            ``prior.stride`` (manifest) or None.
         as_labels: replace ``gt_seg_map`` by the prior's argmax (training:
             the full labels are not a target); False keeps them (validation).
     """
 
     def __init__(self, kind: str, num_classes: int, factor: int = 16, blur_sigma: float | None = None,
-                 folder: str | None = None, img_dir: str | None = None, stride: int | None = None,
-                 as_labels: bool = True) -> None:
+                 folder: dict | None = None, as_labels: bool = True) -> None:
         if kind not in ("coarse", "labels", "folder"):
             raise ValueError(f"LoadPrior: kind must be coarse, labels or folder, got {kind!r}")
-        if kind == "folder" and (folder is None or img_dir is None):
-            raise ValueError("LoadPrior: kind='folder' needs folder and img_dir")
+        if kind == "folder" and (not folder or folder.get("root") is None or folder.get("img_dir") is None):
+            raise ValueError("LoadPrior: kind='folder' needs folder=dict(root=..., img_dir=..., stride=...)")
         self.kind, self.num_classes, self.as_labels = kind, int(num_classes), as_labels
         self.factor = 1 if kind == "labels" else int(factor)
         self.sigma = 0.0 if kind == "labels" else float(self.factor if blur_sigma is None else blur_sigma)
-        self.folder, self.img_dir, self.stride = folder, img_dir, stride
+        folder = folder or {}
+        self.folder, self.img_dir, self.stride = folder.get("root"), folder.get("img_dir"), folder.get("stride")
 
     def prior_path(self, img_path: str) -> Path:
         """The prior file of an image: ``<folder>/priors/<rel>.npz``, rel relative to ``img_dir``."""
@@ -224,13 +224,12 @@ def _with_prior(pipeline: list, load_prior: dict, where: str) -> list:
     return out
 
 
-def _folder_transform(path: str, img_dir: Path, num_classes: int, images: list[str], key: str) -> dict:
+def _folder_transform(path: Path, img_dir: Path, num_classes: int, images: list[str], key: str) -> dict:
     """LoadPrior of kind folder for a label folder with priors; checks K and that every image has its prior."""
     from auxseg.config import ConfigError
     from auxseg.contracts.label_folder import read_label_folder
-    from auxseg.paths import resolve_path
 
-    folder = read_label_folder(resolve_path(path), image_root=img_dir, verify_hash=False)
+    folder = read_label_folder(path, image_root=img_dir, verify_hash=False)
     if not folder.has_priors:
         raise ConfigError(f"{key}: {folder.root} has no priors (its manifest has no 'prior' key)")
     if folder.num_labels != num_classes:
@@ -239,15 +238,15 @@ def _folder_transform(path: str, img_dir: Path, num_classes: int, images: list[s
     missing = [rel for rel in images if not folder.prior_path(rel).is_file()]
     if missing:
         raise ConfigError(f"{key}: {len(missing)} images have no prior, e.g. {folder.prior_path(missing[0])}")
-    return dict(type="LoadPrior", kind="folder", num_classes=num_classes, folder=str(folder.root.resolve()),
-                img_dir=str(img_dir.resolve()), stride=folder.prior_stride)
+    return dict(type="LoadPrior", kind="folder", num_classes=num_classes,
+                folder=dict(root=str(folder.root.resolve()), img_dir=str(img_dir.resolve()), stride=folder.prior_stride))
 
 
 def _image_dir(ds) -> Path:
     return Path(ds.get("data_root") or "") / ds.data_prefix.get("img_path", "")
 
 
-def configure_targets(cfg, mmcfg, train_images: list[str]) -> dict | None:
+def configure_targets(cfg, mmcfg, train_images: list[str], paths) -> dict | None:
     """Point the mmseg config (in place) at ``cfg.targets`` / ``cfg.loss``; return what results.json records.
 
     - train pipeline: LoadPrior (``as_labels``: gt_seg_map becomes the prior's argmax) + PackSegInputsWithPrior;
@@ -256,64 +255,83 @@ def configure_targets(cfg, mmcfg, train_images: list[str]) -> dict | None:
     - validation stays on the full labels; with a test-time prior (coarse: built the same way from the
       validation labels; prior_folder: ``targets.val_folder``) the evaluator also scores argmax r (mIoU_r).
 
-    ``train_images`` are the training images' paths relative to the train image folder (checked for priors).
+    ``train_images`` are the training images' paths relative to the train image folder (checked for priors);
+    ``paths``: the run's :class:`~finetune.config.FinetunePaths` (the prior folders).
     Returns None for plain labels with cross-entropy (nothing changes).
     """
-    from auxseg.config import ConfigError
-    from finetune.losses import PRIOR_HEADS
-    from finetune.mmseg_config import dataset_default as _dataset_default
-    from finetune.mmseg_config import inner_dataset as _dataset_of
+    from finetune.mmseg_config import inner_dataset
 
     t, loss = cfg.targets, cfg.loss
     if t.kind == "labels" and loss.name == "ce":
         return None
     num_classes = int(mmcfg.model.decode_head.num_classes)
-    train_ds = _dataset_of(mmcfg.train_dataloader)
+    train_ds = inner_dataset(mmcfg.train_dataloader)
     if t.kind == "prior_folder":
-        load = _folder_transform(t.folder, _image_dir(train_ds), num_classes, train_images, "targets.folder")
+        load = _folder_transform(paths.targets_folder, _image_dir(train_ds), num_classes, train_images, "targets.folder")
     else:
         load = dict(type="LoadPrior", kind=t.kind, num_classes=num_classes, factor=t.factor, blur_sigma=t.blur_sigma)
     train_ds.pipeline = _with_prior(train_ds.pipeline, dict(load, as_labels=True), "train")
-
     if loss.name in ("qr", "rq"):
-        heads = [("decode_head", mmcfg.model.decode_head)]
-        aux = mmcfg.model.get("auxiliary_head")
-        heads += [("auxiliary_head", h) for h in (aux if isinstance(aux, list) else [aux] if aux else [])]
-        for where, head in heads:
-            if head.type not in PRIOR_HEADS:
-                raise ConfigError(f"model.{where}: {head.type} has no prior-loss variant (supported: "
-                                  f"{', '.join(PRIOR_HEADS)}); loss.name={loss.name} needs one")
-            old = head.get("loss_decode") or {}
-            if isinstance(old, list):
-                raise ConfigError(f"model.{where}.loss_decode: a list of losses; loss.name={loss.name} replaces one")
-            head.type = PRIOR_HEADS[head.type]
-            head.loss_decode = dict(type="QRLoss" if loss.name == "qr" else "RQLoss",
-                                    loss_weight=old.get("loss_weight", 1.0), smoothing=loss.smoothing,
-                                    mass_momentum=loss.mass_momentum, warmup_iters=loss.warmup_iters)
-
-    val_ds = _dataset_of(mmcfg.val_dataloader)
-    val_load = None
-    if t.kind == "coarse":
-        val_load = dict(load, as_labels=False)
-    elif t.kind == "prior_folder" and t.val_folder is not None:
-        val_dir = _image_dir(val_ds)
-        suffix = _dataset_default(val_ds, "img_suffix")
-        val_images = sorted(p.relative_to(val_dir).as_posix() for p in val_dir.rglob(f"*{suffix}"))
-        val_load = dict(_folder_transform(t.val_folder, val_dir, num_classes, val_images, "targets.val_folder"),
-                        as_labels=False)
+        _use_prior_heads(mmcfg.model, loss)
+    val_load = _val_prior(t, paths, mmcfg, load, num_classes)
     if val_load is not None:
-        val_ds.pipeline = _with_prior(val_ds.pipeline, val_load, "val")
-        evaluator = mmcfg.val_evaluator
-        if evaluator.get("type") not in ("PerClassIoUMetric", "IoUMetric"):
-            raise ConfigError(f"val_evaluator {evaluator.get('type')!r}: mIoU_r needs an IoUMetric")
-        evaluator.type = "PosteriorIoUMetric"
-        evaluator.smoothing = loss.smoothing
+        _score_argmax_r(mmcfg, val_load, loss.smoothing)
     imports = list(mmcfg.get("custom_imports", {}).get("imports", []))
     mmcfg.custom_imports = dict(imports=imports + [m for m in ("finetune.priors", "finetune.losses", "finetune.metrics")
                                                    if m not in imports], allow_failed_imports=False)
     return {"kind": t.kind, "factor": t.factor if t.kind == "coarse" else None,
             "blur_sigma": (float(t.factor if t.blur_sigma is None else t.blur_sigma) if t.kind == "coarse" else None),
-            "folder": load.get("folder"), "val_prior": None if val_load is None else val_load["kind"],
+            "folder": (load.get("folder") or {}).get("root"), "val_prior": None if val_load is None else val_load["kind"],
             "loss": loss.name, "warmup_iters": loss.warmup_iters, "mass_momentum": loss.mass_momentum,
             "smoothing": loss.smoothing}
 
+
+def _use_prior_heads(model, loss) -> None:
+    """Every decode / auxiliary head becomes its ``Prior*`` variant with QRLoss / RQLoss, keeping its loss_weight."""
+    from auxseg.config import ConfigError
+    from finetune.losses import PRIOR_HEADS
+
+    heads = [("decode_head", model.decode_head)]
+    aux = model.get("auxiliary_head")
+    heads += [("auxiliary_head", h) for h in (aux if isinstance(aux, list) else [aux] if aux else [])]
+    for where, head in heads:
+        if head.type not in PRIOR_HEADS:
+            raise ConfigError(f"model.{where}: {head.type} has no prior-loss variant (supported: "
+                              f"{', '.join(PRIOR_HEADS)}); loss.name={loss.name} needs one")
+        old = head.get("loss_decode") or {}
+        if isinstance(old, list):
+            raise ConfigError(f"model.{where}.loss_decode: a list of losses; loss.name={loss.name} replaces one")
+        head.type = PRIOR_HEADS[head.type]
+        head.loss_decode = dict(type="QRLoss" if loss.name == "qr" else "RQLoss",
+                                loss_weight=old.get("loss_weight", 1.0), smoothing=loss.smoothing,
+                                mass_momentum=loss.mass_momentum, warmup_iters=loss.warmup_iters)
+
+
+def _val_prior(t, paths, mmcfg, load: dict, num_classes: int) -> dict | None:
+    """The validation images' LoadPrior (as_labels=False), or None without a test-time prior."""
+    from finetune.mmseg_config import dataset_default, inner_dataset
+
+    if t.kind == "coarse":
+        return dict(load, as_labels=False)
+    if t.kind == "prior_folder" and paths.targets_val_folder is not None:
+        val_ds = inner_dataset(mmcfg.val_dataloader)
+        val_dir = _image_dir(val_ds)
+        suffix = dataset_default(val_ds, "img_suffix")
+        val_images = sorted(p.relative_to(val_dir).as_posix() for p in val_dir.rglob(f"*{suffix}"))
+        return dict(_folder_transform(paths.targets_val_folder, val_dir, num_classes, val_images,
+                                      "targets.val_folder"), as_labels=False)
+    return None
+
+
+def _score_argmax_r(mmcfg, val_load: dict, smoothing: float) -> None:
+    """The val pipeline loads the test-time prior; the evaluator also scores argmax r (PosteriorIoUMetric)."""
+    from auxseg.config import ConfigError
+    from finetune.mmseg_config import inner_dataset
+
+    val_ds = inner_dataset(mmcfg.val_dataloader)
+    val_ds.pipeline = _with_prior(val_ds.pipeline, val_load, "val")
+    evaluator = mmcfg.val_evaluator
+    if evaluator.get("type") not in ("PerClassIoUMetric", "IoUMetric"):
+        raise ConfigError(f"val_evaluator {evaluator.get('type')!r}: mIoU_r needs an IoUMetric")
+    evaluator.type = "PosteriorIoUMetric"
+    evaluator.smoothing = smoothing

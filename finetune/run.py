@@ -1,12 +1,15 @@
 """Fine-tune an mmseg segmenter (DeepLabV3 / PSPNet) on a split of the labelled images: ``run(cfg)``.
 
-One function, top to bottom: read the mmseg config, choose the training
-split, convert and key-check the backbone initialisation, apply the few
-overrides of :class:`~finetune.config.FinetuneConfig`, train with mmengine's
-Runner (resume, IoUMetric validation, TensorBoard, checkpoints), then write
-``results.json`` (docs/contracts.md section 3). mmengine's own train step
-(``EncoderDecoder.train_step``: forward, loss, backward, step) is used
-unchanged; the schedule is the mmseg config's PolyLR, indexed by iteration.
+``run`` reads top to bottom: resolve the config's paths once, read the mmseg
+config, then :func:`prepare` (apply the few overrides of
+:class:`~finetune.config.FinetuneConfig`, choose the training split, convert and
+key-check the backbone initialisation, set the targets and, with
+``consistency.method``, the consistency fine-tune of :mod:`finetune.consistency_run`),
+:func:`train` with mmengine's Runner (resume, IoUMetric validation, TensorBoard,
+checkpoints), then write ``results.json`` (docs/contracts.md section 3).
+mmengine's own train step (``train_step``: data preprocessor, forward, loss,
+backward, step) is used unchanged; the schedule is the mmseg config's PolyLR,
+indexed by iteration.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import copy
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +27,10 @@ from auxseg import console
 from auxseg.checkpoint_io import CheckpointError, allow_mmengine_checkpoints
 from auxseg.config import ConfigError, save_config, to_dict
 from auxseg.contracts.common import versions
-from auxseg.io import atomic_write_json, atomic_write_text, read_json, sha256_file
-from auxseg.paths import check_separate, resolve_path
+from auxseg.files import atomic_write_json, atomic_write_text, read_json, sha256_file
+from auxseg.paths import check_separate
 from finetune import splits as splits_mod
-from finetune.config import FinetuneConfig
+from finetune.config import FinetuneConfig, FinetunePaths, resolve_paths
 from finetune.mmseg_config import inner_dataset, load_mmseg_config, train_image_dir
 
 RESULTS_FORMAT = "auxseg.finetune/1"
@@ -35,13 +39,13 @@ RESULTS_FORMAT = "auxseg.finetune/1"
 # ----------------------------------------------------------------------------- mmseg config
 
 
-def choose_split(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> dict[str, Any]:
+def choose_split(cfg: FinetuneConfig, mmcfg, paths: FinetunePaths) -> dict[str, Any]:
     """Pick the training subset, write ``<work_dir>/split.txt`` and point the train dataset at it."""
     image_dir, suffix = train_image_dir(mmcfg)
     available = splits_mod.list_stems(image_dir, suffix)
     info: dict[str, Any] = {"num_available": len(available), "image_dir": str(image_dir), "seed": None}
-    if cfg.split.file:
-        source = resolve_path(cfg.split.file)
+    if paths.split_file is not None:
+        source = paths.split_file
         prefix = inner_dataset(mmcfg.train_dataloader).data_prefix.get("img_path", "")
         stems = splits_mod.read_split(source, available, image_prefix=prefix, img_suffix=suffix)  # stems or pairs
         info.update(mode="file", file=str(source), file_sha256=sha256_file(source))
@@ -53,7 +57,7 @@ def choose_split(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> dict[str, Any]:
     else:
         stems = available
         info.update(mode="all")
-    split_path = work_dir / "split.txt"
+    split_path = paths.work_dir / "split.txt"
     text = splits_mod.split_text(stems)
     if split_path.exists() and split_path.read_text() != text:
         raise ConfigError(
@@ -66,16 +70,23 @@ def choose_split(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> dict[str, Any]:
     return info
 
 
-def _split_images(split_info: dict, mmcfg) -> list[str]:
-    """The chosen training images as paths relative to the train image folder (stem + image suffix)."""
-    _, suffix = train_image_dir(mmcfg)
-    return [stem + suffix for stem in Path(split_info["split_file"]).read_text().split()]
+def _split_stems(split_info: dict) -> list[str]:
+    """The chosen training images' stems (paths relative to the train image folder without the suffix)."""
+    return Path(split_info["split_file"]).read_text().split()
 
 
-def apply_overrides(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> None:
+def apply_overrides(cfg: FinetuneConfig, mmcfg, paths: FinetunePaths) -> None:
     """Apply the FinetuneConfig knobs to the mmseg config (in place)."""
-    if cfg.data_root is not None:
-        root = resolve_path(cfg.data_root)
+    _apply_data_and_schedule(cfg, mmcfg, paths)
+    _apply_environment(cfg, mmcfg, paths.work_dir)
+    if cfg.cfg_options:
+        mmcfg.merge_from_dict(copy.deepcopy(cfg.cfg_options))
+
+
+def _apply_data_and_schedule(cfg: FinetuneConfig, mmcfg, paths: FinetunePaths) -> None:
+    """data_root, the schedule knobs, batch size, learning rate and loader processes."""
+    if paths.data_root is not None:
+        root = paths.data_root
         if not root.is_dir():
             raise ConfigError(f"data_root not found: {root}")
         for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
@@ -106,11 +117,21 @@ def apply_overrides(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> None:
         if loader in mmcfg:
             mmcfg[loader].num_workers = cfg.num_workers
             mmcfg[loader].persistent_workers = cfg.num_workers > 0
+
+
+def _apply_environment(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> None:
+    """Seeds, distribution, precision, logging backends, work_dir and resume."""
     mmcfg.randomness = dict(seed=cfg.seed, deterministic=cfg.deterministic)
     mmcfg.launcher = cfg.launcher
-    if cfg.launcher != "none":
+    if cfg.launcher != "none" and cfg.device == "cuda":
         mmcfg.sync_bn = "torch"  # the configs use BN for one process; DDP wants SyncBN
-        mmcfg.env_cfg.dist_cfg = dict(backend="nccl" if cfg.device == "cuda" else "gloo")
+        mmcfg.env_cfg.dist_cfg = dict(backend="nccl")
+    elif cfg.launcher != "none":  # gloo on CPUs: SyncBN needs a GPU, mmengine's DDP wrapper a device id
+        from finetune.ddp import CPU_DDP_WRAPPER  # registers it
+
+        mmcfg.env_cfg.dist_cfg = dict(backend="gloo")
+        mmcfg.model_wrapper_cfg = dict(type=CPU_DDP_WRAPPER, broadcast_buffers=False,  # mmengine's defaults
+                                       find_unused_parameters=mmcfg.get("find_unused_parameters", False))
     if cfg.amp and cfg.device == "cuda":
         mmcfg.optim_wrapper.type = "AmpOptimWrapper"
         mmcfg.optim_wrapper.dtype = "bfloat16"
@@ -129,8 +150,24 @@ def apply_overrides(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> None:
     has_checkpoint = (work_dir / "last_checkpoint").is_file()
     mmcfg.resume = bool(cfg.resume and has_checkpoint)
     mmcfg.load_from = None
-    if cfg.cfg_options:
-        mmcfg.merge_from_dict(copy.deepcopy(cfg.cfg_options))
+
+
+@contextlib.contextmanager
+def _process_group(cfg: FinetuneConfig):
+    """On ``device=cpu`` with ``launcher=pytorch``, join torchrun's gloo group before the Runner (finetune.ddp)
+    and leave it after the run; otherwise mmengine joins (or not) as usual."""
+    created = False
+    if cfg.launcher == "pytorch" and cfg.device == "cpu":
+        from finetune.ddp import join_cpu_process_group
+
+        created = join_cpu_process_group()
+    try:
+        yield
+    finally:
+        if created:
+            from auxseg.distributed import cleanup
+
+            cleanup()
 
 
 @contextlib.contextmanager
@@ -188,6 +225,10 @@ def _make_hooks(report_path: Path, report: dict):
     return VerifyInitHook(), RecordValHook()
 
 
+# consistency fine-tune: the unlabelled loss, the confident share of unlabelled pixels, the pseudo-label accuracy
+PROGRESS_STATS = (("loss_u_strong", "loss_u"), ("mask_ratio", "mask"), ("pseudo_acc", "pl_acc"))
+
+
 def _progress_hook():
     """A hook that draws the run on the console's step line (auxseg.console): iterations, loss, mIoU so far."""
     from mmengine.hooks import Hook
@@ -203,10 +244,13 @@ def _progress_hook():
             self.train = console.bar(total=runner.max_iters, initial=runner.iter, desc="train", unit="it")
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-            loss = (outputs or {}).get("loss")
+            outputs = outputs or {}
+            loss = outputs.get("loss")
             self.train.update(1)
             self.train.set_postfix_str(", ".join(
                 ([f"loss={float(loss.detach() if hasattr(loss, 'detach') else loss):.3f}"] if loss is not None else [])
+                + [f"{short}={float(outputs[key].detach() if hasattr(outputs[key], 'detach') else outputs[key]):.2f}"
+                   for key, short in PROGRESS_STATS if key in outputs]
                 + ([f"mIoU={self.miou:.2f}"] if self.miou is not None else [])))
 
         def after_train(self, runner) -> None:
@@ -269,45 +313,78 @@ def build_results(metrics: dict, classes: list[str], **extra) -> dict:
 # ----------------------------------------------------------------------------- the run
 
 
+@dataclass
+class Prepared:
+    """What a run settled before training: the split, the init report, the targets and the consistency setup."""
+
+    split_info: dict
+    report: dict
+    targets: dict | None
+    consistency: dict | None
+
+
 def run(cfg: FinetuneConfig) -> dict:
     """Fine-tune as ``cfg`` says and return the results dict (also written to ``<work_dir>/results.json``)."""
+    start = time.time()
+    paths = resolve_paths(cfg)  # every path of the config, resolved once
+    check_separate(paths.work_dir, "work_dir", {"data_root": cfg.data_root,
+                                                "consistency.unlabelled_folder": cfg.consistency.unlabelled_folder})
+    mmcfg = load_mmseg_config(paths.mmseg_config)  # before anything is written: a broken file leaves no work_dir
+    paths.work_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, paths.work_dir / "config.yaml")
+    prepared = prepare(cfg, paths, mmcfg)
+    runner, history = train(cfg, paths, mmcfg, prepared)
+    results = _results(cfg, paths, mmcfg, prepared, runner, history, start)
+    atomic_write_json(paths.work_dir / "results.json", results)
+    return results
+
+
+def prepare(cfg: FinetuneConfig, paths: FinetunePaths, mmcfg) -> Prepared:
+    """Everything before training, in place on ``mmcfg``: overrides, split, checked initialisation, targets,
+    consistency; writes split.txt, init_report.json and the mmseg_config.py that will run."""
+    from finetune.consistency_run import configure_consistency
     from finetune.convert import prepare_decoder_init, prepare_init
     from finetune.priors import configure_targets
 
-    start = time.time()
-    work_dir = resolve_path(cfg.work_dir)
-    check_separate(work_dir, "work_dir", {"data_root": cfg.data_root})
-    mmcfg = load_mmseg_config(cfg.mmseg_config)  # before anything is written: a broken file leaves no work_dir
-    work_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, work_dir / "config.yaml")
-
-    apply_overrides(cfg, mmcfg, work_dir)
-    split_info = choose_split(cfg, mmcfg, work_dir)
-
-    report_path = work_dir / "init_report.json"
-    init_ckpt = str(resolve_path(cfg.init.checkpoint)) if cfg.init.checkpoint else None
-    report = prepare_init(cfg.init.type, init_ckpt, mmcfg, work_dir)  # raises before any training
-    if cfg.init.decoder:
-        report.update(prepare_decoder_init(resolve_path(cfg.init.decoder), mmcfg, work_dir))
+    apply_overrides(cfg, mmcfg, paths)
+    split_info = choose_split(cfg, mmcfg, paths)
+    init_ckpt = str(paths.init_checkpoint) if paths.init_checkpoint else None
+    report = prepare_init(cfg.init.type, init_ckpt, mmcfg, paths.work_dir)  # raises before any training
+    if paths.init_decoder:
+        report.update(prepare_decoder_init(paths.init_decoder, mmcfg, paths.work_dir))
     # after the decoder check, which wants the head type of the export (ASPPHead, not PriorASPPHead)
-    targets = configure_targets(cfg, mmcfg, _split_images(split_info, mmcfg))
+    suffix = train_image_dir(mmcfg)[1]
+    targets = configure_targets(cfg, mmcfg, [stem + suffix for stem in _split_stems(split_info)], paths)
+    consistency = configure_consistency(cfg, paths, mmcfg, _split_stems(split_info))
+    _record_init(report, paths.work_dir / "init_report.json", mmcfg.resume, init_ckpt)
+    atomic_write_text(paths.work_dir / "mmseg_config.py", mmcfg.dump())
+    return Prepared(split_info, report, targets, consistency)
+
+
+def _record_init(report: dict, report_path: Path, resume: bool, init_ckpt: str | None) -> None:
+    """Write init_report.json; a resumed run must come from the same checkpoint and keeps its verified count."""
     report["verified_tensors"] = None
-    previous = read_json(report_path) if report_path.is_file() and mmcfg.resume else None
+    previous = read_json(report_path) if report_path.is_file() and resume else None
     if previous and previous.get("checkpoint_sha256") != report.get("checkpoint_sha256"):
         raise CheckpointError(
-            f"{work_dir}: resuming a run that was initialised from {previous.get('checkpoint')}, "
+            f"{report_path.parent}: resuming a run that was initialised from {previous.get('checkpoint')}, "
             f"but init.checkpoint is now {init_ckpt}; use a new work_dir"
         )
     if previous:
         report["verified_tensors"] = previous.get("verified_tensors")
     atomic_write_json(report_path, report)
-    atomic_write_text(work_dir / "mmseg_config.py", mmcfg.dump())
+
+
+def train(cfg: FinetuneConfig, paths: FinetunePaths, mmcfg, prepared: Prepared) -> tuple[Any, list[dict]]:
+    """Train with mmengine's Runner and validate the final model; returns the runner and every validation."""
+    from finetune.consistency_run import LOG_NAME, consistency_log_hook
 
     allow_mmengine_checkpoints()  # mmengine's resume calls torch.load(weights_only=True) itself
     from mmengine.runner import Runner
 
-    verify_hook, record_hook = _make_hooks(report_path, report)
-    with _device(cfg.device):
+    report_path = paths.work_dir / "init_report.json"
+    verify_hook, record_hook = _make_hooks(report_path, prepared.report)
+    with _device(cfg.device), _process_group(cfg):
         # mmengine keeps one logger / message hub / visualizer per name for the whole process; mmseg's
         # runtime config names its visualizer "visualizer", so a second run in the same process would
         # write its logs and TensorBoard events into the first run's folder. Unique names per run:
@@ -319,19 +396,33 @@ def run(cfg: FinetuneConfig) -> dict:
         runner.logger.addFilter(_MMEngineNoise())
         runner.register_hook(verify_hook)
         runner.register_hook(record_hook)
+        if prepared.consistency is not None:
+            runner.register_hook(consistency_log_hook(paths.work_dir / LOG_NAME))
         if console.quiet():  # verbose: mmengine's own iteration logs are on the terminal
             runner.register_hook(_progress_hook())
         runner.train()
         last = record_hook.history[-1] if record_hook.history else None
         if last is None or last["iter"] != runner.iter:
             runner.val()  # the final model was not evaluated yet (e.g. a finished run resumed)
-        final = record_hook.history[-1]
-    if cfg.init.type != "random" and report.get("verified_tensors") is None:
+    if cfg.init.type != "random" and prepared.report.get("verified_tensors") is None:
         raise CheckpointError(f"{report_path}: the backbone initialisation was never verified")
+    return runner, record_hook.history
 
+
+def _results(cfg: FinetuneConfig, paths: FinetunePaths, mmcfg, prepared: Prepared, runner, history: list[dict],
+             start: float) -> dict:
+    """The results.json payload of a finished run (docs/contracts.md section 3)."""
+    from finetune.consistency_run import LOG_NAME, summarise_log
+
+    final, report = history[-1], prepared.report
     val_ds = inner_dataset(mmcfg.val_dataloader)
     classes = list(runner.val_dataloader.dataset.metainfo["classes"])
-    results = build_results(
+    consistency = {}
+    if prepared.consistency is not None:
+        log = paths.work_dir / LOG_NAME
+        consistency["consistency"] = {**prepared.consistency, "log": str(log),
+                                      "train_history": summarise_log(log, [h["iter"] for h in history])}
+    return build_results(
         final["metrics"],
         classes,
         iteration=runner.iter,
@@ -339,19 +430,18 @@ def run(cfg: FinetuneConfig) -> dict:
         evaluated_on={"dataset": val_ds.type, "data_root": val_ds.get("data_root"),
                       "img_path": val_ds.data_prefix.get("img_path"),
                       "num_images": len(runner.val_dataloader.dataset)},
-        split=split_info,
+        split=prepared.split_info,
         init={k: report.get(k) for k in ("type", "checkpoint", "checkpoint_sha256", "backbone_type", "depth",
                                          "verified_tensors", "decoder", "decoder_sha256", "verified_decoder_tensors")},
-        mmseg_config=str(resolve_path(cfg.mmseg_config)),
-        work_dir=str(work_dir),
+        mmseg_config=str(paths.mmseg_config),
+        work_dir=str(paths.work_dir),
         mIoU_r=_nan_to_none(final["metrics"]["mIoU_r"]) if "mIoU_r" in final["metrics"] else None,
-        targets=targets or {"kind": "labels", "loss": "ce"},
+        targets=prepared.targets or {"kind": "labels", "loss": "ce"},
+        **consistency,
         val_history=[{"iter": h["iter"], "mIoU": _nan_to_none(h["metrics"]["mIoU"]),
                       **({"mIoU_r": _nan_to_none(h["metrics"]["mIoU_r"])} if "mIoU_r" in h["metrics"] else {})}
-                     for h in record_hook.history if "mIoU" in h["metrics"]],
+                     for h in history if "mIoU" in h["metrics"]],
         config=to_dict(cfg),
         elapsed_s=round(time.time() - start, 1),
         versions=versions(),
     )
-    atomic_write_json(work_dir / "results.json", results)
-    return results

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from auxseg.errors import AuxsegError
-from auxseg.io import atomic_write_text
+from auxseg.files import atomic_write_text
 from auxseg.paths import relative_inside
 
 

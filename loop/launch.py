@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 STAGES = ("pretrain", "auxlabels")
@@ -62,22 +63,11 @@ def stage_argv(stage: str, config: str, overrides: list[str] = (), device: str =
     return ["-m", "loop", stage, config, *overrides, *extra]
 
 
-def torchrun_argv(
-    stage_args: list[str],
-    *,
-    nnodes: int = 1,
-    nproc_per_node: int = 1,
-    node_rank: int = 0,
-    rdzv_backend: str = "c10d",
-    rdzv_endpoint: str | None = None,
-    rdzv_id: str = "auxseg",
-    max_restarts: int = 0,
-    torchrun: tuple[str, ...] = ("torchrun",),
-) -> list[str]:
-    """The torchrun command line for one node.
+@dataclass(frozen=True)
+class TorchrunOptions:
+    """How torchrun starts and connects the processes of one run (defaults: one process on one machine).
 
-    Args:
-        stage_args: what every rank runs, from :func:`stage_argv` (``-m loop STAGE CONFIG ...``).
+    Attributes:
         nnodes: machines; 1 without an endpoint uses ``--standalone`` (local rendezvous, free port).
         nproc_per_node: processes (= GPUs) per machine.
         node_rank: this machine's rank, 0..nnodes-1; passed only to the ``static`` backend
@@ -87,33 +77,57 @@ def torchrun_argv(
             static: the master's address). Required when nnodes > 1.
         rdzv_id: job id shared by all nodes of one run (SLURM: the job id).
         max_restarts: torchrun restarts of the whole worker group after a failure.
+    """
+
+    nnodes: int = 1
+    nproc_per_node: int = 1
+    node_rank: int = 0
+    rdzv_backend: str = "c10d"
+    rdzv_endpoint: str | None = None
+    rdzv_id: str = "auxseg"
+    max_restarts: int = 0
+
+    def check(self) -> None:
+        """Raise :class:`LaunchError` naming the flag of the first value out of range."""
+        if self.nnodes < 1:
+            raise LaunchError(f"--nnodes must be >= 1, got {self.nnodes}")
+        if self.nproc_per_node < 1:
+            raise LaunchError(f"--nproc-per-node must be >= 1, got {self.nproc_per_node}")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise LaunchError(f"--node-rank must be in 0..{self.nnodes - 1} for --nnodes {self.nnodes}, "
+                              f"got {self.node_rank}")
+        if self.rdzv_backend not in RDZV_BACKENDS:
+            raise LaunchError(f"--rdzv-backend must be one of {', '.join(RDZV_BACKENDS)}, got {self.rdzv_backend!r}")
+        if not _JOB.match(self.rdzv_id):
+            raise LaunchError(f"--rdzv-id may hold letters, digits, '_', '.', '-' only, got {self.rdzv_id!r}")
+        if self.max_restarts < 0:
+            raise LaunchError(f"--max-restarts must be >= 0, got {self.max_restarts}")
+
+
+def torchrun_argv(stage_args: list[str], options: TorchrunOptions = TorchrunOptions(), *,
+                  torchrun: tuple[str, ...] = ("torchrun",)) -> list[str]:
+    """The torchrun command line for one node.
+
+    Args:
+        stage_args: what every rank runs, from :func:`stage_argv` (``-m loop STAGE CONFIG ...``).
+        options: nodes, processes and rendezvous (:class:`TorchrunOptions`).
         torchrun: the launcher executable (``torchrun`` or ``python -m torch.distributed.run``).
     """
-    if nnodes < 1:
-        raise LaunchError(f"--nnodes must be >= 1, got {nnodes}")
-    if nproc_per_node < 1:
-        raise LaunchError(f"--nproc-per-node must be >= 1, got {nproc_per_node}")
-    if not 0 <= node_rank < nnodes:
-        raise LaunchError(f"--node-rank must be in 0..{nnodes - 1} for --nnodes {nnodes}, got {node_rank}")
-    if rdzv_backend not in RDZV_BACKENDS:
-        raise LaunchError(f"--rdzv-backend must be one of {', '.join(RDZV_BACKENDS)}, got {rdzv_backend!r}")
-    if not _JOB.match(rdzv_id):
-        raise LaunchError(f"--rdzv-id may hold letters, digits, '_', '.', '-' only, got {rdzv_id!r}")
-    if max_restarts < 0:
-        raise LaunchError(f"--max-restarts must be >= 0, got {max_restarts}")
+    o = options
+    o.check()
     argv = [*torchrun]
-    if nnodes == 1 and rdzv_endpoint is None:
-        argv += ["--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc_per_node)]
+    if o.nnodes == 1 and o.rdzv_endpoint is None:
+        argv += ["--standalone", "--nnodes", "1", "--nproc-per-node", str(o.nproc_per_node)]
     else:
-        if rdzv_endpoint is None:
-            raise LaunchError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT (a host every node can reach)")
-        parse_endpoint(rdzv_endpoint)
-        argv += ["--nnodes", str(nnodes), "--nproc-per-node", str(nproc_per_node)]
-        if rdzv_backend == "static":
-            argv += ["--node-rank", str(node_rank)]
-        argv += ["--rdzv-backend", rdzv_backend, "--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", rdzv_id]
-    if max_restarts:
-        argv += ["--max-restarts", str(max_restarts)]
+        if o.rdzv_endpoint is None:
+            raise LaunchError(f"--nnodes {o.nnodes} needs --rdzv-endpoint HOST:PORT (a host every node can reach)")
+        parse_endpoint(o.rdzv_endpoint)
+        argv += ["--nnodes", str(o.nnodes), "--nproc-per-node", str(o.nproc_per_node)]
+        if o.rdzv_backend == "static":
+            argv += ["--node-rank", str(o.node_rank)]
+        argv += ["--rdzv-backend", o.rdzv_backend, "--rdzv-endpoint", o.rdzv_endpoint, "--rdzv-id", o.rdzv_id]
+    if o.max_restarts:
+        argv += ["--max-restarts", str(o.max_restarts)]
     return argv + list(stage_args)
 
 
@@ -153,55 +167,67 @@ srun --ntasks-per-node=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" --kill-on-bad-ex
 """
 
 
-def slurm_script(
-    stage_args: list[str],
-    *,
-    stage: str,
-    nodes: int,
-    gpus_per_node: int,
-    cpus_per_task: int = 8,
-    time: str = "24:00:00",
-    job_name: str = "auxseg",
-    output: str = "%x-%j.out",
-    port: int = DEFAULT_PORT,
-    partition: str | None = None,
-    account: str | None = None,
-    workdir: str | Path = ".",
-    venv: str | Path | None = None,
-    torchrun: tuple[str, ...] = ("torchrun",),
-    script_name: str = "JOB.sbatch",
-) -> str:
+@dataclass(frozen=True)
+class SlurmJob:
+    """The allocation and ``#SBATCH`` settings of a batch script.
+
+    Attributes:
+        nodes, gpus_per_node: the allocation (torchrun starts ``gpus_per_node`` processes per node).
+        cpus_per_task: CPU cores per node for the torchrun task (data-loader workers of all its ranks).
+        time: SLURM time limit (``HH:MM:SS`` or ``D-HH:MM:SS``).
+        job_name: ``--job-name``.
+        output: SLURM log file pattern (``%x`` job name, ``%j`` job id); its folder must exist.
+        port: default MASTER_PORT (the environment can override it at submission).
+        partition, account: optional ``#SBATCH`` lines.
+    """
+
+    nodes: int
+    gpus_per_node: int
+    cpus_per_task: int = 8
+    time: str = "24:00:00"
+    job_name: str = "auxseg"
+    output: str = "%x-%j.out"
+    port: int = DEFAULT_PORT
+    partition: str | None = None
+    account: str | None = None
+
+    def check(self) -> None:
+        """Raise :class:`LaunchError` naming the flag of the first bad value."""
+        if self.nodes < 1:
+            raise LaunchError(f"--nnodes must be >= 1, got {self.nodes}")
+        if self.gpus_per_node < 1:
+            raise LaunchError(f"--nproc-per-node must be >= 1, got {self.gpus_per_node}")
+        if self.cpus_per_task < 1:
+            raise LaunchError(f"--cpus-per-task must be >= 1, got {self.cpus_per_task}")
+        if not _TIME.match(self.time):
+            raise LaunchError(f"--time must be a SLURM time such as 24:00:00 or 1-12:00:00, got {self.time!r}")
+        if not _JOB.match(self.job_name):
+            raise LaunchError(f"--job-name may hold letters, digits, '_', '.', '-' only, got {self.job_name!r}")
+        if not 0 < self.port < 65536:
+            raise LaunchError(f"--port must be in 1..65535, got {self.port}")
+        for flag, value in (("--output", self.output), ("--partition", self.partition), ("--account", self.account)):
+            if value is not None and (not value or any(c in value for c in "\n'\"$` ")):
+                raise LaunchError(f"{flag} must be a plain word without spaces or quotes, got {value!r}")
+
+
+def slurm_script(stage_args: list[str], job: SlurmJob, *, stage: str, workdir: str | Path = ".",
+                 venv: str | Path | None = None, torchrun: tuple[str, ...] = ("torchrun",),
+                 script_name: str = "JOB.sbatch") -> str:
     """A SLURM batch script: one task per node, each running torchrun with the c10d rendezvous on the
     allocation's first host (``scontrol show hostnames $SLURM_JOB_NODELIST``), ``--rdzv-id $SLURM_JOB_ID``.
 
     Args:
         stage_args: ``-m loop STAGE CONFIG ...`` from :func:`stage_argv`.
-        nodes, gpus_per_node: the allocation (torchrun starts ``gpus_per_node`` processes per node).
-        cpus_per_task: CPU cores per node for the torchrun task (data-loader workers of all its ranks).
-        time: SLURM time limit (``HH:MM:SS`` or ``D-HH:MM:SS``).
-        output: SLURM log file pattern (``%x`` job name, ``%j`` job id); its folder must exist.
-        port: default MASTER_PORT (the environment can override it at submission).
-        partition, account: optional ``#SBATCH`` lines.
+        job: the allocation and ``#SBATCH`` settings (:class:`SlurmJob`).
+        stage: the stage's name, for the script's comments.
         workdir: the folder the job runs in (the repository root: configs are relative to it).
         venv: a virtualenv to activate first (None: none).
+        script_name: where the script is written, for its "submit with" comment.
     """
-    if nodes < 1:
-        raise LaunchError(f"--nnodes must be >= 1, got {nodes}")
-    if gpus_per_node < 1:
-        raise LaunchError(f"--nproc-per-node must be >= 1, got {gpus_per_node}")
-    if cpus_per_task < 1:
-        raise LaunchError(f"--cpus-per-task must be >= 1, got {cpus_per_task}")
-    if not _TIME.match(time):
-        raise LaunchError(f"--time must be a SLURM time such as 24:00:00 or 1-12:00:00, got {time!r}")
-    if not _JOB.match(job_name):
-        raise LaunchError(f"--job-name may hold letters, digits, '_', '.', '-' only, got {job_name!r}")
-    if not 0 < port < 65536:
-        raise LaunchError(f"--port must be in 1..65535, got {port}")
-    for flag, value in (("--output", output), ("--partition", partition), ("--account", account)):
-        if value is not None and (not value or any(c in value for c in "\n'\"$` ")):
-            raise LaunchError(f"{flag} must be a plain word without spaces or quotes, got {value!r}")
-    argv = torchrun_argv(stage_args, nnodes=nodes, nproc_per_node=gpus_per_node, rdzv_backend="c10d",
-                         rdzv_endpoint=f"localhost:{port}", rdzv_id="job", torchrun=torchrun)
+    job.check()
+    argv = torchrun_argv(stage_args, TorchrunOptions(nnodes=job.nodes, nproc_per_node=job.gpus_per_node,
+                                                     rdzv_backend="c10d", rdzv_endpoint=f"localhost:{job.port}",
+                                                     rdzv_id="job"), torchrun=torchrun)
     # values the batch shell fills in: the allocation's node count (so a resized allocation still
     # meets), the first host and port, the job id (unique per run: a requeued job starts afresh)
     shell = {"--nnodes": '"$SLURM_JOB_NUM_NODES"', "--rdzv-endpoint": '"$MASTER_ADDR:$MASTER_PORT"',
@@ -211,13 +237,14 @@ def slurm_script(
         words[argv.index(flag) + 1] = expr
     split = len(argv) - len(stage_args)  # launcher options / the stage command on its own line
     command = " ".join(words[:split]) + " \\\n    " + " ".join(words[split:])
-    extra = [f"#SBATCH --partition={partition}\n" if partition else "", f"#SBATCH --account={account}\n" if account else ""]
+    extra = [f"#SBATCH --partition={job.partition}\n" if job.partition else "",
+             f"#SBATCH --account={job.account}\n" if job.account else ""]
     activate = f"source {shlex.quote(str(Path(venv) / 'bin' / 'activate'))}" if venv else ""
     return SLURM_TEMPLATE.format(
-        script_name=script_name, job_name=job_name, nodes=nodes,
-        gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, time=time, output=output,
+        script_name=script_name, job_name=job.job_name, nodes=job.nodes,
+        gpus_per_node=job.gpus_per_node, cpus_per_task=job.cpus_per_task, time=job.time, output=job.output,
         extra_sbatch="".join(extra), workdir=shlex.quote(str(workdir)), activate=activate,
-        port=port, stage=stage, command=command,
+        port=job.port, stage=stage, command=command,
     )
 
 
@@ -244,17 +271,16 @@ def main(args: argparse.Namespace) -> int:
         stage_args = stage_argv(args.stage, args.config, args.overrides, args.device)
         if args.slurm:
             script = Path(args.script or f"auxseg_{args.stage}.sbatch")
-            text = slurm_script(
-                stage_args, stage=args.stage, nodes=args.nnodes, gpus_per_node=args.nproc_per_node,
-                cpus_per_task=args.cpus_per_task, time=args.time, job_name=args.job_name or f"auxseg-{args.stage}",
-                output=args.output, port=args.port, partition=args.partition, account=args.account,
-                workdir=Path(args.workdir).resolve(), venv=args.venv, script_name=str(script),
-            )
+            job = SlurmJob(nodes=args.nnodes, gpus_per_node=args.nproc_per_node, cpus_per_task=args.cpus_per_task,
+                           time=args.time, job_name=args.job_name or f"auxseg-{args.stage}", output=args.output,
+                           port=args.port, partition=args.partition, account=args.account)
+            text = slurm_script(stage_args, job, stage=args.stage, workdir=Path(args.workdir).resolve(),
+                                venv=args.venv, script_name=str(script))
         else:
-            argv = torchrun_argv(stage_args, nnodes=args.nnodes, nproc_per_node=args.nproc_per_node,
-                                 node_rank=args.node_rank, rdzv_backend=args.rdzv_backend,
-                                 rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id,
-                                 max_restarts=args.max_restarts)
+            argv = torchrun_argv(stage_args, TorchrunOptions(
+                nnodes=args.nnodes, nproc_per_node=args.nproc_per_node, node_rank=args.node_rank,
+                rdzv_backend=args.rdzv_backend, rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id,
+                max_restarts=args.max_restarts))
     except LaunchError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

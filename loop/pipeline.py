@@ -30,13 +30,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from auxlabels.config import AuxLabelsConfig
 from auxseg import console
-from auxseg.config import ConfigError, PositiveInt, dump_config, given_keys, ranged, to_dict, without_keys
+from auxseg.config import (
+    ConfigError,
+    PositiveInt,
+    added_section,
+    dump_config,
+    given_keys,
+    ranged,
+    to_dict,
+    without_keys,
+)
 from auxseg.contracts.backbone import DECODER_FILENAME
-from auxseg.io import atomic_write_json, atomic_write_text, read_json
+from auxseg.files import atomic_write_json, atomic_write_text, read_json
 from auxseg.paths import check_separate, resolve_path
 from auxseg.synthetic import CLASS_NAMES, IGNORE_INDEX, SyntheticSpec, make_synthetic_dataset
 from finetune.config import FinetuneConfig, InitConfig, SplitConfig
@@ -58,6 +67,15 @@ class DataConfig:
 
 
 @dataclass
+class ConsistencyArmsConfig:
+    """Which fine-tunes of the loop learn from the unlabelled images too (docs/consistency.md); the settings
+    are ``finetune.consistency``'s. null: ``finetune.consistency.method`` as the template says."""
+
+    baseline: Literal["none", "fixmatch", "unimatch"] | None = None  # step 1: the segmenter = the baseline
+    pretrained: Literal["none", "fixmatch", "unimatch"] | None = None  # step 4: after pre-training
+
+
+@dataclass
 class PipelineConfig:
     """The whole loop. The stage sections are templates: the pipeline fills in paths, inits and splits."""
 
@@ -69,6 +87,7 @@ class PipelineConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # steps 1 and 4 (same schedule)
     auxlabels: AuxLabelsConfig = field(default_factory=AuxLabelsConfig)  # step 2
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # step 3
+    consistency: ConsistencyArmsConfig = added_section(ConsistencyArmsConfig)  # steps 1 and 4
     progress: bool = True
 
 
@@ -333,12 +352,17 @@ def _mmseg_backbone(mmseg_config: str) -> dict:
 
 
 def finetune_config(cfg: PipelineConfig, data: Dataset, work_dir: Path, init: InitConfig, seed: int) -> FinetuneConfig:
+    """A fine-tune of the loop. One from ``baseline_init`` is the baseline arm's, any other (a pre-training
+    export) the pre-trained arm's: ``consistency.baseline`` / ``consistency.pretrained`` pick its method."""
     ft = copy.deepcopy(cfg.finetune)
     ft.data_root = str(data.root)
     ft.work_dir = str(work_dir)
     ft.split = copy.deepcopy(cfg.labelled)
     ft.init = copy.deepcopy(init)
     ft.seed = seed
+    method = cfg.consistency.baseline if init == cfg.baseline_init else cfg.consistency.pretrained
+    if method is not None:
+        ft.consistency.method = method
     return ft
 
 
@@ -401,24 +425,10 @@ def run(cfg: PipelineConfig) -> Path:
     from pretrain.checkpoint import with_added_defaults
     from pretrain.train import run as run_pretrain
 
-    if not cfg.seeds:
-        raise ConfigError("seeds: give at least one seed")
-    check_plugins()  # pre-training needs the objectives: refuse before the first step, not after an hour
-    work_dir = resolve_path(cfg.work_dir)
-    check_separate(work_dir, "work_dir", {"data.root": cfg.data.root})
-    work_dir.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(cfg, work_dir)
-    check_head_classes(cfg, data)
+    work_dir, data = _checked_start(cfg)
     seed0 = cfg.seeds[0]
     labels_dir, pre_dir = work_dir / "2_auxlabels", work_dir / "3_pretrain"
     segmenter0 = work_dir / f"1_segmenter_seed{seed0}"
-    check_owned_keys(cfg, {  # before any training: a template key that would be overruled is an error
-        "finetune": finetune_config(cfg, data, segmenter0, cfg.baseline_init, seed0),
-        "auxlabels": auxlabels_config(cfg, data, labels_dir, segmenter0 / "iter.pth"),
-        "pretrain": pretrain_config(cfg, pre_dir, labels_dir, *planned_backbone(cfg)),
-    })
-    check_priors(cfg)
-    atomic_write_text(work_dir / "config.yaml", shown_config(cfg))  # after the checks: a refused config leaves none
 
     baseline = {}
     for seed in cfg.seeds:
@@ -440,7 +450,35 @@ def run(cfg: PipelineConfig) -> Path:
         ft = finetune_config(cfg, data, step_dir, export_init(export), seed)
         pretrained[seed] = run_step(f"fine-tune (seed {seed})", step_dir, ft, lambda ft=ft: run_finetune(ft))
 
-    from loop.report import write_report
+    return _finish(work_dir, data, manifest, baseline, pretrained, export)
+
+
+def _checked_start(cfg: PipelineConfig) -> tuple[Path, Dataset]:
+    """Every check before any training (plug-ins, folders, data, head classes, template keys the pipeline owns,
+    priors); then the work_dir with the shown ``config.yaml`` and the prepared data."""
+    if not cfg.seeds:
+        raise ConfigError("seeds: give at least one seed")
+    check_plugins()  # pre-training needs the objectives: refuse before the first step, not after an hour
+    work_dir = resolve_path(cfg.work_dir)
+    check_separate(work_dir, "work_dir", {"data.root": cfg.data.root})
+    work_dir.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(cfg, work_dir)
+    check_head_classes(cfg, data)
+    seed0, labels_dir = cfg.seeds[0], work_dir / "2_auxlabels"
+    segmenter0 = work_dir / f"1_segmenter_seed{seed0}"
+    check_owned_keys(cfg, {  # before any training: a template key that would be overruled is an error
+        "finetune": finetune_config(cfg, data, segmenter0, cfg.baseline_init, seed0),
+        "auxlabels": auxlabels_config(cfg, data, labels_dir, segmenter0 / "iter.pth"),
+        "pretrain": pretrain_config(cfg, work_dir / "3_pretrain", labels_dir, *planned_backbone(cfg)),
+    })
+    check_priors(cfg)
+    atomic_write_text(work_dir / "config.yaml", shown_config(cfg))  # after the checks: a refused config leaves none
+    return work_dir, data
+
+
+def _finish(work_dir: Path, data: Dataset, manifest: dict, baseline: dict, pretrained: dict, export: str) -> Path:
+    """The report, ``summary.json`` and the closing lines on the console; returns the report's path."""
+    from loop.report import consistency_method, write_report
 
     with console.step("report", work_dir / "report.log") as step:
         report = write_report(work_dir, data_root=data.root, class_names=data.class_names,
@@ -452,6 +490,9 @@ def run(cfg: PipelineConfig) -> Path:
         "pmiou": (manifest.get("pmiou") or {}),
         "report": str(report),
     }
+    methods = {arm: consistency_method(runs.values()) for arm, runs in (("baseline", baseline), ("pretrained", pretrained))}
+    if any(methods.values()):
+        summary["consistency"] = methods
     atomic_write_json(work_dir / "summary.json", summary)
     for line in result_table(summary, manifest):
         console.say(line)
@@ -465,11 +506,14 @@ def result_table(summary: dict, manifest: dict) -> list[str]:
     def spread(values: list[float]) -> str:
         return f"{values[0]:.2f}" if len(values) == 1 else f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
+    from loop.report import arm_name
+
     base, pre = list(summary["baseline_mIoU"].values()), list(summary["pretrained_mIoU"].values())
     pm = (manifest.get("pmiou") or {}).get("pmiou")
+    methods = summary.get("consistency") or {}
     rows = [("", f"mIoU on val, {len(base)} seed{'s' if len(base) > 1 else ''}"),
-            ("fine-tune only (baseline)", spread(base)),
-            ("pre-train with auxiliary labels + fine-tune", spread(pre)),
+            (arm_name("fine-tune only (baseline)", methods.get("baseline")), spread(base)),
+            (arm_name("pre-train with auxiliary labels + fine-tune", methods.get("pretrained")), spread(pre)),
             ("difference", f"{statistics.mean(pre) - statistics.mean(base):+.2f}"),
             ("auxiliary labels", (f"PmIoU {pm:.2f}, " if pm is not None else "") + f"K={manifest.get('num_labels')}"),
             ("report", shown_path(Path(summary["report"])))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from auxseg.cli import add_config_arguments, add_verbose_argument, run_config_command
+from auxseg.cli import ConfigCommand, add_config_arguments, add_verbose_argument, run_config_command
 from auxseg.presets import ROOT
 
 DEMO_CONFIG = ROOT / "configs" / "pipeline" / "demo.yaml"  # shipped in the package: works after pip install
@@ -13,7 +13,8 @@ DEMO_CONFIG = ROOT / "configs" / "pipeline" / "demo.yaml"  # shipped in the pack
 def main_pipeline(args: argparse.Namespace) -> int:
     from loop.pipeline import PipelineConfig, run, shown_config
 
-    return run_config_command(args, prog=f"auxseg {args.command}", schema=PipelineConfig, run=run, show=shown_config)
+    command = ConfigCommand(prog=f"auxseg {args.command}", schema=PipelineConfig, run=run, show=shown_config)
+    return run_config_command(args, command)
 
 
 def add_parser(subparsers) -> None:

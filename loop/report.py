@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 from auxseg.colours import blend, colourise, palette  # noqa: E402
 from auxseg.contracts.label_folder import label_rel  # noqa: E402
 from auxseg.errors import AuxsegError  # noqa: E402
-from auxseg.io import atomic_path, atomic_write_text, read_jsonl, read_label, read_rgb  # noqa: E402
+from auxseg.files import atomic_path, atomic_write_text, read_jsonl  # noqa: E402
+from auxseg.images import read_label, read_rgb  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -57,7 +58,7 @@ def feature_view_figure(images: list[Path], extractor_config: dict, path: Path) 
     views show what the auxiliary labels were clustered from.
     """
     from auxlabels.config import ExtractorConfig
-    from auxlabels.feature_view import views_of_image
+    from auxlabels.feature_view import ViewParams, views_of_image
     from auxlabels.features import build_extractor
     from auxseg.config import from_dict
 
@@ -65,7 +66,7 @@ def feature_view_figure(images: list[Path], extractor_config: dict, path: Path) 
     extractor = build_extractor(cfg).to(cfg.device)
     fig, axes = plt.subplots(len(images), 3, figsize=(9, 2.4 * len(images)), squeeze=False)
     for row, img_p in enumerate(images):
-        views = views_of_image(extractor, read_rgb(img_p), extract_max_side=cfg.max_side)
+        views = views_of_image(extractor, read_rgb(img_p), ViewParams(extract_max_side=cfg.max_side))
         for col, (title, key) in enumerate((("image", "image"), ("features (PCA)", "pca"),
                                             ("guided filter + PCA", "view"))):
             ax = axes[row][col]
@@ -179,30 +180,38 @@ def _eval_label_pairs(manifest: dict, labels_dir: Path, data_root: Path, count: 
     return pairs
 
 
+def _label_figures(manifest: dict, labels_dir: Path, data_root: Path, num_classes: int,
+                   fig_dir: Path) -> list[tuple[str, Path]]:
+    """The auxiliary-label overlay and the feature view of a few validation images, as ``(title, path)``;
+    a figure that cannot be made is left out with a warning (it must not cost the whole report)."""
+    figures: list[tuple[str, Path]] = []
+    pairs = _eval_label_pairs(manifest, labels_dir, data_root, count=4)
+    if not pairs:
+        warnings.warn(f"{labels_dir / 'manifest.json'}: no validation image with its auxiliary label and ground "
+                      "truth was found (eval_images); the report has no auxiliary-label overlay figure",
+                      UserWarning, stacklevel=3)
+        return figures
+    figures.append(("Auxiliary labels on validation images (overlay)", overlay_figure(
+        pairs, manifest["num_labels"], num_classes, manifest.get("gt_ignore_values", [255]),
+        manifest["ignore_index"], fig_dir / "auxlabels_overlay.png")))
+    extractor_config = (manifest.get("config") or {}).get("extractor")
+    try:
+        if extractor_config is None:
+            raise ValueError(f"{labels_dir / 'manifest.json'} names no extractor")
+        figures.append(("Feature view of the same images (extractor features, guided filter + PCA)",
+                        feature_view_figure([img for img, _, _ in pairs], extractor_config,
+                                            fig_dir / "feature_view.png")))
+    except (AuxsegError, OSError, ValueError) as err:  # a moved checkpoint must not cost the whole report
+        warnings.warn(f"the report has no feature-view figure: {err}", UserWarning, stacklevel=3)
+    return figures
+
+
 def write_report(work_dir: Path, data_root: Path, class_names: list[str], manifest: dict,
                  baseline: dict[int, dict], pretrained: dict[int, dict], export: str) -> Path:
     """Write ``<work_dir>/report.md`` and its figures; returns the report path."""
     fig_dir = work_dir / "figures"
     labels_dir = work_dir / "2_auxlabels"
-    figures: list[tuple[str, Path]] = []
-    pairs = _eval_label_pairs(manifest, labels_dir, data_root, count=4)
-    if pairs:
-        figures.append(("Auxiliary labels on validation images (overlay)", overlay_figure(
-            pairs, manifest["num_labels"], len(class_names), manifest.get("gt_ignore_values", [255]),
-            manifest["ignore_index"], fig_dir / "auxlabels_overlay.png")))
-        extractor_config = (manifest.get("config") or {}).get("extractor")
-        try:
-            if extractor_config is None:
-                raise ValueError(f"{labels_dir / 'manifest.json'} names no extractor")
-            figures.append(("Feature view of the same images (extractor features, guided filter + PCA)",
-                            feature_view_figure([img for img, _, _ in pairs], extractor_config,
-                                                fig_dir / "feature_view.png")))
-        except (AuxsegError, OSError, ValueError) as err:  # a moved checkpoint must not cost the whole report
-            warnings.warn(f"the report has no feature-view figure: {err}", UserWarning, stacklevel=2)
-    else:
-        warnings.warn(f"{labels_dir / 'manifest.json'}: no validation image with its auxiliary label and ground "
-                      "truth was found (eval_images); the report has no auxiliary-label overlay figure",
-                      UserWarning, stacklevel=2)
+    figures = _label_figures(manifest, labels_dir, data_root, len(class_names), fig_dir)
     seeds = sorted(baseline)
     figures.append(("Per-class IoU, baseline vs pre-trained", per_class_figure(
         class_names, [baseline[s] for s in seeds], [pretrained[s] for s in seeds], fig_dir / "per_class_iou.png")))
@@ -223,8 +232,9 @@ def write_report(work_dir: Path, data_root: Path, class_names: list[str], manife
         "",
         "| | mIoU (%) on val |",
         "|---|---|",
-        f"| fine-tune only (baseline) | {_spread(base_miou)} |",
-        f"| pre-train with auxiliary labels + fine-tune | {_spread(pre_miou)} |",
+        f"| {arm_name('fine-tune only (baseline)', consistency_method(baseline.values()))} | {_spread(base_miou)} |",
+        f"| {arm_name('pre-train with auxiliary labels + fine-tune', consistency_method(pretrained.values()))} | "
+        f"{_spread(pre_miou)} |",
         f"| difference | {statistics.mean(pre_miou) - statistics.mean(base_miou):+.2f} |",
         "",
         _reading(base_miou, pre_miou, seeds),
@@ -239,10 +249,7 @@ def write_report(work_dir: Path, data_root: Path, class_names: list[str], manife
         "| class | baseline | pre-trained |",
         "|---|---|---|",
     ]
-    for name in class_names:
-        b = [baseline[s]["per_class_iou"].get(name) for s in seeds]
-        p = [pretrained[s]["per_class_iou"].get(name) for s in seeds]
-        lines.append(f"| {name} | {_mean_or_na(b)} | {_mean_or_na(p)} |")
+    lines += _per_class_rows(class_names, baseline, pretrained, seeds)
     lines += ["", "## Figures", ""]
     for title, path in figures:
         lines += [f"### {title}", "", f"![{title}]({path.relative_to(work_dir)})", ""]
@@ -258,6 +265,30 @@ def write_report(work_dir: Path, data_root: Path, class_names: list[str], manife
     report = work_dir / "report.md"
     atomic_write_text(report, "\n".join(lines))
     return report
+
+
+def _per_class_rows(class_names: list[str], baseline: dict[int, dict], pretrained: dict[int, dict],
+                    seeds: list[int]) -> list[str]:
+    """``| class | baseline | pre-trained |`` rows: each class's IoU averaged over the seeds."""
+    rows = []
+    for name in class_names:
+        b = [baseline[s]["per_class_iou"].get(name) for s in seeds]
+        p = [pretrained[s]["per_class_iou"].get(name) for s in seeds]
+        rows.append(f"| {name} | {_mean_or_na(b)} | {_mean_or_na(p)} |")
+    return rows
+
+
+CONSISTENCY_NAMES = {"fixmatch": "FixMatch", "unimatch": "UniMatch"}
+
+
+def consistency_method(runs) -> str | None:
+    """The consistency fine-tune (fixmatch / unimatch) that an arm's runs used, from their results.json; None: labels only."""
+    return ", ".join(sorted({str(r["consistency"]["method"]) for r in runs if r.get("consistency")})) or None
+
+
+def arm_name(name: str, method: str | None) -> str:
+    """An arm's row name with the consistency fine-tune it used (docs/consistency.md): ``... + UniMatch consistency``."""
+    return name if not method else f"{name} + {CONSISTENCY_NAMES.get(method, method)} consistency"
 
 
 def _fmt(value: Any) -> str:

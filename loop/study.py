@@ -46,7 +46,7 @@ from auxseg.config import (
     to_dict,
     without_keys,
 )
-from auxseg.io import atomic_write_json, read_json
+from auxseg.files import atomic_write_json, read_json
 from auxseg.paths import resolve_path
 from loop.pipeline import (
     Dataset,
@@ -69,6 +69,8 @@ KINDS = ("segmenter", "auxlabels", "pretrain", "finetune")
 # Seconds per iteration (per image for auxlabels) of the CamVid CPU protocol on the 2-core development
 # machine (docs/benchmarks.md); --plan uses them until cells of this study have finished and measured their own.
 DEFAULT_SECONDS = {"segmenter": 1.7, "finetune": 1.7, "pretrain": 2.7, "auxlabels": 1.0}
+# A consistency fine-tune's step against a labels-only one on the same protocol (docs/consistency.md, "Cost")
+CONSISTENCY_FACTOR = {"fixmatch": 3.6, "unimatch": 4.8}
 
 
 @dataclass
@@ -313,7 +315,7 @@ def _iterations(ft: Any) -> int:
 
 def _count_images(data: Dataset) -> int:
     """Training plus validation images: what the auxiliary-label step reads."""
-    from auxseg.io import list_images
+    from auxseg.images import list_images
 
     return sum(len(list_images(data.root / sub)) for sub in ("train", "val") if (data.root / sub).is_dir())
 
@@ -417,18 +419,30 @@ def run_all(p: Plan, poll_s: float = 5.0) -> None:
             pending = [c for c in pending if not is_done(p.work_dir, c.key)]
 
 
+def _rate_key(cell: Cell) -> str:
+    """Cells that cost alike per iteration: the kind, and for fine-tunes the consistency method if any."""
+    method = (cell.config.get("consistency") or {}).get("method", "none")
+    return cell.kind if method == "none" else f"{cell.kind}+{method}"
+
+
+def _default_rate(key: str) -> float:
+    kind, _, method = key.partition("+")
+    return DEFAULT_SECONDS[kind] * CONSISTENCY_FACTOR.get(method, 1.0)
+
+
 def estimate(p: Plan) -> list[dict]:
-    """Per cell: done or not, and the estimated CPU seconds (measured rates of finished cells, else defaults)."""
+    """Per cell: done or not, and the estimated CPU seconds (measured rates of finished cells of the same cost
+    kind, else defaults)."""
     rates: dict[str, list[float]] = {}
     for cell in p.cells.values():
         path = cell_dir(p.work_dir, cell.key) / "step.json"
         if path.is_file() and cell.iterations:
-            rates.setdefault(cell.kind, []).append(read_json(path).get("elapsed_s", 0.0) / cell.iterations)
+            rates.setdefault(_rate_key(cell), []).append(read_json(path).get("elapsed_s", 0.0) / cell.iterations)
     rows = []
     for cell in p.cells.values():
-        done = is_done(p.work_dir, cell.key)
-        rate = sum(rates[cell.kind]) / len(rates[cell.kind]) if rates.get(cell.kind) else DEFAULT_SECONDS[cell.kind]
+        done, key = is_done(p.work_dir, cell.key), _rate_key(cell)
+        rate = sum(rates[key]) / len(rates[key]) if rates.get(key) else _default_rate(key)
         units = cell.iterations or 1
         rows.append({"key": cell.key, "kind": cell.kind, "label": cell.label, "done": done,
-                     "estimate_s": 0.0 if done else rate * units, "measured": bool(rates.get(cell.kind))})
+                     "estimate_s": 0.0 if done else rate * units, "measured": bool(rates.get(key))})
     return rows

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from auxseg.io import atomic_write_json, atomic_write_text, read_json
+from auxseg.files import atomic_write_json, atomic_write_text, read_json
 from loop.report import read_log
 from loop.study import STUDY_FORMAT, Cell, Plan, cell_dir, is_done
 from loop.study_stats import (

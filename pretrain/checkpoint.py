@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,26 +63,47 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        scaler: torch.amp.GradScaler, iteration: int, config: dict, keep: int = 0,
-                        labels_sha256: str | None = None, priors_sha256: str | None = None) -> Path:
+@dataclass
+class TrainingParts:
+    """What a training checkpoint saves and restores besides the RNG: the model, its optimizer and AMP scaler."""
+
+    model: nn.Module  # the PretrainModel (network + objective), not DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+
+@dataclass(frozen=True)
+class TrainedOn:
+    """The data a run trains on, recorded in its checkpoints: a resume from other data is refused."""
+
+    labels_sha256: str | None = None  # the label folder's labels_sha256
+    priors_sha256: str | None = None  # its soft priors' hash when the objective uses them; None: no priors
+
+    @classmethod
+    def of(cls, folder, uses_priors: bool) -> TrainedOn:
+        """The data of a :class:`~auxseg.contracts.label_folder.LabelFolder`, its priors only when used."""
+        return cls(folder.labels_sha256, folder.priors_sha256 if uses_priors else None)
+
+
+def save_training_state(path: str | Path, parts: TrainingParts, *, iteration: int, config: dict, keep: int = 0,
+                        data: TrainedOn = TrainedOn()) -> Path:
     """Write a resumable checkpoint atomically; keep only the newest ``keep`` in its folder (0 = all).
 
-    ``labels_sha256`` identifies the label folder trained on, ``priors_sha256``
-    its soft priors when the objective used them (else None): a resume from a
-    different folder or other priors is refused (:func:`load_training_state`).
+    ``data`` identifies the label folder trained on and its soft priors when the
+    objective used them: a resume from a different folder or other priors is
+    refused (:func:`load_training_state`).
     """
     path = Path(path)
     save_checkpoint({
         "format": STATE_FORMAT,
         "iteration": int(iteration),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scaler": parts.scaler.state_dict() if parts.scaler.is_enabled() else {},
         "rng": rng_state(),
         "config": config,
-        "labels_sha256": labels_sha256,
-        "priors_sha256": priors_sha256,
+        "labels_sha256": data.labels_sha256,
+        "priors_sha256": data.priors_sha256,
     }, path)
     if keep > 0:
         old = sorted(p for p in path.parent.glob("iter_*.pth") if _CKPT_RE.search(p.name))[:-keep]
@@ -118,16 +140,16 @@ def with_added_defaults(config: dict) -> dict:
     return out
 
 
-def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        scaler: torch.amp.GradScaler, config: dict, labels_sha256: str | None = None,
-                        priors_sha256: str | None = None) -> int:
+def load_training_state(path: str | Path, parts: TrainingParts, *, config: dict,
+                        data: TrainedOn = TrainedOn()) -> int:
     """Restore model, optimizer, scaler and RNG from a training checkpoint; returns its iteration.
 
     Refuses a checkpoint whose model or objective settings differ from ``config``,
-    or that was trained on another label set than ``labels_sha256`` or on other
-    soft priors than ``priors_sha256`` (None: no priors used) (resuming those
-    would silently train something else).
+    or that was trained on another label set than ``data.labels_sha256`` (None:
+    not checked) or on other soft priors than ``data.priors_sha256`` (None: no
+    priors used) (resuming those would silently train something else).
     """
+    labels_sha256, priors_sha256 = data.labels_sha256, data.priors_sha256
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a pretrain training checkpoint (format {STATE_FORMAT!r})")
@@ -151,11 +173,11 @@ def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
             f"now {str(priors_sha256)[:12]}... from {_section(config, 'data.labels') or 'the synthetic data'}); "
             "resume with the same label folder and priors, or use a new out_dir")
     state = ckpt["model"]
-    check_keys(model.state_dict().keys(), state.keys(), path, "model")
-    model.load_state_dict(state)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scaler.is_enabled() and ckpt["scaler"]:
-        scaler.load_state_dict(ckpt["scaler"])
+    check_keys(parts.model.state_dict().keys(), state.keys(), path, "model")
+    parts.model.load_state_dict(state)
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    if parts.scaler.is_enabled() and ckpt["scaler"]:
+        parts.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
     return int(ckpt["iteration"])
 

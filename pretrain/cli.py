@@ -10,6 +10,7 @@ from pathlib import Path
 from auxseg.checkpoint_io import CheckpointError, check_keys
 from auxseg.cli import (
     EXIT_CONFIG_ERROR,
+    ConfigCommand,
     add_config_arguments,
     config_and_overrides,
     report_error,
@@ -120,5 +121,6 @@ def main(args: argparse.Namespace) -> int:
     if config_and_overrides(args)[0] is None:
         print("auxseg pretrain: give a CONFIG (or --export CHECKPOINT)", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    return run_config_command(args, prog="auxseg pretrain", schema=PretrainConfig, run=run, summary=_summary,
-                              step=lambda cfg: stage_step("pretrain", cfg.out_dir))
+    command = ConfigCommand(prog="auxseg pretrain", schema=PretrainConfig, run=run, summary=_summary,
+                            step=lambda cfg: stage_step("pretrain", cfg.out_dir))
+    return run_config_command(args, command)

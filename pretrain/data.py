@@ -25,6 +25,7 @@ from auxseg.contracts.label_folder import (  # noqa: F401  (re-exported for the 
     MANIFEST_NAME,
     LabelFolder,
     LabelFolderError,
+    LabelledImages,
     compute_labels_sha256,
     label_folder_manifest,
     label_rel,
@@ -32,7 +33,8 @@ from auxseg.contracts.label_folder import (  # noqa: F401  (re-exported for the 
     write_groundtruth_label_folder,
 )
 from auxseg.contracts.priors import read_prior_topk
-from auxseg.io import atomic_write_json, list_images, read_json, read_label, read_rgb, write_label_png
+from auxseg.files import atomic_write_json, read_json
+from auxseg.images import list_images, read_label, read_rgb, write_label_png
 from pretrain.config import AugmentConfig
 from pretrain.transforms import make_view, prior_view, sample_view_params
 
@@ -184,7 +186,7 @@ def write_unlabelled_label_folder(image_root: str | Path, out: str | Path) -> Pa
         except OSError as err:
             raise LabelFolderError(f"{image_root / rel}: not a readable image ({err})") from err
         write_label_png(out / LABELS_DIR / label_rel(rel), np.full((height, width), 255, np.uint8))
-    atomic_write_json(manifest, label_folder_manifest(
-        num_labels=1, scope="image", image_root=image_root.resolve(), images=images,
-        labels_sha256=compute_labels_sha256(out / LABELS_DIR, images), extractor=UNLABELLED_EXTRACTOR))
+    labelled = LabelledImages(image_root.resolve(), images, compute_labels_sha256(out / LABELS_DIR, images))
+    atomic_write_json(manifest, label_folder_manifest(num_labels=1, scope="image", labelled=labelled,
+                                                      extractor=UNLABELLED_EXTRACTOR))
     return out

@@ -14,10 +14,11 @@ from torch import nn
 
 from auxseg.checkpoint_io import save_checkpoint
 from auxseg.contracts.backbone import DECODER_FILENAME, decoder_meta, export_filenames, export_meta
-from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD
+from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD, Provenance
 from auxseg.contracts.small_model import (
     LOCAL_PREDICTOR_FILENAME,
     SMALL_MODEL_FILENAME,
+    PredictorNetwork,
     save_local_predictor,
     save_small_model,
 )
@@ -29,12 +30,11 @@ def export_backbone(backbone: DilatedResNet, out_dir: str | Path, *, config: dic
                     auxlabels_sha256: str | None, auxlabels_manifest: str | None) -> dict[str, Path]:
     """Write the backbone export(s) into ``out_dir``; returns key format -> path."""
     state = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
+    provenance = Provenance(config, iteration, auxlabels_sha256, auxlabels_manifest)
     paths = {}
     for key_format, name in export_filenames(backbone.stem_type).items():
-        meta = export_meta(arch=backbone.arch, stem=backbone.stem_type, key_format=key_format, config=config,
-                           iteration=iteration, auxlabels_sha256=auxlabels_sha256,
-                           auxlabels_manifest=auxlabels_manifest, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                           output_stride=backbone.output_stride)
+        meta = export_meta(arch=backbone.arch, stem=backbone.stem_type, key_format=key_format, provenance=provenance,
+                           mean=IMAGENET_MEAN, std=IMAGENET_STD, output_stride=backbone.output_stride)
         paths[key_format] = save_checkpoint({"state_dict": state, "meta": meta}, Path(out_dir) / name)
     return paths
 
@@ -44,8 +44,7 @@ def export_decoder(decoder: ASPP, out_dir: str | Path, *, config: dict, iteratio
     """Write a pre-trained ASPP decoder in mmseg ``ASPPHead`` key format (no ``conv_seg``, no ``decode_head.``)."""
     state = {k: v.detach().cpu().clone() for k, v in decoder.state_dict().items()}
     meta = decoder_meta(in_channels=decoder.in_channels, channels=decoder.out_channels, dilations=decoder.dilations,
-                        config=config, iteration=iteration, auxlabels_sha256=auxlabels_sha256,
-                        auxlabels_manifest=auxlabels_manifest)
+                        provenance=Provenance(config, iteration, auxlabels_sha256, auxlabels_manifest))
     return save_checkpoint({"state_dict": state, "meta": meta}, Path(out_dir) / DECODER_FILENAME)
 
 
@@ -79,9 +78,9 @@ def export_local_predictor(backbone: DilatedResNet, objective, out_dir: str | Pa
                   "and boundaries predict runs the backbone alone", flush=True)
         path.unlink(missing_ok=True)
         return None
-    return save_local_predictor(path, predictor, arch=backbone.arch, stem=backbone.stem_type,
-                                out_channels=backbone.out_channels, stride=backbone.output_stride,
-                                backbone=backbone_file, iteration=iteration)
+    network = PredictorNetwork(arch=backbone.arch, stem=backbone.stem_type, out_channels=backbone.out_channels,
+                               stride=backbone.output_stride, backbone=backbone_file)
+    return save_local_predictor(path, predictor, network, iteration=iteration)
 
 
 def export_network(net, objective, out_dir: str | Path, provenance: dict) -> dict[str, Path]:

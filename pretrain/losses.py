@@ -56,49 +56,53 @@ def nearest_to_grid(maps: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return maps.index_select(-2, rows).index_select(-1, cols)
 
 
-def targets_at_features(
-    mode: str,
-    label: torch.Tensor,
-    coords: torch.Tensor,
-    index: torch.Tensor,
-    image_width: torch.Tensor,
-    *,
-    h: int,
-    w: int,
-    num_labels: int,
-    ignore_index: int,
-    per_image_ids: bool,
-    pixel_cell: int = 8,
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class TargetMaps:
+    """What target ids are made from: the maps of a batch's views at input resolution ``S``."""
+
+    label: torch.Tensor  # [B, V, S, S] int64 label maps of the views, LabelIds.ignore_index = ignore
+    coords: torch.Tensor  # [B, V, S, S] int64 original y * W + x per view pixel, -1 = padding
+    index: torch.Tensor  # [B] int64 dataset index of each image (makes per-image ids unique)
+    image_width: torch.Tensor  # [B] int64 original width W of each image
+
+
+@dataclass(frozen=True)
+class LabelIds:
+    """How a label folder's values become ids: K, the ignore value, and whether ids are per image."""
+
+    num_labels: int  # K of the label folder
+    ignore_index: int
+    per_image: bool = False  # offset ids by index * K (scope "image" folders: ids mean nothing across images)
+
+
+def targets_at_features(mode: str, maps: TargetMaps, labels: LabelIds, *, h: int, w: int,
+                        pixel_cell: int = 8) -> torch.Tensor:
     """Per-pixel target ids at feature resolution for one of the label modes.
 
     Args:
         mode: "aux" (auxiliary label), "superpixel" (label folder of scope "image"),
             or "pixel" (the original pixel, quantised to ``pixel_cell`` px squares).
-        label: ``[B, V, S, S]`` int64 label maps of the views, ``ignore_index`` = ignore.
-        coords: ``[B, V, S, S]`` int64 original ``y * W + x`` per view pixel, -1 = padding.
-        index: ``[B]`` int64 dataset index of each image (makes per-image ids unique).
-        image_width: ``[B]`` int64 original width W of each image.
+        maps: the views' label maps ``[B, V, S, S]``, original coordinates ``[B, V, S, S]``,
+            dataset indices ``[B]`` and image widths ``[B]`` (:class:`TargetMaps`).
+        labels: K, the ignore value and per-image ids (:class:`LabelIds`).
         h, w: feature map size.
-        num_labels: K of the label folder.
-        per_image_ids: offset ids by ``index * K`` (scope "image" folders: ids mean nothing across images).
 
     Returns:
         ``[B, V, h, w]`` int64 ids, -1 where ignored.
     """
     if mode == "pixel":
-        c = nearest_to_grid(coords, h, w)  # [B, V, h, w]
-        wid = image_width.view(-1, 1, 1, 1)
+        c = nearest_to_grid(maps.coords, h, w)  # [B, V, h, w]
+        wid = maps.image_width.view(-1, 1, 1, 1)
         cells_x = (wid + pixel_cell - 1) // pixel_cell
         cell = (c // wid) // pixel_cell * cells_x + (c % wid) // pixel_cell
         # 2**32 cells per image is far beyond any image, so ids never collide across images
-        ids = index.view(-1, 1, 1, 1) * (1 << 32) + cell
+        ids = maps.index.view(-1, 1, 1, 1) * (1 << 32) + cell
         return torch.where(c >= 0, ids, torch.full_like(ids, IGNORE_ID))
     if mode not in ("aux", "superpixel"):
         raise ValueError(f"loss.mode: {mode!r} is not 'aux', 'pixel' or 'superpixel'")
-    lab = nearest_to_grid(label, h, w)
-    valid = (lab != ignore_index) & (lab >= 0) & (lab < num_labels)
-    ids = lab + index.view(-1, 1, 1, 1) * num_labels if per_image_ids else lab
+    lab = nearest_to_grid(maps.label, h, w)
+    valid = (lab != labels.ignore_index) & (lab >= 0) & (lab < labels.num_labels)
+    ids = lab + maps.index.view(-1, 1, 1, 1) * labels.num_labels if labels.per_image else lab
     return torch.where(valid, ids, torch.full_like(ids, IGNORE_ID))
 
 

@@ -25,12 +25,14 @@ from auxseg import console
 from auxseg.config import save_config, to_dict
 from auxseg.contracts.small_model import SMALL_MODEL_FILENAME
 from auxseg.errors import AuxsegError
-from auxseg.io import append_jsonl, atomic_write_text, read_jsonl
+from auxseg.files import append_jsonl, atomic_write_text, read_jsonl
 from auxseg.nets.small import SMALL_MODELS
 from auxseg.paths import check_separate
 from auxseg.precision import autocast
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 from pretrain.checkpoint import (
+    TrainedOn,
+    TrainingParts,
     checkpoint_path,
     init_backbone,
     latest_checkpoint,
@@ -205,10 +207,9 @@ def train(cfg: PretrainConfig, st: TrainState) -> int:
                 writer.add_histogram(f"train/{name}", values, it, **({"bins": bins} if bins is not None else {}))
         if (tc.checkpoint_every and it % tc.checkpoint_every == 0) or it == stop:
             if st.dist.is_main:
-                save_training_state(checkpoint_path(out, it), model=model, optimizer=st.optimizer, scaler=st.scaler,
+                save_training_state(checkpoint_path(out, it), TrainingParts(model, st.optimizer, st.scaler),
                                     iteration=it, config=to_dict(cfg), keep=tc.keep_checkpoints,
-                                    labels_sha256=st.folder.labels_sha256,
-                                    priors_sha256=st.folder.priors_sha256 if objective.wants_priors else None)
+                                    data=TrainedOn.of(st.folder, objective.wants_priors))
             barrier()
         t_data = time.perf_counter()
         if it >= stop:
@@ -319,9 +320,8 @@ def _run(cfg: PretrainConfig, dist: DistInfo, device: torch.device) -> Path:
     start = 0
     resume = latest_checkpoint(out) if tc.resume == "auto" else (None if tc.resume == "none" else Path(tc.resume))
     if resume is not None:
-        start = load_training_state(resume, model=model, optimizer=optimizer, scaler=scaler, config=to_dict(cfg),
-                                    labels_sha256=folder.labels_sha256,
-                                    priors_sha256=folder.priors_sha256 if model.objective.wants_priors else None)
+        start = load_training_state(resume, TrainingParts(model, optimizer, scaler), config=to_dict(cfg),
+                                    data=TrainedOn.of(folder, model.objective.wants_priors))
     if dist.is_main:  # records of a run killed after its last checkpoint (or before its first) are redone
         truncate_log(out / "log.jsonl", start)
     ddp_model = model

@@ -1,5 +1,6 @@
 """The floors of docs/architecture.md: the ground floor imports no stage, no stage imports another, and the
-products beside the stages (boundaries) import only the ground floor."""
+products beside the stages (boundaries) import only the ground floor; no import circle; and no function of the
+library takes more than seven parameters or runs past sixty lines (house style 1 and 17), except those listed."""
 
 from __future__ import annotations
 
@@ -160,3 +161,130 @@ def test_no_import_circle_between_modules():
         if v not in index:
             visit(v)
     assert circles == []
+
+
+# ----------------------------------------------------------------------------- function size
+
+LIBRARY = ("auxseg", "auxlabels", "pretrain", "finetune", "loop", "boundaries")
+MAX_PARAMS = 7  # beyond about seven parameters a signature is asking for an object (house style 17)
+MAX_LINES = 60
+# functions allowed past the limits, each with its reason; everything else must fit
+ALLOWED_LONG = {
+    "pretrain/train.py::train": "the whole training step in one function, as MoCo's train() (house style 1)",
+}
+# CLI argument builders (functions that only add argparse arguments) may be as long as their option list:
+# each statement is a docstring, an import, a call (or the assignment of a call) of an argparse method
+# (_ARGPARSE_CALLS), of a project ``add_*_argument(s)`` helper, of a function of the same module that is itself
+# such a builder, or of one of _ARGPARSE_HELPERS; or ``return <name>``
+_ARGPARSE_CALLS = {"add_argument", "add_parser", "add_argument_group", "add_mutually_exclusive_group",
+                   "add_subparsers", "set_defaults"}
+_ARGPARSE_HELPERS = {
+    "boundary_verbs": "boundaries/cli.py: the ``auxseg boundaries`` verbs' subparsers, made on first use",
+}
+
+
+def _parameter_count(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Parameters of a function, ``*args`` and ``**kwargs`` included, ``self`` / ``cls`` not."""
+    a = node.args
+    count = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
+    first = (a.posonlyargs + a.args)[:1]
+    return count - (1 if first and first[0].arg in ("self", "cls") else 0)
+
+
+def _called_name(node: ast.AST) -> str | None:
+    if not isinstance(node, ast.Call):
+        return None
+    return node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+
+
+def _only_adds_arguments(node: ast.FunctionDef | ast.AsyncFunctionDef, module: dict, seen: frozenset = frozenset()) -> bool:
+    """True for a CLI argument builder: every statement adds argparse arguments (see ``_ARGPARSE_CALLS``).
+
+    ``module``: the functions defined at the top of the same file, by name.
+    """
+    def adds(call: ast.AST) -> bool:
+        name = _called_name(call)
+        if name is None:
+            return False
+        if name in _ARGPARSE_CALLS or name in _ARGPARSE_HELPERS or (
+                name.startswith("add_") and name.endswith(("argument", "arguments"))):
+            return True
+        helper = module.get(name)
+        return helper is not None and name not in seen and _only_adds_arguments(helper, module, seen | {name})
+
+    for i, stmt in enumerate(node.body):
+        if i == 0 and isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+            continue  # the docstring
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(stmt, (ast.Expr, ast.Assign)) and adds(stmt.value):
+            continue
+        if isinstance(stmt, ast.Return) and (stmt.value is None or isinstance(stmt.value, ast.Name)):
+            continue
+        return False
+    return True
+
+
+def _functions():
+    """``(path relative to the repo, function node, the file's top-level functions by name)`` of every function
+    of the library (nested ones too)."""
+    for pkg in LIBRARY:
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            if "presets" in path.relative_to(REPO).parts:
+                continue  # mmseg config files shipped as data
+            tree = ast.parse(path.read_text(), str(path))
+            module = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    yield path.relative_to(REPO).as_posix(), node, module
+
+
+def test_no_function_takes_more_than_seven_parameters_or_runs_past_sixty_lines():
+    """State a phase shares is an object, and a function reads in one screen (docs/architecture.md).
+
+    Allowed past the limits: :data:`ALLOWED_LONG` (by name, with the reason) and CLI argument builders
+    (:func:`_only_adds_arguments`), however many options they add.
+    """
+    bad = []
+    for rel, node, module in _functions():
+        params, lines = _parameter_count(node), node.end_lineno - node.lineno + 1
+        if params <= MAX_PARAMS and lines <= MAX_LINES:
+            continue
+        if f"{rel}::{node.name}" in ALLOWED_LONG or _only_adds_arguments(node, module):
+            continue
+        bad.append(f"{rel}:{node.lineno} {node.name}: {params} parameters, {lines} lines")
+    assert bad == []
+
+
+def test_the_allowed_long_functions_still_exist():
+    """An entry of ALLOWED_LONG or _ARGPARSE_HELPERS whose function was split or renamed must leave the list."""
+    found = {f"{rel}::{node.name}" for rel, node, _ in _functions()}
+    assert set(ALLOWED_LONG) <= found
+    assert {f"{where.split(':')[0]}::{name}" for name, where in _ARGPARSE_HELPERS.items()} <= found
+
+
+def test_the_size_rule_counts_parameters_and_knows_an_argument_builder():
+    code = """
+class A:
+    def method(self, a, b, *rest, c=1, **kw): ...
+def builder(subparsers):
+    \"\"\"Doc.\"\"\"
+    from x import y
+    p = subparsers.add_parser("x")
+    p.add_argument("--a")
+    _more(p)
+    return p
+def _more(p):
+    add_config_arguments(p, "stage", "example")
+    p.set_defaults(func=print)
+def with_logic(subparsers):
+    p = subparsers.add_parser("x")
+    if p:
+        p.add_argument("--a")
+"""
+    tree = ast.parse(code)
+    funcs = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    module = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert _parameter_count(funcs["method"]) == 5  # a, b, *rest, c, **kw; not self
+    assert _only_adds_arguments(funcs["builder"], module) and _only_adds_arguments(funcs["_more"], module)
+    assert not _only_adds_arguments(funcs["with_logic"], module)

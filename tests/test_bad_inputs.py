@@ -23,12 +23,13 @@ import pytest
 import torch
 from PIL import Image
 
-import auxseg.io as aio
+import auxseg.files as afiles
+import auxseg.images as aimages
 from auxlabels.metrics import confusion, same_pixel_bound
 from auxlabels.superpixels import compute_superpixels, superpixel_label_bound
 from auxseg.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 from auxseg.errors import AuxsegError
-from auxseg.io import ImageReadError, read_rgb
+from auxseg.images import ImageReadError, read_rgb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -388,12 +389,12 @@ def _torch_save_enforce_fail(obj, f, *args, **kwargs):
 
 # (id, target name, write(path), regex on the cause after "cannot write <path>: ")
 DISK_FULL_CASES = [
-    ("json", "manifest.json", lambda p: aio.atomic_write_json(p, {"k": 17}), r"no space left on device"),
-    ("text", "config.yaml", lambda p: aio.atomic_write_text(p, "a: 1\n" * 100), r"no space left on device"),
-    ("bytes", "blob.bin", lambda p: aio.atomic_write_bytes(p, b"x" * 1000), r"no space left on device"),
-    ("label-png", "label.png", lambda p: aio.write_label_png(p, np.zeros((8, 8), np.uint8)), r"no space left on device"),
-    ("rgb-png", "image.png", lambda p: aio.write_rgb_png(p, np.zeros((8, 8, 3), np.uint8)), r"no space left on device"),
-    ("jsonl-append", "log.jsonl", lambda p: aio.append_jsonl(p, {"iter": 2}), r"no space left on device"),
+    ("json", "manifest.json", lambda p: afiles.atomic_write_json(p, {"k": 17}), r"no space left on device"),
+    ("text", "config.yaml", lambda p: afiles.atomic_write_text(p, "a: 1\n" * 100), r"no space left on device"),
+    ("bytes", "blob.bin", lambda p: afiles.atomic_write_bytes(p, b"x" * 1000), r"no space left on device"),
+    ("label-png", "label.png", lambda p: aimages.write_label_png(p, np.zeros((8, 8), np.uint8)), r"no space left on device"),
+    ("rgb-png", "image.png", lambda p: aimages.write_rgb_png(p, np.zeros((8, 8, 3), np.uint8)), r"no space left on device"),
+    ("jsonl-append", "log.jsonl", lambda p: afiles.append_jsonl(p, {"iter": 2}), r"no space left on device"),
 ]
 
 
@@ -439,10 +440,10 @@ def test_disk_full_checkpoint(tmp_path, monkeypatch, fake_save, cause):
 def test_jsonl_round_trip_and_missing(tmp_path):
     log = tmp_path / "sub" / "log.jsonl"
     with pytest.raises(FileNotFoundError, match="log.jsonl"):
-        aio.read_jsonl(log)
-    aio.append_jsonl(log, {"iter": 1, "loss": 2.5})
-    aio.append_jsonl(log, {"iter": 2, "loss": float("nan")})
-    rows = aio.read_jsonl(log)
+        afiles.read_jsonl(log)
+    afiles.append_jsonl(log, {"iter": 1, "loss": 2.5})
+    afiles.append_jsonl(log, {"iter": 2, "loss": float("nan")})
+    rows = afiles.read_jsonl(log)
     assert rows[0] == {"iter": 1, "loss": 2.5} and rows[1]["iter"] == 2 and np.isnan(rows[1]["loss"])
     assert log.read_text().count("\n") == 2
 
@@ -457,16 +458,16 @@ def test_jsonl_torn_last_line_is_ignored_with_warning(tmp_path, tail):
     good = b'{"iter": 1}\n{"iter": 2}\n'
     log.write_bytes(good + tail)
     with pytest.warns(UserWarning, match=r"log.jsonl:3: ignoring a torn last line"):
-        rows = aio.read_jsonl(log)
+        rows = afiles.read_jsonl(log)
     assert rows == [{"iter": 1}, {"iter": 2}]
     assert log.read_bytes() == good + tail  # reading never rewrites
     # the next append drops the torn fragment instead of gluing a record onto it
     with pytest.warns(UserWarning, match="torn last line"):
-        aio.append_jsonl(log, {"iter": 3})
+        afiles.append_jsonl(log, {"iter": 3})
     assert log.read_bytes() == good + b'{"iter": 3}\n'
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert aio.read_jsonl(log) == [{"iter": 1}, {"iter": 2}, {"iter": 3}]
+        assert afiles.read_jsonl(log) == [{"iter": 1}, {"iter": 2}, {"iter": 3}]
 
 
 def test_jsonl_unterminated_complete_last_line_is_kept(tmp_path):
@@ -474,8 +475,8 @@ def test_jsonl_unterminated_complete_last_line_is_kept(tmp_path):
     log.write_bytes(b'{"iter": 1}\n{"iter": 2}')
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert aio.read_jsonl(log) == [{"iter": 1}, {"iter": 2}]
-    aio.append_jsonl(log, {"iter": 3})
+        assert afiles.read_jsonl(log) == [{"iter": 1}, {"iter": 2}]
+    afiles.append_jsonl(log, {"iter": 3})
     assert log.read_bytes() == b'{"iter": 1}\n{"iter": 2}\n{"iter": 3}\n'
 
 
@@ -493,7 +494,7 @@ def test_jsonl_corruption_in_the_middle_is_an_error(tmp_path, content, match):
     log = tmp_path / "log.jsonl"
     log.write_bytes(content)
     with pytest.raises(ValueError, match=match) as info:
-        aio.read_jsonl(log)
+        afiles.read_jsonl(log)
     one_line(info.value)
     assert isinstance(info.value, AuxsegError)
     assert str(log) in str(info.value)
@@ -522,8 +523,8 @@ def test_gt_out_of_range_names_file_and_value(tmp_path):
 def test_gt_out_of_range_in_same_pixel_bound_names_file(tmp_path):
     gt = np.zeros((3, 3), np.uint8)
     gt[1, 1] = 40
-    aio.write_label_png(tmp_path / "b.png", gt)
-    aio.write_label_png(tmp_path / "a.png", np.zeros((3, 3), np.uint8))
+    aimages.write_label_png(tmp_path / "b.png", gt)
+    aimages.write_label_png(tmp_path / "a.png", np.zeros((3, 3), np.uint8))
     with pytest.raises(ValueError, match=r"ground truth .*b\.png: value 40 at row 1, column 1") as info:
         same_pixel_bound(tmp_path, [255], 11)
     one_line(info.value)
@@ -538,13 +539,13 @@ def test_errors_survive_pickling_from_worker_processes():
     from auxlabels.metrics import GroundTruthError
 
     for err in (
-        aio.WriteError("/x/label.png", "no space left on device", errno.ENOSPC),
+        afiles.WriteError("/x/label.png", "no space left on device", errno.ENOSPC),
         ImageReadError("cannot read image /x/a.png: empty file (0 bytes)"),
-        aio.JsonLinesError("/x/log.jsonl:2: not valid JSON (Expecting value at column 1)"),
+        afiles.JsonLinesError("/x/log.jsonl:2: not valid JSON (Expecting value at column 1)"),
         GroundTruthError("ground truth /x/g.png: value 12 ..."),
         CheckpointError("/x/m.pth is not a torch checkpoint (empty file, 0 bytes)"),
     ):
         back = pickle.loads(pickle.dumps(err))
         assert type(back) is type(err) and str(back) == str(err)
         assert getattr(back, "errno", None) == getattr(err, "errno", None)
-    assert str(aio.WriteError("/x/y.pth", "no space left on device")) == "cannot write /x/y.pth: no space left on device"
+    assert str(afiles.WriteError("/x/y.pth", "no space left on device")) == "cannot write /x/y.pth: no space left on device"

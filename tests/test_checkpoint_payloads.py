@@ -11,6 +11,7 @@ import torchvision
 
 from auxseg.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 from auxseg.contracts.backbone import export_meta, read_backbone_weights
+from auxseg.contracts.common import Provenance
 
 
 class Payload:
@@ -33,8 +34,8 @@ def _resnet18_state() -> dict:
 
 
 def _export(tmp_path, marker, **meta_changes):
-    meta = export_meta(arch="resnet18", stem="plain", key_format="torchvision", config={"cfg": _code(marker)},
-                       iteration=1, auxlabels_sha256=_code(marker), auxlabels_manifest=_code(marker))
+    meta = export_meta(arch="resnet18", stem="plain", key_format="torchvision",
+                       provenance=Provenance({"cfg": _code(marker)}, 1, _code(marker), _code(marker)))
     meta.update(cfg=_code(marker), **meta_changes)
     path = tmp_path / "export.pth"
     save_checkpoint({"state_dict": _resnet18_state(), "meta": meta}, path)

@@ -23,7 +23,7 @@ from auxlabels.config import AuxLabelsConfig
 from auxlabels.pipeline import run as run_auxlabels
 from auxseg.config import load_config
 from auxseg.contracts.label_folder import label_rel, read_label_folder, write_groundtruth_label_folder
-from auxseg.io import sha256_file
+from auxseg.files import sha256_file
 from auxseg.paths import UnsafePathError, check_separate, output_file, read_path_list, relative_inside
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 from finetune.splits import SplitError, read_split
@@ -236,17 +236,17 @@ def test_corrupt_manifest_in_out_dir_is_one_line(data, tmp_path, capsys):
 
 def test_truncated_fit_state_names_the_file(tmp_path):
     """Was ``BadZipFile`` with 39 lines and no file named; read_npz is the one NPZ boundary."""
-    from auxlabels.resume import FIT_STATE, load_fit_state, save_fit_state
-    from auxseg.io import DataFileError
+    from auxlabels.fit_state import FIT_STATE, FitState
+    from auxseg.files import DataFileError
 
-    fit = {"centroids": np.zeros((3, 4), np.float32), "refs": np.zeros((5, 4), np.float32),
-           "ref_labels": np.zeros(5, np.int64), "thresholds": np.ones(3, np.float32), "info": {"num_labels": 3}}
-    save_fit_state(tmp_path, fit)
-    assert load_fit_state(tmp_path)["info"] == {"num_labels": 3}
+    fit = FitState(centroids=np.zeros((3, 4), np.float32), refs=np.zeros((5, 4), np.float32),
+                   ref_labels=np.zeros(5, np.int64), thresholds=np.ones(3, np.float32), num_labels=3)
+    fit.save(tmp_path)
+    assert FitState.load(tmp_path).info == {"num_labels": 3}
     data = (tmp_path / FIT_STATE).read_bytes()
     (tmp_path / FIT_STATE).write_bytes(data[: len(data) // 2])
     with pytest.raises(DataFileError, match=rf"^{tmp_path / FIT_STATE}: not a readable \.npz file \(BadZipFile"):
-        load_fit_state(tmp_path)
+        FitState.load(tmp_path)
 
 
 # ----------------------------------------------------------------------------- inputs whose cost is not their size
@@ -259,7 +259,7 @@ def test_npz_whose_arrays_expand_beyond_the_bound_is_refused_unread(tmp_path):
 
     from auxseg.contracts.label_folder import LabelFolderError
     from auxseg.contracts.priors import read_prior_topk
-    from auxseg.io import DataFileError, read_npz
+    from auxseg.files import DataFileError, read_npz
 
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (1 << 30,)})
@@ -275,7 +275,7 @@ def test_npz_whose_arrays_expand_beyond_the_bound_is_refused_unread(tmp_path):
 
 def test_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path):
     """PIL only warns between its limit and twice it; the project refuses there too (a 10k x 10k PNG is ~100 KB)."""
-    from auxseg.io import ImageReadError, read_rgb
+    from auxseg.images import ImageReadError, read_rgb
 
     big = tmp_path / "big.png"
     Image.new("L", (10_000, 10_000)).save(big)

@@ -1,4 +1,4 @@
-"""File helpers: atomic writes, image decoding, label PNGs (auxseg.io)."""
+"""File and image helpers: atomic writes (auxseg.files), image decoding, label PNGs (auxseg.images)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from auxseg.io import (
-    ImageReadError,
-    atomic_path,
-    list_images,
-    read_label,
-    read_rgb,
-    write_label_png,
-)
+from auxseg.files import atomic_path
+from auxseg.images import ImageReadError, list_images, read_label, read_rgb, write_label_png
 
 
 def test_atomic_path_keeps_old_file_on_error(tmp_path):

@@ -26,13 +26,14 @@ def test_stage_command_adds_the_device_once():
 
 
 def test_one_node_is_standalone():
-    argv = launch.torchrun_argv(PRETRAIN, nproc_per_node=4)
+    argv = launch.torchrun_argv(PRETRAIN, launch.TorchrunOptions(nproc_per_node=4))
     assert argv == ["torchrun", "--standalone", "--nnodes", "1", "--nproc-per-node", "4", *PRETRAIN]
 
 
 def test_two_nodes_c10d_same_command_on_every_node():
-    cmds = [launch.torchrun_argv(PRETRAIN, nnodes=2, nproc_per_node=8, node_rank=r, rdzv_endpoint="node01:29500",
-                                 rdzv_id="run1") for r in (0, 1)]
+    cmds = [launch.torchrun_argv(PRETRAIN, launch.TorchrunOptions(nnodes=2, nproc_per_node=8, node_rank=r,
+                                                                  rdzv_endpoint="node01:29500", rdzv_id="run1"))
+            for r in (0, 1)]
     assert cmds[0] == cmds[1] == [
         "torchrun", "--nnodes", "2", "--nproc-per-node", "8", "--rdzv-backend", "c10d",
         "--rdzv-endpoint", "node01:29500", "--rdzv-id", "run1", *PRETRAIN,
@@ -40,8 +41,9 @@ def test_two_nodes_c10d_same_command_on_every_node():
 
 
 def test_two_nodes_static_passes_the_node_rank():
-    argv = launch.torchrun_argv(PRETRAIN, nnodes=2, nproc_per_node=8, node_rank=1, rdzv_backend="static",
-                                rdzv_endpoint="10.0.0.1:29400", max_restarts=2)
+    argv = launch.torchrun_argv(PRETRAIN, launch.TorchrunOptions(nnodes=2, nproc_per_node=8, node_rank=1,
+                                                                 rdzv_backend="static", rdzv_endpoint="10.0.0.1:29400",
+                                                                 max_restarts=2))
     assert argv[:11] == ["torchrun", "--nnodes", "2", "--nproc-per-node", "8", "--node-rank", "1",
                          "--rdzv-backend", "static", "--rdzv-endpoint", "10.0.0.1:29400"]
     assert argv[argv.index("--max-restarts") + 1] == "2" and argv[-len(PRETRAIN):] == PRETRAIN
@@ -124,8 +126,8 @@ def test_slurm_script_runs_torchrun_once_per_node_with_the_first_host(tmp_path):
 
 
 def test_slurm_script_activates_the_given_virtualenv(tmp_path):
-    text = launch.slurm_script(PRETRAIN, stage="pretrain", nodes=1, gpus_per_node=4, venv="/opt/my env",
-                               workdir="/repo")
+    text = launch.slurm_script(PRETRAIN, launch.SlurmJob(nodes=1, gpus_per_node=4), stage="pretrain",
+                               venv="/opt/my env", workdir="/repo")
     assert "source '/opt/my env/bin/activate'" in text.splitlines() and "cd /repo" in text.splitlines()
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from auxseg.contracts.small_model import SMALL_MODEL_FORMAT, read_small_model, save_small_model
-from auxseg.io import read_label, write_rgb_png
+from auxseg.images import read_label, write_rgb_png
 from auxseg.methods.local_prediction import log_uniform_density, posterior_maps
 from auxseg.nets.small import LinearModel, PixelModel, PredSeg1
 from boundaries.learned import (

@@ -188,7 +188,7 @@ def test_pretraining_follows_the_output_stride_of_the_fine_tune_config(tmp_path)
 
 def test_a_pretrain_step_finished_before_output_stride_existed_is_reused(tmp_path):
     """step.json of a pretrain step recorded before model.output_stride: its config meant stride 8."""
-    from auxseg.io import atomic_write_json
+    from auxseg.files import atomic_write_json
     from loop.pipeline import run_step
     from pretrain.checkpoint import with_added_defaults
 

@@ -20,7 +20,7 @@ from auxseg.contracts.priors import (
     write_label_priors,
     write_prior,
 )
-from auxseg.io import read_label
+from auxseg.images import read_label
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 
 

@@ -125,3 +125,21 @@ def test_camvid_presets_plan_on_camvid(preset, camvid, tmp_path):
     fractions = len(study.fractions or [None])
     assert len(p.runs) == fractions * len(study.finetune_seeds) * (
         len(study.arms) - len(pre_arms) + len(pre_arms) * len(study.pretrain_seeds))
+
+
+def test_plan_prices_consistency_fine_tunes_by_their_measured_cost(tmp_path):
+    """Until a cell of its kind has finished, a FixMatch / UniMatch fine-tune is estimated at the labels-only rate
+    times its measured step cost (docs/consistency.md, "Cost"): the estimate a user plans hours with."""
+    from loop.study import CONSISTENCY_FACTOR, DEFAULT_SECONDS, estimate
+
+    p = _tiny_plan(tmp_path, "camvid_consistency.yaml")
+    rows = {r["label"]: r for r in estimate(p)}
+    iters = {c.label: c.iterations for c in p.cells.values()}
+    for label, row in rows.items():
+        if label.startswith("fine-tune"):
+            arm = label.split(" ")[1]
+            method = {"fixmatch": "fixmatch", "unimatch": "unimatch", "infonce_unimatch": "unimatch"}.get(arm)
+            expected = DEFAULT_SECONDS["finetune"] * CONSISTENCY_FACTOR.get(method, 1.0) * iters[label]
+            assert row["estimate_s"] == pytest.approx(expected) and not row["done"], label
+    assert {r["label"].split(" ")[1] for r in rows.values() if r["label"].startswith("fine-tune")} == {
+        "fixmatch", "unimatch", "infonce", "infonce_unimatch"}

@@ -110,7 +110,7 @@ def naive(camvid: Path, out_json: Path, stride: int, n_segments: int, k: int, se
     from auxlabels.features import build_extractor, working_features
     from auxlabels.metrics import confusion, pmiou
     from auxlabels.vote import superpixel_vote
-    from auxseg.io import list_images, read_label, read_rgb
+    from auxseg.images import list_images, read_label, read_rgb
 
     timings = {}
     t_all = time.perf_counter()

@@ -47,7 +47,7 @@ def machine() -> str:
 
 def make_maps(method: str, image_dir: Path, rels: list[Path], out: Path) -> float:
     """Write the boundary PNGs of one method; return CPU seconds per image."""
-    from auxseg.io import read_rgb, write_label_png
+    from auxseg.images import read_rgb, write_label_png
     from boundaries.baselines import BASELINES, to_uint8
 
     fn = BASELINES[method]
@@ -63,7 +63,7 @@ def make_maps(method: str, image_dir: Path, rels: list[Path], out: Path) -> floa
 
 def write_truth(gt_dir: Path, rels: list[Path], out: Path, ignore_index: int) -> None:
     """The ground truth's own (thinned, masked) boundaries as predictions: the evaluation must give 1."""
-    from auxseg.io import write_label_png
+    from auxseg.images import write_label_png
     from boundaries.evaluation import read_label_ground_truth
 
     for rel in rels:
@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
 
-    from auxseg.io import atomic_write_json, atomic_write_text, list_images
-    from boundaries.evaluation import evaluate_folder
+    from auxseg.files import atomic_write_json, atomic_write_text
+    from auxseg.images import list_images
+    from boundaries.evaluation import EvalOptions, evaluate_folder
 
     rels = list_images(image_dir)
     if args.limit:
@@ -123,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             make_s = make_maps(method, image_dir, rels, out)
         t0 = time.process_time()
-        res = evaluate_folder(out, subset_gt, "labels", ignore_index=args.ignore_index, ignore_margin=1,
-                              n_thresholds=args.thresholds)
+        res = evaluate_folder(out, subset_gt, "labels",
+                              EvalOptions(ignore_index=args.ignore_index, ignore_margin=1, n_thresholds=args.thresholds))
         eval_s = (time.process_time() - t0) / len(rels)
         results[method] = {k: res[k] for k in ("ods", "ois", "ap", "bsds")} | {"make_s": make_s, "eval_s": eval_s}
         rows.append(

@@ -39,7 +39,8 @@ from auxlabels.config import AuxLabelsConfig  # noqa: E402
 from auxlabels.metrics import same_pixel_bound  # noqa: E402
 from auxlabels.pipeline import run as run_auxlabels  # noqa: E402
 from auxseg.config import load_config  # noqa: E402
-from auxseg.io import atomic_write_json, atomic_write_text, list_images  # noqa: E402
+from auxseg.files import atomic_write_json, atomic_write_text  # noqa: E402
+from auxseg.images import list_images  # noqa: E402
 from loop.pipeline import last_checkpoint  # noqa: E402
 
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Sidewalk", "Tree", "SignSymbol", "Fence", "Car",

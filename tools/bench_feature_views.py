@@ -39,7 +39,8 @@ import numpy as np  # noqa: E402
 from auxseg.config import ConfigError, load_config, read_yaml_with_bases, to_dict  # noqa: E402
 from auxseg.env_report import machine_line  # noqa: E402
 from auxseg.errors import AuxsegError  # noqa: E402
-from auxseg.io import atomic_write_text, read_rgb  # noqa: E402
+from auxseg.files import atomic_write_text  # noqa: E402
+from auxseg.images import read_rgb  # noqa: E402
 
 
 def pipeline_columns(pipeline: Path) -> list[tuple[str, list[str]]]:
@@ -65,7 +66,7 @@ def pipeline_columns(pipeline: Path) -> list[tuple[str, list[str]]]:
 
 def pick_images(image_dir: Path, n: int) -> list[Path]:
     """``n`` images spread evenly over the sorted list (the first, the last and between)."""
-    from auxseg.io import list_images
+    from auxseg.images import list_images
 
     images = [image_dir / rel for rel in list_images(image_dir)]
     if not images:
@@ -86,9 +87,7 @@ def views(columns: list[tuple[str, list[str]]], images: list[Path], max_side: in
         extractor = build_extractor(cfg.extractor).to(cfg.extractor.device)
         t0 = time.perf_counter()
         for row in grid:
-            row.append(views_of_image(extractor, row[0], max_side=cfg.max_side, clip=cfg.clip, radius=cfg.radius,
-                                      eps=cfg.eps, guide=cfg.guide, filter_channels=cfg.filter_channels,
-                                      extract_max_side=cfg.extractor.max_side)["view"])
+            row.append(views_of_image(extractor, row[0], cfg.view_params())["view"])
         seconds = (time.perf_counter() - t0) / len(images)
         described = {k: v for k, v in to_dict(cfg.extractor).items()
                      if k in ("name", "checkpoint", "random_init", "layer", "max_side")}
@@ -106,7 +105,7 @@ def figure(grid: list[list[np.ndarray]], titles: list[str], names: list[str], pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from auxseg.io import atomic_path
+    from auxseg.files import atomic_path
 
     rows, cols = len(grid), len(grid[0])
     fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols, 2.3 * rows), squeeze=False)

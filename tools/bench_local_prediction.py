@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from auxseg.config import load_config  # noqa: E402
 from auxseg.env_report import machine_line  # noqa: E402
-from auxseg.io import atomic_write_json, atomic_write_text, read_json, read_jsonl  # noqa: E402
+from auxseg.files import atomic_write_json, atomic_write_text, read_json, read_jsonl  # noqa: E402
 from auxseg.nets.small import SMALL_MODELS  # noqa: E402
 
 CAMVID = {"num_classes": 11, "ignore_index": 11,
@@ -80,14 +80,14 @@ def pretrain(root: Path, out: Path, arch: str, args) -> dict:
 
 
 def boundaries(root: Path, export: Path, out: Path, info: dict, args) -> dict:
-    from boundaries.evaluation import evaluate_folder
+    from boundaries.evaluation import EvalOptions, evaluate_folder
     from boundaries.learned import BoundaryOptions, predict_folder
 
     t0 = time.perf_counter()
     paths = predict_folder(export, root / "val", out, BoundaryOptions(globalize=args.globalize, device=args.device),
                            progress=not args.smoke)
     predict_s = time.perf_counter() - t0
-    result = evaluate_folder(out, root / "valannot", "labels", ignore_index=info["ignore_index"],
+    result = evaluate_folder(out, root / "valannot", "labels", EvalOptions(ignore_index=info["ignore_index"]),
                              progress=not args.smoke)
     return {"images": len(paths), "predict_s_per_image": round(predict_s / max(1, len(paths)), 4),
             "globalize": args.globalize, "ods_f": result["ods"]["f"], "ois_f": result["ois"]["f"], "ap": result["ap"]}
@@ -127,7 +127,8 @@ def figure(root: Path, out: Path, models: list[str], baselines: Path | None, n_i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from auxseg.io import atomic_path, read_label, read_rgb
+    from auxseg.files import atomic_path
+    from auxseg.images import read_label, read_rgb
     from boundaries.evaluation import read_label_ground_truth
 
     every = sorted((root / "val").glob("*.png"))

@@ -33,7 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from auxseg.io import atomic_write_text, list_images, read_label, write_label_png
+from auxseg.files import atomic_write_text
+from auxseg.images import list_images, read_label, write_label_png
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 from pretrain.config import AugmentConfig, ModelConfig
 from pretrain.data import (
@@ -43,7 +44,7 @@ from pretrain.data import (
     read_label_folder,
     write_groundtruth_label_folder,
 )
-from pretrain.losses import PixelTargets, supervised_infonce, targets_at_features
+from pretrain.losses import LabelIds, PixelTargets, TargetMaps, supervised_infonce, targets_at_features
 from pretrain.model import DilatedResNet, PretrainNet, ProjectionHead
 from pretrain.sampling import sampled_embeddings
 
@@ -78,8 +79,8 @@ def pretrain_step(net, opt, batch, folder, it, budget=2048):
     images = batch["image"].flatten(0, 1)
     emb = net(images)
     h, w = emb.shape[-2:]
-    ids = targets_at_features("aux", batch["label"], batch["coords"], batch["index"], batch["size"][:, 1], h=h, w=w,
-                              num_labels=folder.num_labels, ignore_index=folder.ignore_index, per_image_ids=False)
+    maps = TargetMaps(batch["label"], batch["coords"], batch["index"], batch["size"][:, 1])
+    ids = targets_at_features("aux", maps, LabelIds(folder.num_labels, folder.ignore_index, per_image=False), h=h, w=w)
     feats, sel_ids = sampled_embeddings(emb, ids, budget, 2, torch.Generator().manual_seed(it), net.head.rows)
     loss, _ = supervised_infonce(feats, PixelTargets(sel_ids), temperature=0.1)
     opt.zero_grad(set_to_none=True)

@@ -42,7 +42,8 @@ import numpy as np  # noqa: E402
 from auxseg.config import load_config, to_dict  # noqa: E402
 from auxseg.contracts.label_folder import read_label_folder  # noqa: E402
 from auxseg.env_report import machine_line  # noqa: E402
-from auxseg.io import atomic_write_text, read_label, read_rgb  # noqa: E402
+from auxseg.files import atomic_write_text  # noqa: E402
+from auxseg.images import read_label, read_rgb  # noqa: E402
 from boundaries.evaluation import (  # noqa: E402
     evaluate_segmentation,
     read_label_ground_truth,

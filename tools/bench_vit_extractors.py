@@ -47,7 +47,7 @@ def child(label: str, n: int, size_hw: tuple[int, int], camvid: Path | None, thr
 
     from auxlabels.config import ExtractorConfig
     from auxlabels.features import build_extractor
-    from auxseg.io import read_rgb
+    from auxseg.images import read_rgb
 
     torch.set_num_threads(threads)
     load0 = os.getloadavg()[0]

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from auxseg.io import atomic_write_text  # noqa: E402
+from auxseg.files import atomic_write_text  # noqa: E402
 from finetune.splits import SplitError, SplitSpec, list_stems, select, split_text  # noqa: E402
 
 MANIFEST_FORMAT = "auxseg.splits/1"

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from auxseg.colours import blend, colourise, palette
-from auxseg.io import read_label, read_rgb, write_rgb_png
+from auxseg.images import read_label, read_rgb, write_rgb_png
 
 
 def _resize(img: np.ndarray, width: int, nearest: bool = False) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from auxseg.checkpoint_io import CheckpointError, check_keys, load_checkpoint, state_dict_of
-from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD, MMSEG_TYPE_OF_STEM, versions
+from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD, MMSEG_TYPE_OF_STEM, Provenance, versions
 
 EXPORT_FORMAT = "auxseg.backbone/1"
 DECODER_FORMAT = "auxseg.decoder/1"
@@ -115,9 +115,8 @@ def export_filenames(stem: str) -> dict[str, str]:
     return names
 
 
-def export_meta(*, arch: str, stem: str, key_format: str, config: dict, iteration: int,
-                auxlabels_sha256: str | None, auxlabels_manifest: str | None,
-                mean=IMAGENET_MEAN, std=IMAGENET_STD, output_stride: int | None = None) -> dict[str, Any]:
+def export_meta(*, arch: str, stem: str, key_format: str, provenance: Provenance, mean=IMAGENET_MEAN,
+                std=IMAGENET_STD, output_stride: int | None = None) -> dict[str, Any]:
     """The meta block of a backbone export (every key of :data:`REQUIRED_META`, plus ``output_stride``: the
     stride the backbone was trained at, for readers that rebuild it dilated; None for a plain ResNet)."""
     return {
@@ -129,10 +128,10 @@ def export_meta(*, arch: str, stem: str, key_format: str, config: dict, iteratio
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
         "channel_order": "rgb",
-        "config": config,
-        "auxlabels_sha256": auxlabels_sha256,
-        "auxlabels_manifest": auxlabels_manifest,
-        "iteration": int(iteration),
+        "config": provenance.config,
+        "auxlabels_sha256": provenance.auxlabels_sha256,
+        "auxlabels_manifest": provenance.auxlabels_manifest,
+        "iteration": int(provenance.iteration),
         "output_stride": None if output_stride is None else int(output_stride),
         "versions": versions(("torch", "torchvision")),
     }
@@ -147,8 +146,8 @@ def export_output_stride(meta: dict) -> int:
     return int(trained.get("output_stride", 8))
 
 
-def decoder_meta(*, in_channels: int, channels: int, dilations: tuple[int, ...], config: dict, iteration: int,
-                 auxlabels_sha256: str | None, auxlabels_manifest: str | None) -> dict[str, Any]:
+def decoder_meta(*, in_channels: int, channels: int, dilations: tuple[int, ...],
+                 provenance: Provenance) -> dict[str, Any]:
     """The meta block of a decoder export (section 2b)."""
     return {
         "format": DECODER_FORMAT,
@@ -156,10 +155,10 @@ def decoder_meta(*, in_channels: int, channels: int, dilations: tuple[int, ...],
         "in_channels": int(in_channels),
         "channels": int(channels),
         "dilations": [int(d) for d in dilations],
-        "config": config,
-        "auxlabels_sha256": auxlabels_sha256,
-        "auxlabels_manifest": auxlabels_manifest,
-        "iteration": int(iteration),
+        "config": provenance.config,
+        "auxlabels_sha256": provenance.auxlabels_sha256,
+        "auxlabels_manifest": provenance.auxlabels_manifest,
+        "iteration": int(provenance.iteration),
         "versions": versions(("torch", "torchvision")),
     }
 

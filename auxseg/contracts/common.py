@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 # ImageNet statistics on the 0-255 scale, RGB order: what torchvision and MoCo weights were
@@ -17,6 +18,16 @@ MMSEG_TYPE_OF_STEM = {"plain": "ResNet", "deep": "ResNetV1c"}
 # Distributions whose versions shape an artefact; read from package metadata (no slow imports).
 VERSIONED_PACKAGES = ("numpy", "torch", "torchvision", "faiss-cpu", "faiss-gpu", "fast-slic", "scikit-learn",
                       "scikit-image", "scipy", "pillow", "mmsegmentation", "mmengine")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an export comes from: recorded in the meta block of every export (docs/contracts.md sections 2, 2b)."""
+
+    config: dict  # the resolved training config
+    iteration: int  # the training iteration the weights are from
+    auxlabels_sha256: str | None = None  # labels_sha256 of the label folder trained on
+    auxlabels_manifest: str | None = None  # that folder's manifest.json
 
 
 def versions(packages: tuple[str, ...] = VERSIONED_PACKAGES) -> dict[str, str]:

@@ -28,7 +28,8 @@ from auxseg.contracts.layout import (  # noqa: F401  (the folder's names and pat
     prior_rel,
 )
 from auxseg.contracts.priors import prior_num_labels
-from auxseg.io import atomic_write_json, list_images, read_json, read_label, sha256_file, write_label_png
+from auxseg.files import atomic_write_json, read_json, sha256_file
+from auxseg.images import list_images, read_label, write_label_png
 from auxseg.paths import relative_inside
 
 
@@ -43,21 +44,31 @@ def label_dtype(num_labels: int) -> tuple[str, int]:
     return ("uint8", 255) if num_labels <= 254 else ("uint16", 65535)
 
 
-def label_folder_manifest(*, num_labels: int, scope: str, image_root: str | Path, images: list[str],
-                          labels_sha256: str, eval_images: list[str] = (), dtype: str | None = None,
+@dataclass(frozen=True)
+class LabelledImages:
+    """The images a label folder labels, as its manifest lists them."""
+
+    image_root: str | Path  # the folder the image paths are relative to
+    images: list[str]  # every labelled image
+    labels_sha256: str  # labels_digest of their label PNGs
+    eval_images: list[str] = ()  # those labelled only to be evaluated (never trained on)
+
+
+def label_folder_manifest(*, num_labels: int, scope: str, labelled: LabelledImages, dtype: str | None = None,
                           **extra) -> dict:
     """The manifest of a finished label folder: the one builder every writer uses (docs/contracts.md 1).
 
     The keys every reader relies on come first, in the documented order (``dtype`` and ``ignore_index``
     from :func:`label_dtype` unless ``dtype`` is given), then ``extra``: the writer's own description
-    (clusterer, extractor, priors, timings, ...). ``eval_images`` are labelled only to be evaluated.
+    (clusterer, extractor, priors, timings, ...).
     """
     if scope not in SCOPES:
         raise ValueError(f"label_folder_manifest: scope must be one of {SCOPES}, got {scope!r}")
     dtype, ignore = (dtype, {"uint8": 255, "uint16": 65535}[dtype]) if dtype else label_dtype(num_labels)
     return {"format": MANIFEST_FORMAT, "num_labels": int(num_labels), "ignore_index": ignore, "dtype": dtype,
-            "scope": scope, "image_root": str(image_root), "images": list(images), "eval_images": list(eval_images),
-            "labels_sha256": labels_sha256, "complete": True, **extra}
+            "scope": scope, "image_root": str(labelled.image_root), "images": list(labelled.images),
+            "eval_images": list(labelled.eval_images), "labels_sha256": labelled.labels_sha256, "complete": True,
+            **extra}
 
 
 @dataclass(frozen=True)
@@ -104,34 +115,9 @@ def read_label_folder(path: str | Path, image_root: str | Path | None = None, ve
     """
     root = Path(path)
     manifest_path = root / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise LabelFolderError(f"{root}: not an auxiliary-label folder (no {MANIFEST_NAME})")
-    try:
-        m = read_json(manifest_path)
-    except ValueError as err:
-        raise LabelFolderError(str(err)) from err
-    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
-        found = m.get("format") if isinstance(m, dict) else None
-        raise LabelFolderError(f"{manifest_path}: format {found!r}, expected {MANIFEST_FORMAT!r}")
-    if m.get("complete") is not True:
-        raise LabelFolderError(
-            f"{manifest_path}: the label folder is incomplete (complete={m.get('complete')!r}); "
-            "the auxlabels run that wrote it did not finish"
-        )
-    for key in ("num_labels", "ignore_index", "scope", "image_root", "images", "labels_sha256"):
-        if key not in m:
-            raise LabelFolderError(f"{manifest_path}: missing key {key!r}")
-    _check_manifest_values(manifest_path, m)
+    m = _read_manifest(root, manifest_path)
     prior = _check_prior_key(manifest_path, m.get("prior"))
-    labelled = tuple(str(r) for r in m["images"])
-    # validation images are labelled only so their PmIoU can be measured: never train on them
-    eval_only = {str(r) for r in m.get("eval_images", [])}
-    images = tuple(r for r in labelled if r not in eval_only)
-    if not images:
-        raise LabelFolderError(
-            f"{manifest_path}: no training images (the image list is empty"
-            + (f" once its {len(eval_only)} eval_images are left out)" if eval_only else ")")
-        )
+    labelled, images = _labelled_and_training_images(manifest_path, m)
     folder = LabelFolder(
         root=root,
         manifest_path=manifest_path,
@@ -164,6 +150,43 @@ def read_label_folder(path: str | Path, image_root: str | Path | None = None, ve
                 "after the manifest was written (data.verify_hash=false skips this check)"
             )
     return folder
+
+
+def _read_manifest(root: Path, manifest_path: Path) -> dict:
+    """The manifest of a finished label folder, its format, completeness and reader keys checked."""
+    if not manifest_path.is_file():
+        raise LabelFolderError(f"{root}: not an auxiliary-label folder (no {MANIFEST_NAME})")
+    try:
+        m = read_json(manifest_path)
+    except ValueError as err:
+        raise LabelFolderError(str(err)) from err
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
+        found = m.get("format") if isinstance(m, dict) else None
+        raise LabelFolderError(f"{manifest_path}: format {found!r}, expected {MANIFEST_FORMAT!r}")
+    if m.get("complete") is not True:
+        raise LabelFolderError(
+            f"{manifest_path}: the label folder is incomplete (complete={m.get('complete')!r}); "
+            "the auxlabels run that wrote it did not finish"
+        )
+    for key in ("num_labels", "ignore_index", "scope", "image_root", "images", "labels_sha256"):
+        if key not in m:
+            raise LabelFolderError(f"{manifest_path}: missing key {key!r}")
+    _check_manifest_values(manifest_path, m)
+    return m
+
+
+def _labelled_and_training_images(manifest_path: Path, m: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Every labelled image, and those to train on: the labelled ones less ``eval_images`` (at least one)."""
+    labelled = tuple(str(r) for r in m["images"])
+    # validation images are labelled only so their PmIoU can be measured: never train on them
+    eval_only = {str(r) for r in m.get("eval_images", [])}
+    images = tuple(r for r in labelled if r not in eval_only)
+    if not images:
+        raise LabelFolderError(
+            f"{manifest_path}: no training images (the image list is empty"
+            + (f" once its {len(eval_only)} eval_images are left out)" if eval_only else ")")
+        )
+    return labelled, images
 
 
 def _is_int(value) -> bool:
@@ -287,7 +310,7 @@ def write_groundtruth_label_folder(dataset_root: str | Path, out: str | Path, sp
         gt = read_label(dataset_root / f"{split}annot" / label_rel(rel))
         lab = np.where(gt < k, gt, ignore).astype(np.uint8)
         write_label_png(out / LABELS_DIR / label_rel(rel), lab)
+    labelled = LabelledImages(image_root.resolve(), images, compute_labels_sha256(out / LABELS_DIR, images))
     atomic_write_json(out / MANIFEST_NAME, label_folder_manifest(
-        num_labels=k, scope="global", image_root=image_root.resolve(), images=images, dtype="uint8",
-        labels_sha256=compute_labels_sha256(out / LABELS_DIR, images), extractor="ground truth"))
+        num_labels=k, scope="global", labelled=labelled, dtype="uint8", extractor="ground truth"))
     return out

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from auxseg.contracts.layout import PRIOR_FORMAT, PRIORS_DIR, LabelFolderError, labels_digest, prior_rel
-from auxseg.io import DataFileError, atomic_write_bytes, check_npz_size
+from auxseg.files import DataFileError, atomic_write_bytes, check_npz_size
 
 __all__ = ["PRIOR_FORMAT", "PRIORS_DIR", "QUANT", "prior_rel", "write_prior", "write_prior_topk", "read_prior",
            "read_prior_topk", "prior_num_labels", "priors_digest", "topk_of", "quantise", "cell_indices", "upsample_topk",
@@ -90,7 +90,7 @@ def write_prior(path: str | Path, prior: np.ndarray, topk: int) -> None:
         prior: float ``[K, H, W]``, non-negative, summing to 1 over K per pixel
             (at the resolution the folder's manifest states).
         topk: labels kept per pixel (k = min(topk, K)).
-    Raises ValueError on a malformed array and :class:`~auxseg.io.WriteError`
+    Raises ValueError on a malformed array and :class:`~auxseg.files.WriteError`
     naming the file when it cannot be written.
     """
     prior = np.asarray(prior)
@@ -260,7 +260,8 @@ def write_label_priors(folder: str | Path, confidence: float = 0.8, topk: int = 
     ``priors/`` and adds the ``prior`` key to ``manifest.json``.
     """
     from auxseg.contracts.layout import LABELS_DIR, MANIFEST_NAME, label_rel
-    from auxseg.io import atomic_write_json, read_json, read_label, sha256_file
+    from auxseg.files import atomic_write_json, read_json, sha256_file
+    from auxseg.images import read_label
 
     folder = Path(folder)
     m = read_json(folder / MANIFEST_NAME)

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from auxseg.checkpoint_io import CheckpointError, check_keys, load_checkpoint, save_checkpoint
-from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD, versions
+from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD, Provenance, versions
 from auxseg.nets.small import SMALL_MODELS, SmallModel, build_small_model
 
 SMALL_MODEL_FORMAT = "auxseg.small-model/1"
@@ -35,9 +35,8 @@ LOCAL_PREDICTOR_FORMAT = "auxseg.local-predictor/1"
 LOCAL_PREDICTOR_FILENAME = "local_predictor.pth"
 
 
-def small_model_meta(model: SmallModel, *, config: dict, iteration: int, predictor: dict | None,
-                     auxlabels_sha256: str | None = None, auxlabels_manifest: str | None = None,
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict[str, Any]:
+def small_model_meta(model: SmallModel, *, provenance: Provenance, predictor: dict | None, mean=IMAGENET_MEAN,
+                     std=IMAGENET_STD) -> dict[str, Any]:
     """The meta block of a small-model export."""
     return {
         "format": SMALL_MODEL_FORMAT,
@@ -48,10 +47,10 @@ def small_model_meta(model: SmallModel, *, config: dict, iteration: int, predict
         "std": [float(v) for v in std],
         "channel_order": "rgb",
         "has_predictor": predictor is not None,
-        "config": config,
-        "auxlabels_sha256": auxlabels_sha256,  # the (possibly all-ignore) label folder trained on
-        "auxlabels_manifest": auxlabels_manifest,
-        "iteration": int(iteration),
+        "config": provenance.config,
+        "auxlabels_sha256": provenance.auxlabels_sha256,  # the (possibly all-ignore) label folder trained on
+        "auxlabels_manifest": provenance.auxlabels_manifest,
+        "iteration": int(provenance.iteration),
         "versions": versions(("torch",)),
     }
 
@@ -67,8 +66,8 @@ def save_small_model(path: str | Path, model: SmallModel, *, config: dict, itera
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if predictor is not None:
         predictor = _plain_predictor(predictor)
-    meta = small_model_meta(model, config=config, iteration=iteration, predictor=predictor,
-                            auxlabels_sha256=auxlabels_sha256, auxlabels_manifest=auxlabels_manifest)
+    provenance = Provenance(config, iteration, auxlabels_sha256, auxlabels_manifest)
+    meta = small_model_meta(model, provenance=provenance, predictor=predictor)
     return save_checkpoint({"format": SMALL_MODEL_FORMAT, "state_dict": state, "predictor": predictor, "meta": meta},
                            path)
 
@@ -90,17 +89,28 @@ def _plain_predictor(predictor: dict) -> dict:
     return {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in predictor.items()}
 
 
-def save_local_predictor(path: str | Path, predictor: dict, *, arch: str, stem: str, out_channels: int,
-                         stride: int, backbone: str, iteration: int) -> Path:
+@dataclass(frozen=True)
+class PredictorNetwork:
+    """The ResNet a local predictor belongs to, as ``local_predictor.pth`` records it."""
+
+    arch: str  # resnet18 ... resnet152
+    stem: str  # "plain" or "deep"
+    out_channels: int  # channels of the feature map the predictor models
+    stride: int  # output stride of that feature map
+    backbone: str  # file name of the backbone export, in the same folder
+
+
+def save_local_predictor(path: str | Path, predictor: dict, network: PredictorNetwork, *, iteration: int) -> Path:
     """Write ``local_predictor.pth`` beside a ResNet's backbone export (atomically).
 
     A ResNet trained with ``loss.name=local_prediction`` is exported as an
-    ordinary backbone (``backbone`` names the file, in the same folder); this
-    file adds what the boundary production needs: the predictor parameters
+    ordinary backbone (``network.backbone`` names the file, in the same folder);
+    this file adds what the boundary production needs: the predictor parameters
     (as in :func:`save_small_model`) and the network they belong to.
     """
-    meta = {"format": LOCAL_PREDICTOR_FORMAT, "arch": arch, "stem": stem, "out_channels": int(out_channels),
-            "stride": int(stride), "backbone": backbone, "iteration": int(iteration), "versions": versions(("torch",))}
+    meta = {"format": LOCAL_PREDICTOR_FORMAT, "arch": network.arch, "stem": network.stem,
+            "out_channels": int(network.out_channels), "stride": int(network.stride), "backbone": network.backbone,
+            "iteration": int(iteration), "versions": versions(("torch",))}
     return save_checkpoint({"format": LOCAL_PREDICTOR_FORMAT, "predictor": _plain_predictor(predictor),
                             "meta": meta}, path)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from auxseg.contracts.label_folder import LabelFolder
-from pretrain.losses import nearest_to_grid
+from pretrain.losses import LabelIds, TargetMaps, nearest_to_grid
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 """Registered objectives by name (``loss.name``): the one list that config validation, ``--help`` and docs read."""
@@ -76,6 +76,14 @@ class StepBatch:
     generator: torch.Generator  # seeded by (train.seed, iteration): the same draw on every rank and every run
     # soft per-pixel priors (top-k) when the objective asked for them (wants_priors) and the folder has them
     prior: SoftPrior | None = None
+
+    def target_maps(self) -> TargetMaps:
+        """The maps target ids are made from (:func:`pretrain.losses.targets_at_features`)."""
+        return TargetMaps(self.label, self.coords, self.index, self.size[:, 1])
+
+    def label_ids(self) -> LabelIds:
+        """How the label folder's values become ids: its K, ignore value and scope."""
+        return LabelIds(self.folder.num_labels, self.folder.ignore_index, per_image=self.folder.scope == "image")
 
 
 class Objective(nn.Module):

@@ -83,11 +83,8 @@ class InfoNCE(Objective):
     def forward(self, features: torch.Tensor, batch: StepBatch) -> tuple[torch.Tensor, dict]:
         c, folder = self.cfg, batch.folder
         h, w = features.shape[-2:]
-        ids = targets_at_features(
-            c.mode, batch.label, batch.coords, batch.index, batch.size[:, 1], h=h, w=w,
-            num_labels=folder.num_labels, ignore_index=folder.ignore_index,
-            per_image_ids=folder.scope == "image", pixel_cell=c.pixel_cell,
-        )  # [b, 2, h, w], -1 = ignore
+        ids = targets_at_features(c.mode, batch.target_maps(), batch.label_ids(), h=h, w=w,
+                                  pixel_cell=c.pixel_cell)  # [b, 2, h, w], -1 = ignore
         # the pointwise projection head runs on the chosen pixels only: [N, D], L2-normalised
         if c.all_pixels:
             feats, sel_ids = _labelled_embeddings(features, ids, project=self.head.rows)

@@ -82,12 +82,9 @@ class MetricL2(Objective):
         self.head = MetricHead(in_channels, cfg.head_hidden, cfg.head_dim) if cfg.head_dim is not None else None
 
     def forward(self, features: torch.Tensor, batch: StepBatch) -> tuple[torch.Tensor, dict]:
-        c, folder = self.cfg, batch.folder
+        c = self.cfg
         h, w = features.shape[-2:]
-        ids = targets_at_features(
-            "aux", batch.label, batch.coords, batch.index, batch.size[:, 1], h=h, w=w,
-            num_labels=folder.num_labels, ignore_index=folder.ignore_index, per_image_ids=folder.scope == "image",
-        )  # [b, 2, h, w], -1 = ignore
+        ids = targets_at_features("aux", batch.target_maps(), batch.label_ids(), h=h, w=w)  # [b, 2, h, w], -1 = ignore
         ids_global = all_gather_cat(ids)  # [B, 2, h, w]: every rank draws the same sample
         per_image = ids_global[0].numel()  # 2*h*w pixels per image
         draws, skipped = [], 0

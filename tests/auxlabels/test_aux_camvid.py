@@ -10,7 +10,7 @@ import pytest
 from auxlabels.config import AuxLabelsConfig
 from auxlabels.pipeline import run
 from auxseg.config import load_config
-from auxseg.io import read_label
+from auxseg.images import read_label
 
 REPO = Path(__file__).resolve().parents[2]
 

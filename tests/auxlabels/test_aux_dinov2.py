@@ -431,7 +431,7 @@ def test_auxlabels_command_gives_identical_labels_from_the_three_layouts(vits14_
         labels[layout] = {p.name: p.read_bytes() for p in sorted((out / "labels").rglob("*.png"))}
     assert len(labels["meta"]) == 4
     assert labels["meta"] == labels["timm"] == labels["hf"]
-    from auxseg.io import read_label
+    from auxseg.images import read_label
 
     assert len(np.unique(read_label(tmp_path / "aux_meta" / "labels" / "0000.png"))) >= 3  # real clusters
     # one key removed: a one-line error naming the file and the key, exit 1
@@ -447,7 +447,7 @@ def test_auxlabels_command_gives_identical_labels_from_the_three_layouts(vits14_
 
 def test_featureview_takes_the_new_extractors(vits14_files, tmp_path, capsys):
     # featureview, softsegments and the report build extractors through the same registry (build_extractor)
-    from auxseg.io import read_rgb, write_rgb_png
+    from auxseg.images import read_rgb, write_rgb_png
     from loop.cli import main
 
     rng = np.random.default_rng(0)

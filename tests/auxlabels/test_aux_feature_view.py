@@ -9,6 +9,7 @@ import pytest
 
 from auxlabels.feature_view import (
     FeatureViewConfig,
+    ViewParams,
     box_mean,
     guided_filter,
     pca_rgb,
@@ -16,7 +17,7 @@ from auxlabels.feature_view import (
     standardise_and_clip,
     views_of_image,
 )
-from auxseg.io import read_rgb, write_rgb_png
+from auxseg.images import read_rgb, write_rgb_png
 
 
 def _windows(h: int, w: int, r: int):
@@ -106,11 +107,12 @@ def random_resnet():
 
 def test_views_of_image_at_the_working_size(random_resnet):
     image = (np.random.default_rng(2).random((40, 64, 3)) * 255).astype(np.uint8)
-    views = views_of_image(random_resnet, image, max_side=32, radius=2)
+    views = views_of_image(random_resnet, image, ViewParams(max_side=32, radius=2))
     assert views["image"].shape == views["view"].shape == views["pca"].shape == (20, 32, 3)
     assert views["view"].dtype == np.uint8 and views["view"].max() == 255 and views["view"].min() == 0
     assert not np.array_equal(views["view"], views["pca"])  # the filter changed something
-    assert np.array_equal(views_of_image(random_resnet, image, max_side=32, guide="none")["view"], views["pca"])
+    assert np.array_equal(views_of_image(random_resnet, image, ViewParams(max_side=32, guide="none"))["view"],
+                          views["pca"])
 
 
 class _Fixed:
@@ -133,8 +135,8 @@ def test_filtering_the_top_principal_axes_is_exact_for_low_rank_features():
     # 20 channels of rank 4 (plus the mean): the top 4 axes carry everything
     feats = (rng.normal(size=(20, 4)) @ rng.normal(size=(4, 12 * 16))).reshape(1, 20, 12, 16) + 3.0
     image = (rng.random((24, 32, 3)) * 255).astype(np.uint8)
-    every = views_of_image(_Fixed(feats), image, max_side=None, radius=2, filter_channels=None)
-    top4 = views_of_image(_Fixed(feats), image, max_side=None, radius=2, filter_channels=4)
+    every = views_of_image(_Fixed(feats), image, ViewParams(max_side=None, radius=2, filter_channels=None))
+    top4 = views_of_image(_Fixed(feats), image, ViewParams(max_side=None, radius=2, filter_channels=4))
     assert np.abs(every["view"].astype(int) - top4["view"].astype(int)).max() <= 1  # rounding of 0..255
     np.testing.assert_array_equal(every["pca"], top4["pca"])
     # the same as filtering the 20 standardised channels themselves, then the PCA (the supplement's order),

@@ -18,7 +18,8 @@ from PIL import Image
 from auxlabels.config import AuxLabelsConfig
 from auxlabels.pipeline import labels_digest, run
 from auxseg.config import ConfigError, load_config
-from auxseg.io import ImageReadError, read_label, sha256_file
+from auxseg.files import sha256_file
+from auxseg.images import ImageReadError, read_label
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]

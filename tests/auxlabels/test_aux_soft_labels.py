@@ -14,7 +14,7 @@ from auxlabels.soft_labels import SoftSettings, distance_softmax, own_prior, sof
 from auxseg.config import ConfigError, load_config
 from auxseg.contracts.label_folder import read_label_folder
 from auxseg.contracts.priors import QUANT, read_prior, read_prior_topk
-from auxseg.io import read_label
+from auxseg.images import read_label
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]

@@ -133,7 +133,7 @@ def test_pmiou_absent_class_not_averaged():
 
 
 def test_same_pixel_bound_matches_one_label_per_pixel(tmp_path):
-    from auxseg.io import write_label_png
+    from auxseg.images import write_label_png
 
     gt = np.zeros((4, 5), np.uint8)
     gt[:, 3:] = 1  # class 0: 12 pixels, class 1: 8
@@ -190,3 +190,26 @@ def test_superpixels_compact_ids(method):
     for s in np.unique(seg):
         cols = np.nonzero(seg == s)[1]
         assert cols.max() < 32 or cols.min() >= 32
+
+
+def test_fit_state_file_keeps_its_layout(tmp_path):
+    """fit_state.npz: the four arrays and one ``info`` JSON string, summary first and ``num_labels`` last (the
+    order the manifest's clustering entry repeats); loading gives the typed state back."""
+    import json
+
+    from auxlabels.fit_state import FIT_STATE, FitState
+
+    fit = FitState(centroids=np.eye(3, 4, dtype=np.float32), refs=np.eye(3, 4, dtype=np.float32),
+                   ref_labels=np.arange(3), thresholds=np.array([0.5, np.inf, 0.25]), num_labels=3,
+                   soft_distance_scale=0.125, summary={"n_fit_images": 2, "fit_pixels": 40})
+    fit.save(tmp_path)
+    with np.load(tmp_path / FIT_STATE) as z:
+        assert z.files == ["centroids", "refs", "ref_labels", "thresholds", "info"]
+        assert str(z["info"]) == json.dumps({"n_fit_images": 2, "fit_pixels": 40, "soft_distance_scale": 0.125,
+                                             "num_labels": 3})
+    np.testing.assert_array_equal(np.load(tmp_path / "centroids.npy"), fit.centroids)
+    back = FitState.load(tmp_path)
+    assert (back.num_labels, back.soft_distance_scale, back.summary) == (3, 0.125, fit.summary)
+    for name in ("centroids", "refs", "ref_labels", "thresholds"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(fit, name))
+    assert FitState.load(tmp_path).info == fit.info and list(fit.info)[-1] == "num_labels"

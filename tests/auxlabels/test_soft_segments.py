@@ -25,7 +25,7 @@ from auxlabels.soft_segments import (
 )
 from auxseg.contracts.label_folder import read_label_folder
 from auxseg.contracts.priors import read_prior
-from auxseg.io import read_label
+from auxseg.images import read_label
 
 FAST = dict(eigenvectors=16, initial_layers=8, initial_iterations=12, final_outer_iterations=5,
             final_cg_iterations=50, final_polish_iterations=200)  # small enough for 32x40 images

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from auxseg.io import write_label_png, write_rgb_png
+from auxseg.images import write_label_png, write_rgb_png
 from finetune.dataset_check import LAYOUTS, check_dataset, folder_layout
 from loop.cli import main as auxseg_main
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from auxseg.io import read_label, read_rgb, write_label_png, write_rgb_png
-from finetune.config import FinetuneConfig, SplitConfig
+from auxseg.images import read_label, read_rgb, write_label_png, write_rgb_png
+from finetune.config import FinetuneConfig, SplitConfig, resolve_paths
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOAD = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
@@ -129,7 +129,8 @@ def test_cityscapes_labelids_to_trainids_and_mmseg_layout(tmp_path):
 
     cfg = load_mmseg_config(REPO_ROOT / "configs/finetune/mmseg/cityscapes/pspnet_r50-d8_cityscapes.py")
     cfg.train_dataloader.dataset.data_root = str(tmp_path)
-    info = choose_split(FinetuneConfig(split=SplitConfig(num_images=1)), cfg, tmp_path)
+    ft = FinetuneConfig(split=SplitConfig(num_images=1), work_dir=str(tmp_path))
+    info = choose_split(ft, cfg, resolve_paths(ft))
     assert info["num_available"] == 2 and info["num_images"] == 1
     stem = (tmp_path / "split.txt").read_text().strip()
     assert stem in ("aachen/aachen_000000_000019", "bonn/bonn_000001_000019")
@@ -150,7 +151,8 @@ def test_ade20k_layout_reduce_zero_label_and_jpg_split(tmp_path):
         write_label_png(tmp_path / f"annotations/training/ADE_train_{i:08d}.png", label)
     cfg = load_mmseg_config(REPO_ROOT / "configs/finetune/mmseg/ade20k/deeplabv3_r18-d8_ade20k.py")
     cfg.train_dataloader.dataset.data_root = str(tmp_path)
-    info = choose_split(FinetuneConfig(split=SplitConfig(fraction=0.5)), cfg, tmp_path)
+    ft = FinetuneConfig(split=SplitConfig(fraction=0.5), work_dir=str(tmp_path))
+    info = choose_split(ft, cfg, resolve_paths(ft))
     assert info["num_available"] == 3 and info["num_images"] == 2  # round(1.5) = 2
     ds_cfg = dict(cfg.train_dataloader.dataset)
     train_load = [s for s in ds_cfg["pipeline"] if s["type"] == "LoadAnnotations"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from auxseg.paths import resolve_path
-from finetune.config import FinetuneConfig, SplitConfig
+from finetune.config import FinetuneConfig, SplitConfig, resolve_paths
 from finetune.splits import SplitError, read_split
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,8 +60,8 @@ def test_split_file_selects_the_labelled_images_of_a_finetune(cityscapes_names, 
 
     mmcfg = load_mmseg_config(CITYSCAPES_CONFIG)
     mmcfg.train_dataloader.dataset.data_root = str(cityscapes_names)
-    cfg = FinetuneConfig(split=SplitConfig(file=f"{PRESET}/1_16/labeled.txt"))
-    info = choose_split(cfg, mmcfg, tmp_path)
+    cfg = FinetuneConfig(split=SplitConfig(file=f"{PRESET}/1_16/labeled.txt"), work_dir=str(tmp_path))
+    info = choose_split(cfg, mmcfg, resolve_paths(cfg))
     assert info["mode"] == "file" and info["num_images"] == 186 and info["num_available"] == 2975
     first = image_paths(resolve_path(f"{PRESET}/1_16/labeled.txt"))[0]
     stem = first.removeprefix("leftImg8bit/train/").removesuffix("_leftImg8bit.png")

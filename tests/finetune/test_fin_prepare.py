@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from test_fin_datasets import make_nyuv2_release
 
-from auxseg.io import read_label, write_label_png, write_rgb_png
+from auxseg.images import read_label, write_label_png, write_rgb_png
 from loop.cli import main as auxseg_main
 
 

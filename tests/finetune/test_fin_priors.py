@@ -193,16 +193,16 @@ def test_prior_follows_the_augmented_labels(synthetic_root, tmp_path):
     from mmseg.registry import DATASETS
 
     from auxseg.config import load_config
-    from finetune.config import FinetuneConfig
+    from finetune.config import FinetuneConfig, resolve_paths
     from finetune.mmseg_config import load_mmseg_config
     from finetune.priors import configure_targets
     from finetune.run import apply_overrides
 
     cfg = load_config(FinetuneConfig, TINY_YAML, [f"data_root={synthetic_root}", "targets.kind=coarse",
-                                                   "targets.factor=8", "loss.name=qr"])
+                                                   "targets.factor=8", "loss.name=qr", f"work_dir={tmp_path}"])
     mmcfg = load_mmseg_config(cfg.mmseg_config)
-    apply_overrides(cfg, mmcfg, tmp_path)
-    info = configure_targets(cfg, mmcfg, [])
+    apply_overrides(cfg, mmcfg, resolve_paths(cfg))
+    info = configure_targets(cfg, mmcfg, [], resolve_paths(cfg))
     assert info["blur_sigma"] == 8.0 and info["val_prior"] == "coarse"
     assert mmcfg.model.decode_head.type == "PriorASPPHead" and mmcfg.model.auxiliary_head.type == "PriorFCNHead"
     assert mmcfg.model.auxiliary_head.loss_decode.loss_weight == 0.4  # the config's weight is kept
@@ -277,15 +277,16 @@ def test_prior_folder_of_another_k_is_refused_before_training(tmp_path, syntheti
 
 def test_label_targets_with_rq_use_one_hot_priors_and_no_test_prior(synthetic_root, tmp_path):
     from auxseg.config import load_config
-    from finetune.config import FinetuneConfig
+    from finetune.config import FinetuneConfig, resolve_paths
     from finetune.mmseg_config import load_mmseg_config
     from finetune.priors import configure_targets
     from finetune.run import apply_overrides
 
-    cfg = load_config(FinetuneConfig, TINY_YAML, [f"data_root={synthetic_root}", "loss.name=rq"])
+    cfg = load_config(FinetuneConfig, TINY_YAML, [f"data_root={synthetic_root}", "loss.name=rq",
+                                                   f"work_dir={tmp_path}"])
     mmcfg = load_mmseg_config(cfg.mmseg_config)
-    apply_overrides(cfg, mmcfg, tmp_path)
-    info = configure_targets(cfg, mmcfg, [])
+    apply_overrides(cfg, mmcfg, resolve_paths(cfg))
+    info = configure_targets(cfg, mmcfg, [], resolve_paths(cfg))
     steps = {s["type"]: s for s in mmcfg.train_dataloader.dataset.pipeline}
     assert steps["LoadPrior"]["kind"] == "labels" and "PackSegInputsWithPrior" in steps
     assert mmcfg.val_evaluator.type == "PerClassIoUMetric" and info["val_prior"] is None  # the labels are no test prior
@@ -294,7 +295,7 @@ def test_label_targets_with_rq_use_one_hot_priors_and_no_test_prior(synthetic_ro
     cfg = load_config(FinetuneConfig, TINY_YAML, [f"data_root={synthetic_root}"])
     mmcfg = load_mmseg_config(cfg.mmseg_config)
     before = mmcfg.pretty_text
-    assert configure_targets(cfg, mmcfg, []) is None and mmcfg.pretty_text == before
+    assert configure_targets(cfg, mmcfg, [], resolve_paths(cfg)) is None and mmcfg.pretty_text == before
 
 
 @pytest.mark.slow

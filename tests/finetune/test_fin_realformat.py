@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auxseg.io import read_label, read_rgb
+from auxseg.images import read_label, read_rgb
 from loop.cli import main as auxseg_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

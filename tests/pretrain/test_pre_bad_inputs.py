@@ -60,7 +60,7 @@ def test_resume_from_another_label_folder_is_refused(gt_label_folder, tmp_path, 
     run(tiny_config(tmp_path / "run", gt_label_folder, "train.max_iters=4", "train.stop_at=2"))
     other = _copy(gt_label_folder, tmp_path)
     first = sorted((other / "labels").rglob("*.png"))[0]
-    from auxseg.io import read_label, write_label_png
+    from auxseg.images import read_label, write_label_png
 
     lab = read_label(first).copy()
     lab[0, 0] = (int(lab[0, 0]) + 1) % 6

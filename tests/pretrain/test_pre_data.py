@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from auxseg.io import write_label_png
+from auxseg.images import write_label_png
 from pretrain.config import AugmentConfig
 from pretrain.data import LabelFolderError, StepSampler, TwoViewDataset, collate, read_label_folder
 
@@ -128,7 +128,7 @@ def test_config_rejects_empty_ranges_and_bad_values(repo_dir):
 @pytest.mark.realdata
 def test_paper_augmentations_on_camvid_keep_labels_on_their_pixels(camvid, tmp_path):
     """Two CamVid frames, their ground truth as the label folder, Table 8 defaults at 321 px."""
-    from auxseg.io import list_images, read_label
+    from auxseg.images import list_images, read_label
     from pretrain.data import write_groundtruth_label_folder
 
     data = tmp_path / "camvid2"

@@ -16,7 +16,7 @@ from auxseg.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoi
 from auxseg.config import ConfigError, load_config
 from auxseg.contracts.backbone import read_backbone_weights
 from auxseg.contracts.small_model import SMALL_MODEL_FILENAME, read_small_model
-from auxseg.io import read_label, write_rgb_png
+from auxseg.images import read_label, write_rgb_png
 from auxseg.methods.local_prediction import offsets
 from auxseg.nets.small import build_small_model
 from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset

@@ -10,7 +10,9 @@ import torch
 from pre_helpers import loss_grad_stats, unit_features
 
 from pretrain.losses import (
+    LabelIds,
     PixelTargets,
+    TargetMaps,
     _infonce_dense_reference,
     nearest_to_grid,
     sample_balanced,
@@ -107,14 +109,12 @@ def test_nearest_to_grid_takes_cell_centres():
 def test_targets_per_mode():
     label = torch.tensor([[[[0, 1], [255, 1]], [[1, 1], [0, 255]]]])  # [B=1, V=2, 2, 2]
     coords = torch.tensor([[[[0, 1], [-1, 3]], [[3, 1], [0, -1]]]])  # original 2x2 image, W=2
-    common = dict(h=2, w=2, num_labels=3, ignore_index=255)
-    aux = targets_at_features("aux", label, coords, torch.tensor([5]), torch.tensor([2]), per_image_ids=False, **common)
+    maps = TargetMaps(label, coords, torch.tensor([5]), torch.tensor([2]))
+    aux = targets_at_features("aux", maps, LabelIds(3, 255, per_image=False), h=2, w=2)
     assert aux.tolist() == [[[[0, 1], [-1, 1]], [[1, 1], [0, -1]]]]
-    per_image = targets_at_features("superpixel", label, coords, torch.tensor([5]), torch.tensor([2]),
-                                    per_image_ids=True, **common)
+    per_image = targets_at_features("superpixel", maps, LabelIds(3, 255, per_image=True), h=2, w=2)
     assert per_image.tolist() == [[[[15, 16], [-1, 16]], [[16, 16], [15, -1]]]]
-    pix = targets_at_features("pixel", label, coords, torch.tensor([5]), torch.tensor([2]), per_image_ids=False,
-                              pixel_cell=1, **common)
+    pix = targets_at_features("pixel", maps, LabelIds(3, 255, per_image=False), h=2, w=2, pixel_cell=1)
     # the same original pixel gets the same id in both views, padding is ignored
     assert pix[0, 0, 0, 0] == pix[0, 1, 1, 0] and pix[0, 0, 1, 1] == pix[0, 1, 0, 0]
     assert pix[0, 0, 1, 0] == -1 and pix[0, 1, 1, 1] == -1

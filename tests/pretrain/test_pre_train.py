@@ -16,7 +16,7 @@ from loop.cli import main as auxseg_main
 from pretrain import losses
 from pretrain.config import OptimConfig
 from pretrain.data import StepSampler, TwoViewDataset, collate, read_label_folder
-from pretrain.losses import PixelTargets, targets_at_features
+from pretrain.losses import LabelIds, PixelTargets, TargetMaps, targets_at_features
 from pretrain.sampling import sampled_embeddings
 from pretrain.train import NonFiniteLossError, PretrainModel, lr_at, run
 
@@ -31,9 +31,9 @@ def fixed_batch_loss(cfg, state_dict, folder) -> float:
     batch = collate([ds[k] for k in keys])
     with torch.no_grad():
         emb = net(batch["image"].flatten(0, 1))  # features; the head runs on the sampled rows
-        ids = targets_at_features("aux", batch["label"], batch["coords"], batch["index"], batch["size"][:, 1],
-                                  h=emb.shape[2], w=emb.shape[3], num_labels=folder.num_labels,
-                                  ignore_index=folder.ignore_index, per_image_ids=False)
+        maps = TargetMaps(batch["label"], batch["coords"], batch["index"], batch["size"][:, 1])
+        ids = targets_at_features("aux", maps, LabelIds(folder.num_labels, folder.ignore_index, per_image=False),
+                                  h=emb.shape[2], w=emb.shape[3])
         feats, sel_ids = sampled_embeddings(emb, ids, 512, 2, torch.Generator().manual_seed(0), net.objective.head.rows)
         return losses.supervised_infonce(feats, PixelTargets(sel_ids), temperature=0.1)[0].item()
 
