@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from auxseg.env_report import machine_line
+from auxseg.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Sidewalk", "Tree", "SignSymbol", "Fence", "Car",
@@ -64,13 +65,14 @@ def _tree_rss_kb(root_pid: int) -> int:
     return total
 
 
-def measure(cmd: list[str], env: dict | None = None) -> dict:
-    """Run a command; return its wall time, exit code and peak tree RSS (MiB)."""
+def measure(cmd: list[str], env: dict | None = None, cwd: Path = REPO) -> dict:
+    """Run a command (in ``cwd``, the checkout whose code it runs); return its wall time, exit code and peak
+    tree RSS (MiB)."""
     import resource
 
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0]
     loads = []
 
@@ -196,7 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--fine-stride", type=int, default=4, help="second side-by-side comparison (0 to skip)")
+    parser.add_argument("--stage-vs-forward", type=int, metavar="N", default=0,
+                        help="only the stage against its forward pass on the first N train+val images, with the "
+                             "phase table; written to --stage-report (auxlabels.md is left alone)")
+    parser.add_argument("--stage-report", type=Path, default=REPO / "bench" / "results" / "auxlabels_stage.md")
+    parser.add_argument("--compare", type=Path, default=None, metavar="CHECKOUT",
+                        help="with --stage-vs-forward: the same run from another checkout (e.g. the previous "
+                             "commit), alternated with ours")
+    parser.add_argument("--rounds", type=int, default=2, help="with --stage-vs-forward: runs of each checkout")
+    parser.add_argument("--others", default="nothing else", help="what else ran on the machine meanwhile")
     args = parser.parse_args(argv)
+    if args.stage_vs_forward:
+        return stage_vs_forward(args, argv if argv is not None else sys.argv[1:])
     if args.naive_only:
         naive(args.camvid.resolve(), args.naive_out, args.stride, 500, 17, 0)
         return 0
@@ -287,6 +300,59 @@ def main(argv: list[str] | None = None) -> int:
     (work / "results.json").write_text(json.dumps(results, indent=2))
     write_report(args, results)
     print(args.report.read_text())
+    return 0
+
+
+def _scale_cmd(camvid: Path, work: Path, n: int, args) -> list[str]:
+    """The auxlabels command on the first ``n`` CamVid train+val images (random ResNet-18, no ground truth)."""
+    rels = sorted(f"train/{p.name}" for p in (camvid / "train").glob("*.png")) + sorted(
+        f"val/{p.name}" for p in (camvid / "val").glob("*.png"))
+    lst = work.parent / f"list_{n}.txt"
+    lst.parent.mkdir(parents=True, exist_ok=True)
+    lst.write_text("\n".join(rels[:n]) + "\n")
+    return [sys.executable, "-m", "loop", "auxlabels", "configs/auxlabels/camvid_r18.yaml",
+            f"image_dir={camvid}", f"image_list={lst}", "gt_dir=null", "extractor.random_init=true",
+            f"out_dir={work}", "progress=false", f"num_workers={args.workers}",
+            f"kmeans.threads={args.threads}", f"extractor.stride={args.stride}"]
+
+
+def stage_vs_forward(args, argv: list[str]) -> int:
+    """The stage's wall time against its forward pass on N images, ours alternated with ``--compare``'s code;
+    writes ``--stage-report`` with every run and the phase table of our last one."""
+    import shutil
+
+    camvid, work = args.camvid.resolve(), args.work.resolve()
+    if work.exists():
+        shutil.rmtree(work)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               OPENBLAS_NUM_THREADS=str(args.threads))
+    checkouts = [("this checkout", REPO)] + ([("--compare checkout", args.compare.resolve())] if args.compare else [])
+    runs = []
+    for i in range(args.rounds):
+        for name, repo in checkouts:
+            out = work / f"{name.split()[0].strip('-')}_{i}"
+            print(f"[bench] {name}, round {i + 1}, {args.stage_vs_forward} images ...", file=sys.stderr)
+            r = measure(_scale_cmd(camvid, out, args.stage_vs_forward, args), env, cwd=repo)
+            t = json.loads((out / "manifest.json").read_text())["timings"]
+            runs.append({"code": name, "round": i + 1, "wall_s": r["wall_s"], "load": r["load"], "timings": t})
+    lines = [f"# auxlabels stage against its forward pass ({args.stage_vs_forward} CamVid images, ResNet-18)", "",
+             f"Machine: {machine()}. Threads per process: {args.threads}; CPU workers: {args.workers}. "
+             f"Also running: {args.others}.",
+             f"Command: `python tools/bench_auxlabels.py {' '.join(argv)}`"
+             + (f" (`--compare`: {args.compare.name}, the code before the change)" if args.compare else "") + ".",
+             "Each run is the whole `auxseg auxlabels` command; stage = wall time inside `run()`, forward = the "
+             "extractor's forward passes inside it.", "",
+             "| code | round | stage | forward | stage / forward | process wall | load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        t = r["timings"]
+        lines.append(f"| {r['code']} | {r['round']} | {t['total_wall']:.1f} s | {t['forward']:.1f} s | "
+                     f"{t['total_wall'] / t['forward']:.3f}x | {r['wall_s']:.1f} s | {r['load']:.1f} |")
+    last = [r for r in runs if r["code"] == "this checkout"][-1]["timings"]
+    lines += ["", "Phase table of this checkout's last run (overlapped phases do not add up):", "",
+              *share_table(last, last["total_wall"]), ""]
+    atomic_write_text(args.stage_report, "\n".join(lines))
+    print(args.stage_report.read_text())
     return 0
 
 
