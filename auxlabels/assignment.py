@@ -150,10 +150,7 @@ class Assigner:
         """Per image of a same-size group: the ``[h, w]`` label map (uint8 or uint16, ignore = outlier) and,
         with soft labels, ``(ids uint16 [k, h, w], squared distances float32 [k, h, w])`` of the k nearest
         centroids (else None)."""
-        return self.maps(group, self.feats.native_cached_or_computed(group))
-
-    def maps(self, group: list[tuple[ImageItem, np.ndarray]], natives: list[np.ndarray]):
-        """:meth:`coarse_maps` from the group's native features ``[D, h, w]`` (the extractor's output)."""
+        natives = self.feats.native_cached_or_computed(group)
         dtype = np.uint8 if self.settings.dtype == "uint8" else np.uint16
         maps = []
         for (_, img), native in zip(group, natives):
@@ -191,32 +188,18 @@ def label_all(cfg: AuxLabelsConfig, ctx: RunContext, items: list[ImageItem], ass
 
 def _label_chunks(on_bad_image: str, ctx: RunContext, todo: list[list[ImageItem]], queue: LabelQueue,
                   assigner: Assigner | None, settings: LabelSettings) -> None:
-    """Read the ``todo`` chunks (prefetched) and run the extractor on each same-size group; a second thread
-    assigns the group and queues its images while the next group's forward pass runs, so the working-stride
-    resize, the nearest-centroid search and the hand-over to the workers overlap the forward pass
-    (bench/results/auxlabels.md). One group is in flight at a time: memory stays flat, and an error in
-    either thread stops the pass."""
+    """Read the ``todo`` chunks (prefetched), assign each same-size group, queue the images not yet done."""
 
     def read(chunk):
         return read_images(chunk, on_bad_image, ctx)
 
-    def assign_and_queue(group, natives):
-        coarse = assigner.maps(group, natives) if assigner is not None else [(None, None)] * len(group)
-        for (it, img), (c, near) in zip(group, coarse):
-            if it.rel not in queue.done:
-                gt = str(it.gt_path) if it.gt_path else None
-                queue.submit(LabelJob(rel=it.rel, image=img, coarse=c, gt_path=gt, settings=settings, near=near))
-
-    with cf.ThreadPoolExecutor(max_workers=1) as post:
-        in_flight = None
-        for _chunk, loaded in prefetched(todo, read):
-            for group in same_size_groups(loaded):
-                natives = assigner.feats.native_cached_or_computed(group) if assigner is not None else None
-                if in_flight is not None:
-                    in_flight.result()
-                in_flight = post.submit(assign_and_queue, group, natives)
-        if in_flight is not None:
-            in_flight.result()
+    for _chunk, loaded in prefetched(todo, read):
+        for group in same_size_groups(loaded):
+            coarse = assigner.coarse_maps(group) if assigner is not None else [(None, None)] * len(group)
+            for (it, img), (c, near) in zip(group, coarse):
+                if it.rel not in queue.done:
+                    gt = str(it.gt_path) if it.gt_path else None
+                    queue.submit(LabelJob(rel=it.rel, image=img, coarse=c, gt_path=gt, settings=settings, near=near))
     queue.drain()
 
 
