@@ -35,6 +35,11 @@ def _run_record(p: Plan, run: Cell) -> dict:
     record["per_class_iou"] = result.get("per_class_iou") or {}
     if result.get("mIoU_r") is not None:  # fine-tunes from priors: argmax r (docs/finetune.md)
         record["mIoU_r"] = result["mIoU_r"]
+    if result.get("consistency"):  # consistency fine-tunes: did the pseudo-labels pass the threshold, and were they right
+        keep = ("iter", "mask_ratio", "pseudo_acc", "pseudo_acc_all")
+        record["consistency"] = {"method": result["consistency"]["method"],
+                                 "history": [{k: h[k] for k in keep if k in h}
+                                             for h in result["consistency"]["train_history"]]}
     if run.deps:  # the pre-training this fine-tune started from
         pre = cell_dir(p.work_dir, run.deps[0])
         labels = cell_dir(p.work_dir, p.cells[run.deps[0]].deps[0]) / "pmiou.json"
@@ -90,10 +95,26 @@ def _secondary(runs: list[dict]) -> dict:
                             for c, vs in per_class.items()}
     if runs and all("mIoU_r" in r for r in runs):
         out["mIoU_r"] = summarise([r["mIoU_r"] for r in runs]).as_dict()
+    if runs and all("consistency" in r for r in runs):
+        out["consistency"] = _pseudo_label_curve(runs)
     pm = sorted({r["pmiou"] for r in runs if "pmiou" in r})
     if pm:
         out["pmiou"] = pm[0] if len(pm) == 1 else pm
     return out
+
+
+def _pseudo_label_curve(runs: list[dict]) -> list[dict]:
+    """Per logged interval of consistency fine-tunes: the mean over the runs of the share of unlabelled pixels
+    above the threshold and of the pseudo-labels' accuracy (confident ones, all), where the runs logged it."""
+    curve = []
+    for i, point in enumerate(runs[0]["consistency"]["history"]):
+        row = {"iter": point["iter"]}
+        for key in ("mask_ratio", "pseudo_acc", "pseudo_acc_all"):
+            values = [r["consistency"]["history"][i].get(key) for r in runs if len(r["consistency"]["history"]) > i]
+            if values and None not in values:
+                row[key] = sum(values) / len(values)
+        curve.append(row)
+    return curve
 
 
 def _score(records: list[dict], pretrain_seed: int | None, finetune_seed: int) -> float:
@@ -162,7 +183,8 @@ def markdown(p: Plan, data: dict, figures: list[Path]) -> str:
                 s, v = c["share"], c["variance"]
                 lines.append(f"| {name} | {s['pretrain_seed']:.0%} | {s['finetune_seed']:.0%} | {s['residual']:.0%} | "
                              f"{math.sqrt(sum(v.values())):.2f} |")
-        lines += _per_class_table(data["arms"][fraction]) + _pmiou_order(data["arms"][fraction]) + [""]
+        arms = data["arms"][fraction]
+        lines += _per_class_table(arms) + _pmiou_order(arms) + _consistency_table(arms) + [""]
     flagged = [r for r in data["runs"] if r["flags"]]
     lines += ["## Unstable runs", ""]
     lines += [f"- {r['arm']} {r['fraction']} pre-seed {r['pretrain_seed']} seed {r['finetune_seed']}: "
@@ -203,6 +225,24 @@ def _per_class_table(arms: dict[str, dict]) -> list[str]:
     for name, e in arms.items():
         values = [e["per_class_iou"].get(c) for c in classes]
         lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in values) + " |")
+    return lines
+
+
+def _consistency_table(arms: dict[str, dict]) -> list[str]:
+    """Arms that fine-tune with consistency: the pseudo-labels over training (docs/consistency.md)."""
+    rows = [(n, p) for n, e in arms.items() for p in e.get("consistency", [])]
+    if not rows:
+        return []
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    lines = ["", "Consistency fine-tunes, mean over the arm's runs per logged interval: the share of unlabelled "
+             "pixels at or above the threshold (they are the only ones trained on), and the accuracy against the "
+             "ground truth of those confident pseudo-labels and of all of them (scored, never trained on):", "",
+             "| arm | up to iteration | above threshold | accuracy, confident | accuracy, all |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {p['iter']} | {pct(p.get('mask_ratio'))} | {pct(p.get('pseudo_acc'))} | "
+              f"{pct(p.get('pseudo_acc_all'))} |" for n, p in rows]
     return lines
 
 

@@ -91,6 +91,22 @@ def test_label_quality_order_is_scipys_spearman():
     assert _pmiou_order({"a": arms["a"], "b": arms["b"]}) == []  # two arms: no correlation worth stating
 
 
+def test_pseudo_label_curve_is_the_mean_over_runs():
+    from loop.study_report import _consistency_table, _pseudo_label_curve
+
+    def run(mask, acc):
+        return {"consistency": {"method": "unimatch", "history": [
+            {"iter": 50, "mask_ratio": 0.0, "pseudo_acc_all": 0.5},
+            {"iter": 100, "mask_ratio": mask, "pseudo_acc": acc, "pseudo_acc_all": 0.7}]}}
+
+    curve = _pseudo_label_curve([run(0.1, 0.9), run(0.3, 1.0)])
+    assert curve == [{"iter": 50, "mask_ratio": 0.0, "pseudo_acc_all": 0.5},
+                     {"iter": 100, "mask_ratio": pytest.approx(0.2), "pseudo_acc": pytest.approx(0.95),
+                      "pseudo_acc_all": pytest.approx(0.7)}]
+    table = _consistency_table({"none": {}, "unimatch": {"consistency": curve}})
+    assert table[-2:] == ["| unimatch | 50 | 0.0% | - | 50.0% |", "| unimatch | 100 | 20.0% | 95.0% | 70.0% |"]
+
+
 def test_study_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="reference: 'nope' is not one of the arms"):
         load_study(TINY, ["reference=nope"])
