@@ -187,7 +187,8 @@ def markdown(p: Plan, data: dict, figures: list[Path]) -> str:
         lines += _per_class_table(arms) + _pmiou_order(arms) + _consistency_table(arms) + [""]
     flagged = [r for r in data["runs"] if r["flags"]]
     lines += ["## Unstable runs", ""]
-    lines += [f"- {r['arm']} {r['fraction']} pre-seed {r['pretrain_seed']} seed {r['finetune_seed']}: "
+    lines += [f"- {r['arm']} {r['fraction']}"
+              + ("" if r["pretrain_seed"] is None else f" pre-seed {r['pretrain_seed']}") + f" seed {r['finetune_seed']}: "
               f"{'; '.join(r['flags'])} (`cells/{r['cell']}`)" for r in flagged] or ["None flagged."]
     lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.parent.name}/{f.name})" for f in figures]
     lines += ["", "## Every run", "", "| arm | labelled | pre-training seed | fine-tune seed | mIoU | cell |",
