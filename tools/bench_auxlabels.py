@@ -285,15 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     results["scaling"] = {}
     for n in [int(x) for x in args.scaling.split(",") if x]:
         print(f"[bench] ours on {n} train+val images ...", file=sys.stderr)
-        rels = sorted(f"train/{p.name}" for p in (camvid / "train").glob("*.png")) + sorted(
-            f"val/{p.name}" for p in (camvid / "val").glob("*.png"))
-        lst = work / f"list_{n}.txt"
-        lst.write_text("\n".join(rels[:n]) + "\n")
-        cmd = [sys.executable, "-m", "loop", "auxlabels", "configs/auxlabels/camvid_r18.yaml",
-               f"image_dir={camvid}", f"image_list={lst}", "gt_dir=null", "extractor.random_init=true",
-               f"out_dir={work / f'scale_{n}'}", "progress=false", f"num_workers={args.workers}",
-               f"kmeans.threads={args.threads}", f"extractor.stride={args.stride}"]
-        r = measure(cmd, env)
+        r = measure(_scale_cmd(camvid, work / f"scale_{n}", n, args), env)
         ms = json.loads((work / f"scale_{n}" / "manifest.json").read_text())
         results["scaling"][n] = {"wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"], "load": r["load"],
                                  "stage_s": ms["timings"]["total_wall"], "forward_s": ms["timings"]["forward"]}
