@@ -10,7 +10,10 @@ route than the project's own code:
   enumerating every injective class -> cluster assignment (no scipy);
 - :func:`miou_by_inference`: a fine-tune's validation mIoU by running its
   saved checkpoint through mmseg's inference API image by image and counting
-  pixels with numpy (no mmseg metric, no data loader).
+  pixels with numpy (no mmseg metric, no data loader);
+- :func:`matched_label_agreement`: how many pixels two label folders put in
+  the same cluster once their cluster ids are matched one to one (cluster ids
+  are arbitrary, so two runs are compared after the best renaming).
 """
 
 from __future__ import annotations
@@ -71,6 +74,25 @@ def pmiou_by_enumeration(files: list[tuple[Path, Path]], num_labels: int, num_cl
             continue
         best = max(best, sum(iou[k, c] for k, c in zip(assign, present) if k is not None))
     return 100.0 * best / len(present)
+
+
+def matched_label_agreement(a: Path, b: Path, num_labels: int, label_ignore: int = 255) -> float:
+    """Fraction of pixels that label folders ``a`` and ``b`` (their ``labels/`` PNGs, same names) put in
+    matched clusters, under the one-to-one renaming of ``b``'s ids that maximises it (scipy's
+    ``linear_sum_assignment``). Pixels either folder leaves at ``label_ignore`` count as disagreements."""
+    from scipy.optimize import linear_sum_assignment
+
+    names = sorted(p.relative_to(a / "labels") for p in (a / "labels").rglob("*.png"))
+    assert names == sorted(p.relative_to(b / "labels") for p in (b / "labels").rglob("*.png")), "different images"
+    counts = np.zeros((num_labels, num_labels), np.int64)
+    total = 0
+    for name in names:
+        x, y = _png(a / "labels" / name).astype(np.int64), _png(b / "labels" / name).astype(np.int64)
+        total += x.size
+        keep = (x != label_ignore) & (y != label_ignore)
+        counts += np.bincount(x[keep] * num_labels + y[keep], minlength=num_labels ** 2).reshape(num_labels, -1)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return float(counts[rows, cols].sum()) / total
 
 
 def miou_by_inference(run: Path | object, checkpoint: Path, num_classes: int, ignore_index: int = 255) -> dict:

@@ -27,6 +27,18 @@ def _pmiou_again(out: Path, labels: Path) -> float:
     return pmiou_by_enumeration(files, manifest["num_labels"], info["num_classes"], [info["ignore_index"]])
 
 
+def _ods_again(out: Path, model: Path) -> float:
+    """The ODS F of the boundary maps the tool saved, scored again by ``auxseg boundaries eval`` (its command line,
+    not the tool's call) against the ground truth the tool wrote."""
+    from loop.cli import main as auxseg_main
+
+    info = json.loads((out / "data" / "dataset.json").read_text())
+    scores = out / "ods_again.json"
+    assert auxseg_main(["boundaries", "eval", str(model / "boundaries"), "--gt", str(out / "data" / "valannot"),
+                        "--ignore-index", str(info["ignore_index"]), "--out", str(scores), "--no-progress"]) == 0
+    return json.loads(scores.read_text())["ods"]["f"]
+
+
 def test_smoke_run_writes_every_number(tmp_path):
     assert _tool().main(["--smoke", "--out", str(tmp_path), "--models", "pixel", "resnet18"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
@@ -35,7 +47,8 @@ def test_smoke_run_writes_every_number(tmp_path):
         assert r["pretrain"]["iters"] == 2 and r["pretrain"]["s_per_iter"] > 0
         assert r["auxlabels"]["k"] == 9
         assert r["auxlabels"]["pmiou"] == pytest.approx(_pmiou_again(tmp_path, tmp_path / arch / "auxlabels"), abs=1e-9)
-    assert pixel["boundaries"]["images"] == 3 and 0.0 <= pixel["boundaries"]["ods_f"] <= 1.0
+    assert pixel["boundaries"]["images"] == 3
+    assert pixel["boundaries"]["ods_f"] == pytest.approx(_ods_again(tmp_path, tmp_path / "pixel"), abs=1e-12)
     assert resnet["boundaries"]["images"] == 3 and resnet["auxlabels"]["extractor"] == "auxseg_export"
     assert Path(pixel["pretrain"]["export"]).name == "small_model.pth"
     table = (tmp_path / "results.md").read_text()

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from independent import matched_label_agreement
 
 from auxlabels import resume
 from auxlabels.config import AuxLabelsConfig
@@ -19,6 +20,11 @@ from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "auxlabels" / "tiny.yaml"
+# bf16 features round differently, so K-means moves a few pixels. On this test's data bf16 keeps 99.7% of
+# pixels in their (matched) cluster; other changes score lower: K-means seed 1 keeps 85%, another random
+# network (extractor.seed=1) 88%, layer3 instead of layer2 50%. 97% leaves room for another CPU's rounding
+# and still fails if the bf16 path changed anything but the rounding.
+AGREEMENT = 0.97
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +63,9 @@ def test_bf16_labels_and_fingerprint(data, tmp_path, monkeypatch):
     bf16 = run(tiny(data, tmp_path / "bf16", "superpixels.enabled=false", "outliers.enabled=false",
                     "extractor.amp_cpu=true"))
     assert bf16["complete"] and bf16["num_labels"] == fp32["num_labels"]
-    assert bf16["pmiou"]["pmiou"] == pytest.approx(fp32["pmiou"]["pmiou"], abs=10.0)
+    agreement = matched_label_agreement(tmp_path / "fp32", tmp_path / "bf16", fp32["num_labels"])
+    print(f"bf16 vs fp32: {agreement:.4f} of pixels in matched clusters")
+    assert agreement >= AGREEMENT
     assert bf16["fingerprint"] != fp32["fingerprint"]  # bf16 labels never resume an fp32 folder
     # off, the switch leaves the fingerprint of a config without it: folders made before it existed resume
     cfg = tiny(data, tmp_path / "fp32", "superpixels.enabled=false", "outliers.enabled=false")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from independent import labels_sha256_by_formula, pmiou_by_enumeration
+from independent import labels_sha256_by_formula, matched_label_agreement, pmiou_by_enumeration
 from PIL import Image
 
 from auxlabels.config import AuxLabelsConfig
@@ -276,12 +276,15 @@ def test_visualize_tool_writes_grid(data, tmp_path):
 
 @pytest.mark.gpu
 def test_cuda_amp_channels_last_matches_cpu_closely(data, tmp_path):
-    # bf16 autocast changes features slightly; most pixels must keep their cluster
+    # bf16 autocast changes features slightly; most pixels must keep their cluster. On the CPU, bf16 keeps
+    # 99.7% of pixels in their matched cluster and a K-means seed change only 85% (tests/auxlabels/test_aux_bf16.py);
+    # 0.9 allows the GPU's other reductions. Not yet run on a GPU: if a first run fails it, look at the number.
     cpu = run(tiny(data, tmp_path / "cpu", "superpixels.enabled=false", "outliers.enabled=false"))
     gpu = run(tiny(data, tmp_path / "gpu", "superpixels.enabled=false", "outliers.enabled=false",
                    "extractor.device=cuda", "extractor.amp=true", "kmeans.gpu=true"))
     assert gpu["complete"] and gpu["num_labels"] == cpu["num_labels"]
-    assert gpu["pmiou"]["pmiou"] == pytest.approx(cpu["pmiou"]["pmiou"], abs=10.0)
+    agreement = matched_label_agreement(tmp_path / "cpu", tmp_path / "gpu", cpu["num_labels"])
+    assert agreement >= 0.9, f"GPU vs CPU: only {agreement:.3f} of pixels in matched clusters"
 
 
 def test_wrong_checkpoint_leaves_nothing_and_fix_runs(data, tmp_path):
