@@ -7,7 +7,7 @@ own process, so each peak RSS is that extractor's alone. Writes (or replaces)
 the section "Foundation-model extractors" of the results file, with the
 machine, the load and the command.
 
-    python tools/bench_vit_extractors.py --images 4 --camvid ../shared/data/camvid
+    python tools/bench_vit_extractors.py --images 20 --rounds 3 --camvid ../shared/data/camvid
 """
 
 from __future__ import annotations
@@ -63,19 +63,19 @@ def child(label: str, n: int, size_hw: tuple[int, int], camvid: Path | None, thr
     batches = [torch.from_numpy(img).permute(2, 0, 1)[None].contiguous() for img in images]  # [1, 3, H, W]
     rss_built = _rss_mib()
     ex(batches[0])  # warm-up (first-call allocations), not timed
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for x in batches:
         out = ex(x)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     return {"label": label, "images": len(batches), "size": list(images[0].shape[:2]),
-            "source": "CamVid val" if paths else "random pixels", "seconds": seconds,
+            "source": "CamVid val" if paths else "random pixels", "seconds": seconds, "cpu_seconds": cpu_seconds,
             "images_per_s": len(batches) / seconds, "rss_built_mib": rss_built,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "feature_shape": list(out.shape[1:]), "load": (load0 + os.getloadavg()[0]) / 2,
             "description": {k: ex.description.get(k) for k in ("arch", "token_stride", "max_tokens", "native_stride")}}
 
 
-def write_section(report: Path, rows: list[dict], command: str, threads: int) -> None:
+def write_section(report: Path, rows: list[dict], command: str, threads: int, others: str = "nothing else") -> None:
     """Replace (or append) this tool's section of ``report``; the rest of the file is kept."""
     import torch
 
@@ -83,9 +83,10 @@ def write_section(report: Path, rows: list[dict], command: str, threads: int) ->
 
     lines = [SECTION, "",
              f"Machine: {machine_line()}, torch {torch.__version__}, no GPU; torch threads: {threads}.",
-             "The machine was shared with other jobs while this ran: `load avg` is the mean 1-minute load during "
-             "each measurement (2 = both cores busy); numbers at different loads are not comparable to the last "
-             "digit.",
+             f"Also running: {others}. `load avg` is the mean 1-minute load during each measurement (this "
+             "benchmark alone keeps it near 2 on 2 cores); numbers at different loads are not comparable to the last "
+             "digit. `CPU s/image`: the process's CPU time (all threads) per image, which other jobs' load "
+             "disturbs less than the wall time.",
              f"Command: `{command}`", "",
              "Random weights (seed 0), one image "
              "per forward pass after one warm-up pass; the extractors ran in turn, each round in a fresh process, "
@@ -96,13 +97,14 @@ def write_section(report: Path, rows: list[dict], command: str, threads: int) ->
              "`extractor.token_stride=8`, the image scaled by 14/8 so the tokens fall at the working stride 8 "
              "(60 x 45 tokens). `ts8_2048`: a 2048 x 1024 image at token stride 8 would be 256 x 128 = 32768 tokens; "
              "`extractor.max_tokens=4096` (the default) scales it down to at most 4096.", "",
-             "| extractor | image | images | images/s (best round) | s/image | images/s, every round "
+             "| extractor | image | images | images/s (best round) | s/image | CPU s/image | images/s, every round "
              "| features [D, h, w] | peak RSS | after build | peak - after build | load avg |",
-             "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in rows:
         every = ", ".join(f"{v:.2f}" for v in r["all_rounds"])
         lines.append(f"| {r['label']} | {r['size'][1]} x {r['size'][0]} {r['source']} | {r['images']} | "
-                     f"{r['images_per_s']:.2f} | {r['seconds'] / r['images']:.2f} | {every} | {r['feature_shape']} | "
+                     f"{r['images_per_s']:.2f} | {r['seconds'] / r['images']:.2f} | "
+                     f"{r['cpu_seconds'] / r['images']:.2f} | {every} | {r['feature_shape']} | "
                      f"{r['peak_rss_mib']:.0f} MiB | {r['rss_built_mib']:.0f} MiB | "
                      f"{r['peak_rss_mib'] - r['rss_built_mib']:.0f} MiB | {r['load']:.1f} |")
     text = report.read_text() if report.is_file() else ""
@@ -122,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run every extractor this many times, in turn; the fastest round is reported "
                              "(the machine is shared: a slow round is other jobs' load)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--others", default="nothing else", help="what else ran on the machine meanwhile")
     parser.add_argument("--report", type=Path, default=REPO / "bench" / "results" / "auxlabels.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         best = max(rs, key=lambda r: r["images_per_s"])
         rows.append({**best, "all_rounds": [r["images_per_s"] for r in rs]})
     command = "python tools/bench_vit_extractors.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_section(args.report, rows, command.strip(), args.threads)
+    write_section(args.report, rows, command.strip(), args.threads, args.others)
     print(f"wrote {args.report}")
     return 0
 
