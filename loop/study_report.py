@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from auxseg.files import atomic_write_json, atomic_write_text, read_json
+from auxseg.files import atomic_write_json, atomic_write_text, read_json_object
 from loop.report import read_log
 from loop.study import STUDY_FORMAT, Cell, Plan, cell_dir, is_done
 from loop.study_stats import (
@@ -25,7 +25,7 @@ from loop.study_stats import (
 
 def _run_record(p: Plan, run: Cell) -> dict:
     folder = cell_dir(p.work_dir, run.key)
-    result = read_json(folder / "step.json")["result"]
+    result = read_json_object(folder / "step.json")["result"]
     rel = f"cells/{run.key}"  # paths relative to the study's work_dir: the file does not depend on where it ran
     record = {"arm": run.arm, "fraction": run.fraction, "pretrain_seed": run.pretrain_seed,
               "finetune_seed": run.finetune_seed, "mIoU": result["mIoU"], "cell": run.key,
@@ -44,10 +44,10 @@ def _run_record(p: Plan, run: Cell) -> dict:
         pre = cell_dir(p.work_dir, run.deps[0])
         labels = cell_dir(p.work_dir, p.cells[run.deps[0]].deps[0]) / "pmiou.json"
         if labels.is_file():  # the quality of the auxiliary labels it pre-trained on
-            record["pmiou"] = read_json(labels)["pmiou"]
+            record["pmiou"] = read_json_object(labels)["pmiou"]
         log = [r["loss"] for r in read_log(pre / "log.jsonl") if "loss" in r]
         flag = loss_not_falling(log)
-        export = Path(read_json(pre / "step.json")["result"])
+        export = Path(read_json_object(pre / "step.json")["result"])
         record["pretrain"] = {"cell": run.deps[0], "export": f"cells/{run.deps[0]}/{export.name}",
                               "log": f"cells/{run.deps[0]}/log.jsonl"}
         if flag:
@@ -163,9 +163,11 @@ def _fmt(entry: dict) -> str:
 def markdown(p: Plan, data: dict, figures: list[Path]) -> str:
     """``study.md``: per arm, the paired differences with verdicts, the sources of spread, flags, every run."""
     study = p.study
+    pre = (f"pre-training seeds {list(study.pretrain_seeds)}" if any(a.pretrain for a in study.arms)
+           else "no arm pre-trains")
     lines = ["# Study report", "",
-             f"Base pipeline: `{study.pipeline}`; reference arm: **{study.reference}**; pre-training seeds "
-             f"{list(study.pretrain_seeds)}, fine-tune seeds {list(study.finetune_seeds)}. mIoU (%) on the validation "
+             f"Base pipeline: `{study.pipeline}`; reference arm: **{study.reference}**; {pre}, fine-tune seeds "
+             f"{list(study.finetune_seeds)}. mIoU (%) on the validation "
              "images. Intervals are 95% Student-t intervals (scipy.stats); docs/study.md says what each assumes.", ""]
     for fraction in p.fractions:
         lines += [f"## Labelled: {fraction}", ""] + _arm_table(data["arms"][fraction])

@@ -199,3 +199,15 @@ def test_a_killed_study_resumes_to_the_same_report(finished_study, tmp_path):
     assert 4 <= done < 9, done
     assert main(["study", str(TINY), f"work_dir={work}"]) == 0
     assert json.loads((work / "study.json").read_text()) == json.loads((finished_study / "study.json").read_text())
+
+
+def test_a_study_without_pre_training_says_so(finished_study, tmp_path):
+    """An arms list with no pre-training arm: the header names no pre-training seeds (the fine-tunes are reused)."""
+    import shutil
+
+    from loop.cli import main
+
+    work = shutil.copytree(finished_study, tmp_path / "c", symlinks=True)
+    assert main(["study", str(TINY), f"work_dir={work}", "arms=[{name: none, pretrain: false}]"]) == 0
+    header = (work / "study.md").read_text().splitlines()[2]
+    assert "no arm pre-trains, fine-tune seeds [0, 1]" in header and "pre-training seeds" not in header
