@@ -74,9 +74,11 @@ def main_check(args: argparse.Namespace) -> int:
 
 
 def main_prepare(args: argparse.Namespace) -> int:
-    from finetune.prepare import prepare
+    from finetune.prepare import PrepareError, prepare
 
     try:
+        if args.out is not None and args.name != "nyuv2":  # the others are prepared where they were unpacked
+            raise PrepareError(f"--out is for nyuv2 only; the {args.name} dataset stays in ROOT ({args.root})")
         with console.session(verbose=args.verbose):
             with console.step(f"prepare {args.name}", None) as st:
                 done = prepare(args.name, args.root, out=args.out, overwrite=args.overwrite)

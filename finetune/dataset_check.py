@@ -325,6 +325,8 @@ def check_dataset(root: str | Path, layout: Layout, split_files: Iterable[str | 
     ``split_files`` name the labelled training images (e.g. the pipeline's ``labelled.file``): each must
     exist and have its label, while a training image that no split file names may lack one (it is used
     unlabelled: auxiliary labels and pre-training). Without split files every image needs its label.
+    ``splits`` (default: all) limits the splits checked; split files are still checked against the
+    training images, then by their names only (nothing of that split is read).
     """
     root = Path(root)
     report = DatasetReport(root, layout)
@@ -351,8 +353,14 @@ def check_dataset(root: str | Path, layout: Layout, split_files: Iterable[str | 
         if is_train:
             train_stems = stems
     train_dir = root / next(sp.images for sp in layout.splits if sp.name == layout.train_split)
+    if named and not train_dir.is_dir():  # nothing to check the names against: one line per file, not per name
+        report.problems += [Problem(str(path), f"not checked: the images it names belong in {train_dir}, which is "
+                                               "missing") for path in named]
+        return report
+    if named and train_stems is None:  # the training split was left out (--splits): list its image names
+        train_stems = set(_files(train_dir, layout.img_suffix, []))
     for path, stems in named.items():
-        missing = [s for s in stems if train_stems is not None and s not in train_stems]
+        missing = [s for s in stems if s not in train_stems]
         report.problems += [Problem(str(path), f"names {s!r}, which is not an image of {train_dir}") for s in missing]
         if not missing:
             report.split_files.append((str(path), len(stems)))

@@ -31,6 +31,11 @@ class PerClassIoUMetric(IoUMetric):
     is the mean over the other classes.
     """
 
+    # No prefix, on purpose: the keys stay "mIoU", "IoU.<class>", as results.json and the hooks read them.
+    # "" rather than None tells mmengine's BaseMetric so; with None it logs "The prefix is not set" in every
+    # run. An empty prefix adds nothing to the keys (BaseMetric.evaluate prefixes only when it is truthy).
+    default_prefix = ""
+
     def compute_metrics(self, results: list) -> dict[str, float]:
         metrics = super().compute_metrics(results)
         intersect = sum(r[0] for r in results).cpu().numpy().astype(np.float64)  # [C]

@@ -142,3 +142,80 @@ def test_tiny_demo_through_the_cli_is_a_short_readable_console(tmp_path, capsys)
     mm_logs = list((run / "1_segmenter_seed0").glob("*/*.log"))
     assert len(mm_logs) == 1 and "Iter(train)" in mm_logs[0].read_text() and "Iter(train)" not in out
     assert "K-means" in (run / "2_auxlabels" / "console.log").read_text()
+
+
+def test_tiny_demo_on_a_terminal_fits_a_screen_and_ends_with_the_table(tmp_path, monkeypatch, capsys):
+    """``auxseg demo`` on a terminal: the running line is redrawn in place, and the screen left at the end
+    is one line per step, then the closing table with the report, in at most MAX_DEMO_LINES rows."""
+    from loop.cli import main
+
+    columns = 100
+    monkeypatch.setenv("COLUMNS", str(columns))
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert main(["demo", f"work_dir={tmp_path / 'run'}", *TINY, "progress=true"]) == 0
+    monkeypatch.undo()
+    assert capsys.readouterr().err == ""
+    text = terminal.getvalue()
+    assert text.count("\r") > 6  # every step drew its running line at least once
+    lines = screen(text)
+    assert lines[-1] == ""  # the last line was finished (no running line left behind)
+    lines = lines[:-1]
+    rows = sum(max(1, -(-len(line) // columns)) for line in lines)  # a line longer than the terminal wraps
+    assert len(lines) == 13 and rows <= MAX_DEMO_LINES
+    assert [line.split("  ")[0] for line in lines[:7]] == [
+        "data", "segmenter (seed 0)", "auxlabels", "pretrain", "fine-tune (seed 0)", "report", ""]
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    base, pre = summary["baseline_mIoU"]["0"], summary["pretrained_mIoU"]["0"]
+    assert lines[-6].split()[:3] == ["mIoU", "on", "val,"]
+    assert lines[-5].split()[-1] == f"{base:.2f}" and lines[-4].split()[-1] == f"{pre:.2f}"
+    assert lines[-3].split()[-1] == f"{pre - base:+.2f}"
+    assert lines[-1].split() == ["report", str(run / "report.md")]
+
+
+def test_the_demo_config_plans_a_console_that_fits_a_screen(tmp_path, monkeypatch):
+    """``configs/pipeline/demo.yaml`` as shipped (three seeds): the steps the pipeline runs, one line each, and
+    the closing table fit MAX_DEMO_LINES. The steps are those :func:`loop.pipeline.run` opens, found by running
+    it with every step replaced by a stand-in that records its name (nothing is trained)."""
+    from auxseg.config import load_config
+    from auxseg.synthetic import CLASS_NAMES
+    from loop import pipeline
+
+    cfg = load_config(pipeline.PipelineConfig, pipeline.resolve_path("configs/pipeline/demo.yaml"),
+                      [f"work_dir={tmp_path / 'run'}"])
+    num_classes = cfg.data.synthetic.num_classes
+    names: list[str] = []
+
+    def prepare_data(cfg, work_dir):
+        names.append("data")
+        return pipeline.Dataset(tmp_path / "data", num_classes, list(CLASS_NAMES[:num_classes]), [255])
+
+    def run_step(name, step_dir, stage_cfg, fn, upgrade=None):
+        names.append(name)
+        if name == "auxlabels":
+            return {"num_labels": 9, "pmiou": {"pmiou": 50.0}, "images": []}
+        if name == "pretrain":
+            return str(tmp_path / "backbone_mmseg.pth")
+        return {"mIoU": 40.0, "init": {"depth": 18, "backbone_type": "ResNetV1c"}}
+
+    table: list[str] = []
+
+    def finish(work_dir, data, manifest, baseline, pretrained, export):
+        names.append("report")
+        summary = {"baseline_mIoU": {str(s): r["mIoU"] for s, r in baseline.items()},
+                   "pretrained_mIoU": {str(s): r["mIoU"] for s, r in pretrained.items()},
+                   "report": str(work_dir / "report.md")}
+        table.extend(pipeline.result_table(summary, manifest))
+        return work_dir / "report.md"
+
+    monkeypatch.setattr(pipeline, "prepare_data", prepare_data)
+    monkeypatch.setattr(pipeline, "run_step", run_step)
+    monkeypatch.setattr(pipeline, "last_checkpoint", lambda work_dir: work_dir / "iter_150.pth")
+    monkeypatch.setattr(pipeline, "_finish", finish)
+    pipeline.run(cfg)
+    seeds = len(cfg.seeds)
+    assert seeds == 3 and names == ["data", *[f"segmenter (seed {s})" for s in cfg.seeds], "auxlabels", "pretrain",
+                                    *[f"fine-tune (seed {s})" for s in cfg.seeds], "report"]
+    assert len(table) == 7 and table[-1].split()[0] == "report"
+    assert len(names) + len(table) <= MAX_DEMO_LINES

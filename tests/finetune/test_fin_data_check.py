@@ -134,3 +134,32 @@ def test_the_pipeline_checks_the_folder_before_its_first_step(tmp_path):
     assert "\n" not in message and message.startswith(f"data.root: {root}: ")
     assert "(and 5 more)" in message and f"auxseg data check {root} --dataset folder --num-classes 3 --ignore 255" in message
     assert not (tmp_path / "run").exists()  # nothing written before the check passed
+
+
+def test_a_split_file_is_checked_when_the_training_split_is_not(tmp_path, capsys):
+    """``--splits val --split-file F``: F's names are still looked up among the training images (listed, not
+    read); with no training folder at all, F is reported as not checked, never as "all in train"."""
+    root = make_folder(tmp_path)
+    split = _split(root, "f0\nf9\n")
+    report = check_dataset(root, folder_layout(3), split_files=[split], splits=["val"])
+    assert [sp.name for sp in report.splits] == ["val"]
+    assert [str(p) for p in report.problems] == [f"{split}: names 'f9', which is not an image of {root / 'train'}"]
+    split.write_text("f0\nf3\n")
+    report = check_dataset(root, folder_layout(3), split_files=[split], splits=["val"])
+    assert report.ok and report.table()[-1] == f"  split file {split}: 2 images, all in train"
+    for image in (root / "train").iterdir():
+        image.unlink()
+    (root / "train").rmdir()
+    rc = auxseg_main(["data", "check", str(root), "--dataset", "folder", "--num-classes", "3", "--splits", "val",
+                      "--split-file", str(split)])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 1 and out[-1] == "1 problems" and not any("all in train" in line for line in out)
+    assert out[-2] == f"{split}: not checked: the images it names belong in {root / 'train'}, which is missing"
+
+
+def test_prepare_refuses_out_for_a_dataset_other_than_nyuv2(tmp_path, capsys):
+    assert auxseg_main(["data", "prepare", "camvid", str(tmp_path), "--out", str(tmp_path / "elsewhere")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"auxseg data prepare: error: --out is for nyuv2 only; the camvid dataset stays in ROOT ({tmp_path})\n")
+    assert not (tmp_path / "elsewhere").exists()

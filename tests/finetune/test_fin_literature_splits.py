@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +90,83 @@ def test_data_check_resolves_a_literature_split_file(cityscapes_names):
     stems = split_file_stems(resolve_path(f"{PRESET}/1_8/labeled.txt"), LAYOUTS["cityscapes"])
     assert len(stems) == 372 and all((cityscapes_names / "leftImg8bit/train" / f"{s}_leftImg8bit.png").is_file()
                                      for s in stems)
+
+
+def test_each_fraction_splits_the_same_2975_images_in_two():
+    """Per fraction, the labelled and unlabelled lists share no image and together name the same 2,975 images
+    (each line an image of leftImg8bit/train and its gtFine labelTrainIds)."""
+    folder = resolve_path(PRESET)
+    everything = None
+    for fraction, count in LABELLED.items():
+        lines = {name: [ln.split() for ln in (folder / fraction / name).read_text().splitlines() if ln.strip()]
+                 for name in ("labeled.txt", "unlabeled.txt")}
+        for pairs in lines.values():
+            assert all(len(p) == 2 and p[0].startswith("leftImg8bit/train/") and p[0].endswith("_leftImg8bit.png")
+                       and p[1] == p[0].replace("leftImg8bit", "gtFine", 1).replace(
+                           "_leftImg8bit.png", "_gtFine_labelTrainIds.png") for p in pairs)
+        labelled = [p[0] for p in lines["labeled.txt"]]
+        unlabelled = [p[0] for p in lines["unlabeled.txt"]]
+        assert len(set(labelled)) == len(labelled) == count and len(set(unlabelled)) == len(unlabelled)
+        assert not set(labelled) & set(unlabelled)
+        union = set(labelled) | set(unlabelled)
+        assert len(union) == 2975 and union == (everything if everything is not None else union)
+        everything = union
+
+
+SHARED_SPLITS = REPO_ROOT.parent / "shared" / "data" / "splits" / "cityscapes_literature"
+
+
+@pytest.mark.skipif(not SHARED_SPLITS.is_dir(), reason=f"no copy of the published splits at {SHARED_SPLITS} "
+                                                         "(../shared is absent)")
+def test_the_presets_equal_the_published_files_byte_for_byte():
+    folder = resolve_path(PRESET)
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    shipped, published = files(folder), files(SHARED_SPLITS)
+    assert sorted(shipped) == sorted(published)
+    assert [name for name in shipped if shipped[name] != published[name]] == []
+
+
+def _doc_commands() -> list[str]:
+    """The commands of docs/your_own_data.md's recipe that hand the unlabelled list to the auxiliary labels."""
+    text = (REPO_ROOT / "docs/your_own_data.md").read_text()
+    block = text.split("# fine-tune on the 186 labelled images of 1/16\n", 1)[1].split("```", 1)[0]
+    block = re.sub(r"\\\n\s*", " ", block)  # continuation lines
+    return [line for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_the_documented_unlabelled_list_feeds_the_auxiliary_labels(tmp_path, monkeypatch):
+    """The recipe of docs/your_own_data.md ("Label splits"), run as written in a new folder: its shell lines
+    make the image list from the 1/16 unlabelled split; the auxlabels command's image_dir and image_list then
+    select exactly those 2,789 images of a Cityscapes folder (empty files: nothing is labelled), and the
+    pretrain command reads the folder the auxlabels command writes."""
+    from auxlabels.config import AuxLabelsConfig
+    from auxlabels.inputs import collect_images
+    from auxseg.config import load_config
+    from pretrain.config import PretrainConfig
+
+    commands = _doc_commands()
+    stages = ("auxseg finetune ", "auxseg auxlabels ", "auxseg pretrain ")
+    shell = [c for c in commands if not c.startswith(stages)]
+    assert shell[-1].startswith("auxseg configs show splits/cityscapes_literature/1_16/unlabeled.txt | ")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for command in shell:
+        subprocess.run(["bash", "-e", "-o", "pipefail", "-c", command], cwd=tmp_path, env=env, check=True)
+    unlabelled = image_paths(resolve_path(f"{PRESET}/1_16/unlabeled.txt"))
+    for rel in unlabelled + image_paths(resolve_path(f"{PRESET}/1_16/labeled.txt")):
+        path = tmp_path / "data/cityscapes" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+    def overrides(prefix: str) -> list[str]:
+        [command] = [c for c in commands if c.startswith(prefix)]
+        return [w for w in shlex.split(command)[3:] if not w.endswith("=...")]  # extractor.checkpoint=...
+
+    monkeypatch.chdir(tmp_path)  # the recipe's paths are relative to where it runs
+    aux = load_config(AuxLabelsConfig, REPO_ROOT / "configs/auxlabels/default.yaml", overrides("auxseg auxlabels "))
+    inputs = collect_images(aux)
+    assert len(unlabelled) == 2789 and [it.rel for it in inputs.items] == sorted(unlabelled)
+    pre = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/default.yaml", overrides("auxseg pretrain "))
+    assert pre.data.labels == aux.out_dir

@@ -92,6 +92,30 @@ def test_check_reads_the_prepared_folder(prepared, capsys):
     assert out[4].split() == ["val", "1", "1", "1", "256x128", "10/19", "classes", "+", "255", "0"]
 
 
+def _listing(root: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_check_passes_the_sample_as_shipped(capsys):
+    """The sample itself, with its official labelTrainIds, unmodified: read only, nothing written."""
+    before = _listing(SAMPLE)
+    assert auxseg_main(["data", "check", str(SAMPLE), "--dataset", "cityscapes", "--splits", "val"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[3].split() == ["val", "1", "1", "1", "256x128", "10/19", "classes", "+", "255", "0"]
+    assert out[-1] == "no problems" and _listing(SAMPLE) == before
+
+
+def test_a_literature_split_file_is_not_confirmed_without_the_training_images(capsys):
+    """The sample has no train split: the 1/16 split file cannot be checked, and the check says so."""
+    split = REPO_ROOT / "splits/cityscapes_literature/1_16/labeled.txt"
+    assert auxseg_main(["data", "check", str(SAMPLE), "--dataset", "cityscapes", "--splits", "val",
+                        "--split-file", str(split)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert not any("all in train" in line for line in out) and out[-1] == "1 problems"
+    train = SAMPLE / "leftImg8bit/train"
+    assert out[-2] == f"{split}: not checked: the images it names belong in {train}, which is missing"
+
+
 def test_a_tiny_finetune_on_the_real_format(prepared, tmp_path, capsys):
     from auxseg.checkpoint_io import allow_mmengine_checkpoints
     from finetune.mmseg_config import load_mmseg_config
