@@ -5,7 +5,8 @@ A *session* (:func:`session`; every ``auxseg`` command opens one) owns the termi
 pre-training. While a step runs it is one line, redrawn from what the stages report through
 :func:`bar` (iterations or images done, loss, mIoU so far); everything the step prints itself
 (mmengine's and mmseg's logs, warnings, the stages' own lines) goes to the step's log file, not
-to the terminal. When it ends, one line gives its wall time and what it produced.
+to the terminal. When it ends, one line gives its wall time and what it produced. Native
+libraries that write to file descriptor 2 themselves (faiss's C++ warnings) are caught too.
 
 On a terminal the running line is redrawn in place with tqdm's meter. When the output is a file
 or a pipe there is no carriage return at all: the running line appears as a plain line at most
@@ -24,6 +25,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -347,7 +349,7 @@ def step(name: str, log: str | Path | None = None) -> Iterator[Step]:
     failed = True
     try:
         if sink is not None:
-            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), _native_stderr_to(sink):
                 yield st
         else:
             yield st
@@ -357,6 +359,35 @@ def step(name: str, log: str | Path | None = None) -> Iterator[Step]:
             st.log_written = sink.finish()
         s.current = None
         s.finish(st, failed)
+
+
+@contextlib.contextmanager
+def _native_stderr_to(sink: _LogSink) -> Iterator[None]:
+    """Point file descriptor 2 at an unnamed temporary file for the body, then append its text to ``sink``.
+
+    C and C++ code (faiss: "WARNING clustering N points to K centroids") writes to descriptor 2
+    directly, past ``sys.stderr``. A temporary file rather than a pipe: a pipe needs a reader
+    thread, and a native writer that holds the GIL would block on a full pipe. Descriptor 1 is
+    left alone: the session draws on it.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 (a daemon): nothing to catch
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        sys.__stderr__ and sys.__stderr__.flush()
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.__stderr__ and sys.__stderr__.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", "replace")
+            if text:
+                sink.write(text)
 
 
 def bar(total: int | None = None, *, desc: str = "", unit: str = "it", initial: int = 0,
