@@ -8,7 +8,6 @@ image is appended to this rank's journal before the next one is counted.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from auxseg.distributed import DistInfo
+from auxseg.files import append_jsonl
 
 from .config import AuxLabelsConfig
 from .extraction import Features
@@ -78,7 +78,6 @@ class LabelQueue:
 
     def __enter__(self) -> LabelQueue:
         self.bar = progress_bar(self.total, "auxlabels assign", self.show)
-        self.jf = open(self.journal, "a")
         return self
 
     def submit(self, job: LabelJob) -> None:
@@ -105,18 +104,16 @@ class LabelQueue:
             return
         for k, v in result.pop("timings").items():
             self.cpu_time[k] = self.cpu_time.get(k, 0.0) + v
-        self.jf.write(json.dumps(result) + "\n")
-        self.jf.flush()  # one line per finished image: a kill loses at most the unfinished ones
+        # one line per finished image, in one write: a kill loses at most the unfinished ones, and a line a kill
+        # tore is cut off before the next record (not glued to it)
+        append_jsonl(self.journal, result)
         self.done.add(result["rel"])
         self.bar.update(1)
 
     def __exit__(self, *exc) -> None:
-        try:
-            self.bar.close()
-            for fut in self.pending:
-                fut.cancel()
-        finally:
-            self.jf.close()
+        self.bar.close()
+        for fut in self.pending:
+            fut.cancel()
         if exc[0] is None:
             for k, v in self.cpu_time.items():
                 self.timings[k] = self.timings.get(k, 0.0) + v

@@ -23,7 +23,7 @@ from auxseg.config import ConfigError
 from auxseg.contracts.backbone import export_output_stride, read_backbone_weights
 from auxseg.contracts.common import IMAGENET_MEAN, IMAGENET_STD
 from auxseg.files import sha256_file
-from auxseg.mmseg_compat import build_in_mmseg_scope, import_mmseg
+from auxseg.mmseg_compat import build_in_mmseg_scope, import_mmseg, read_mmengine_config
 
 from .config import ExtractorConfig
 from .extractor_base import (  # noqa: F401  (re-exported: the registry's public names)
@@ -190,9 +190,6 @@ def build_mmseg(cfg: ExtractorConfig) -> FeatureExtractor:
     ``_forward_feature`` output (before the classifier), or the last backbone
     stage with ``layer: backbone``.
     """
-    import_mmseg()
-    from mmengine.config import Config
-
     path = _require_checkpoint(cfg)
     if cfg.config is None:
         raise CheckpointError(
@@ -204,10 +201,7 @@ def build_mmseg(cfg: ExtractorConfig) -> FeatureExtractor:
     config_path = Path(cfg.config)
     if not config_path.is_file():
         raise FileNotFoundError(f"extractor.config: {config_path} does not exist")
-    try:
-        model_cfg = Config.fromfile(str(config_path))
-    except Exception as err:  # a config file that does not parse: name it
-        raise CheckpointError(f"{config_path}: not a valid mmengine config: {err}") from err
+    model_cfg = read_mmengine_config(config_path, "extractor.config")
     if "model" not in model_cfg:
         raise CheckpointError(f"{config_path}: the mmseg config has no 'model' entry")
     model = _mmseg_model_from_config(model_cfg.model.to_dict())

@@ -24,7 +24,7 @@ from auxseg.contracts.label_folder import (
     prior_rel,
 )
 from auxseg.contracts.priors import prior_manifest_entry
-from auxseg.files import atomic_write_json, read_json
+from auxseg.files import atomic_write_json, read_json_object
 
 from .config import AuxLabelsConfig
 from .fit_state import FitState
@@ -60,7 +60,7 @@ def _merged_timings(out: Path, world: int) -> tuple[dict, dict]:
         path = out / f"timings.rank{rank}.json"
         if not path.is_file():
             continue
-        data = read_json(path)
+        data = read_json_object(path)
         for k, v in data["timings"].items():
             timings[k] = timings.get(k, 0.0) + v
         skipped.update(data["skipped"])

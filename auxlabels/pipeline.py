@@ -38,7 +38,7 @@ from pathlib import Path
 
 from auxseg.contracts.label_folder import labels_digest
 from auxseg.distributed import DistInfo, barrier, cleanup, env_dist_info, init_process_group
-from auxseg.files import read_json
+from auxseg.files import read_json_object
 
 from .assignment import Assigner, label_all, start_workers
 from .config import AuxLabelsConfig, validate
@@ -117,4 +117,4 @@ def _run(cfg: AuxLabelsConfig, dist: DistInfo, t_start: float, workers: tuple) -
         extractor = feats.model.description if feats is not None else None
         manifest = finish(cfg, ctx, inputs, fit, num_labels, extractor, identity)
     barrier()
-    return manifest if dist.is_main else read_json(ctx.out / "manifest.json")
+    return manifest if dist.is_main else read_json_object(ctx.out / "manifest.json")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from auxseg.config import ConfigError, to_dict
 from auxseg.contracts.label_folder import PRIORS_DIR, label_rel, prior_rel
-from auxseg.files import read_json, sha256_file
+from auxseg.files import read_json_object, read_jsonl, sha256_file
 
 from .config import AuxLabelsConfig, ExtractorConfig
 from .fit_state import FIT_STATE
@@ -67,7 +67,7 @@ def previous_manifest(cfg: AuxLabelsConfig, out: Path, fp: str) -> dict | None:
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file():
         return None
-    previous = read_json(manifest_path)
+    previous = read_json_object(manifest_path)
     # a finished folder counts as work even without its journal (one written before journals existed)
     has_work = previous.get("complete") is True or (out / FIT_STATE).is_file() or any(out.glob("progress*.jsonl"))
     if previous.get("fingerprint") != fp and not has_work:
@@ -83,15 +83,13 @@ def previous_manifest(cfg: AuxLabelsConfig, out: Path, fp: str) -> dict | None:
 
 
 def read_journal(out: Path) -> dict[str, dict]:
-    """Records of finished images from every ``progress*.jsonl`` (a torn last line is ignored)."""
+    """Records of finished images from every ``progress*.jsonl``, read with :func:`auxseg.files.read_jsonl`:
+    a torn last line (a kill mid-append) is ignored with a warning, a corrupt line before it is a
+    ``JsonLinesError`` naming the file and line."""
     records: dict[str, dict] = {}
     for path in sorted(out.glob("progress*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            if isinstance(rec, dict) and "rel" in rec:
+        for rec in read_jsonl(path):
+            if "rel" in rec:
                 records[rec["rel"]] = rec
     return records
 

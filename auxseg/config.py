@@ -49,7 +49,8 @@ class Range:
 
     The loader checks it for the key itself, every item of a list or tuple, and
     every value of a mapping. Floats must also be finite unless ``finite=False``
-    (the loader refuses NaN and infinities for every float key, annotated or not).
+    (the loader refuses NaN and infinities for every float key, annotated or not,
+    and anywhere inside an ``Any``-typed value such as ``finetune.cfg_options``).
     ``tests/test_config_ranges.py`` walks every stage's schema and requires a
     range on each numeric key.
     """
@@ -102,7 +103,12 @@ def numeric_range(tp: Any) -> Range | None:
 
 # ----------------------------------------------------------------------------- files
 
-MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; a larger file is refused before it is parsed
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; more (one file, or its _base_ files together) is refused
+# A _base_ file named in several sections is read once per naming, so nested files that fan out read exponentially
+# many files (six small files, each naming the next ten times: 10**5 reads, 37 s). One load reads at most this many
+# _base_ files, at most this deep; the shipped presets need a few, two deep.
+MAX_BASE_FILES = 64
+MAX_BASE_DEPTH = 8
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -124,36 +130,67 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 
 def parse_yaml(text: str) -> Any:
-    """YAML text to Python data: safe types only, no anchors or aliases (:class:`_NoAliasLoader`)."""
-    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    """YAML text to Python data: safe types only, no anchors or aliases (:class:`_NoAliasLoader`).
+
+    Nesting too deep for the parser's recursion (``[[[[...``) is a ``yaml.YAMLError`` like any other bad text.
+    """
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError("lists or mappings nested too deeply") from None
 
 
-def read_yaml_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+@dataclass
+class _Reads:
+    """What one load has read so far (:data:`MAX_BASE_FILES`, :data:`MAX_CONFIG_BYTES`)."""
+
+    bases: int = 0
+    bytes: int = 0
+
+
+def read_yaml_with_bases(path: str | Path) -> dict:
     """Read a YAML config, merging the files named in its ``_base_`` keys first.
 
     ``_base_`` holds one path or a list of paths, relative to the file that
     names them; later bases and the file itself override earlier ones. It may
     appear at the top level and inside any nested section. A ``configs/...``
     path that is not in the current folder is the shipped preset (:mod:`auxseg.presets`).
+    One load reads at most :data:`MAX_BASE_FILES` base files, nested at most
+    :data:`MAX_BASE_DEPTH` deep, holding at most :data:`MAX_CONFIG_BYTES` bytes together.
     """
-    path = resolve_path(path)
-    if path in _seen:
-        chain = " -> ".join(str(p) for p in (*_seen, path))
+    return _read_with_bases(resolve_path(path), (), _Reads())
+
+
+def _read_with_bases(path: Path, seen: tuple[Path, ...], reads: _Reads) -> dict:
+    """One file of a load and its bases; ``seen`` is the chain of files that named it."""
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
         raise ConfigError(f"circular _base_ inheritance: {chain}")
+    if seen:
+        if len(seen) > MAX_BASE_DEPTH:
+            raise ConfigError(f"{seen[-1]}: _base_ files nested more than {MAX_BASE_DEPTH} deep "
+                              f"(naming {path.name}); at most {MAX_BASE_DEPTH} levels are read")
+        reads.bases += 1
+        if reads.bases > MAX_BASE_FILES:
+            raise ConfigError(f"{seen[-1]}: more than {MAX_BASE_FILES} _base_ files in one config (a file named in "
+                              f"several sections counts once per naming); at most {MAX_BASE_FILES} are read")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: {path.stat().st_size} bytes; a config may hold at most {MAX_CONFIG_BYTES} bytes")
+    size = path.stat().st_size
+    reads.bytes += size
+    if reads.bytes > MAX_CONFIG_BYTES:
+        held = f"{size} bytes" if reads.bytes == size else f"{reads.bytes} bytes with the _base_ files read before it"
+        raise ConfigError(f"{path}: {held}; a config may hold at most {MAX_CONFIG_BYTES} bytes")
     try:
         data = parse_yaml(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
-    return _resolve_bases(data, path, (*_seen, path))
+    return _resolve_bases(data, path, (*seen, path), reads)
 
 
-def _resolve_bases(data: dict, path: Path, seen: tuple[Path, ...]) -> dict:
+def _resolve_bases(data: dict, path: Path, seen: tuple[Path, ...], reads: _Reads) -> dict:
     """Merge the ``_base_`` files of ``data`` and of every mapping nested in it.
 
     A nested ``_base_`` lets one section reuse another stage's preset, e.g.
@@ -163,12 +200,14 @@ def _resolve_bases(data: dict, path: Path, seen: tuple[Path, ...]) -> dict:
     bases = data.pop(BASE_KEY, [])
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: {BASE_KEY} must be a path or a list of paths, got {bases!r}")
     for key, value in data.items():
         if isinstance(value, dict):
-            data[key] = _resolve_bases(value, path, seen)
+            data[key] = _resolve_bases(value, path, seen, reads)
     merged: dict = {}
     for base in bases:
-        merged = deep_merge(merged, read_yaml_with_bases(path.parent / base, seen))
+        merged = deep_merge(merged, _read_with_bases(resolve_path(path.parent / base), seen, reads))
     return deep_merge(merged, data)
 
 
@@ -252,7 +291,8 @@ def _type_name(tp: Any) -> str:
 def _convert(tp: Any, value: Any, where: str) -> Any:
     """Check ``value`` against type hint ``tp``; convert lists/dicts into nested dataclasses."""
     origin = get_origin(tp)
-    if tp is Any:
+    if tp is Any:  # passed through unchecked (cfg_options: mmseg's keys), but no number inside may be NaN or infinite
+        _check_finite_inside(value, where)
         return value
     if origin is Annotated:
         return _convert_annotated(tp, value, where)
@@ -374,6 +414,18 @@ def _check_numbers(value: Any, rng: Range, where: str) -> None:
             _check_numbers(item, rng, f"{where}.{key}")
     elif isinstance(value, (int, float)):
         rng.check(value, where)
+
+
+def _check_finite_inside(value: Any, where: str) -> None:
+    """Refuse a NaN or infinite float anywhere in ``value`` (lists and mappings walked), naming its key path."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite_inside(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite_inside(item, f"{where}.{key}")
 
 
 # ----------------------------------------------------------------------------- public API

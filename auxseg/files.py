@@ -151,7 +151,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    """Decode a JSON file; a file that is not valid JSON raises :class:`DataFileError` naming it."""
+    """Decode a JSON file; a file that is not valid JSON (or nests too deeply to decode, ``[[[[...``) raises
+    :class:`DataFileError` naming it. A missing file raises ``FileNotFoundError``."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
@@ -159,6 +160,28 @@ def read_json(path: str | Path) -> Any:
         raise
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         raise DataFileError(f"{path}: not valid JSON: {error_cause(err)}") from err
+    except RecursionError as err:
+        raise DataFileError(f"{path}: not valid JSON: arrays or objects nested too deeply") from err
+
+
+def read_json_object(path: str | Path) -> dict:
+    """:func:`read_json` for a file that must hold a JSON object (a manifest, a step record, a report):
+    anything else (``[]``, ``null``, a number) raises :class:`DataFileError` naming the file and what it holds."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataFileError(f"{path}: expected a JSON object, found {_json_kind(data)}")
+    return data
+
+
+def _json_kind(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words (``an array``, ``null``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "an array" if isinstance(value, list) else "a string"
 
 
 MAX_ARRAY_BYTES = 4 << 30  # what one .npz file may expand to in memory (its arrays' declared sizes, summed)
@@ -234,6 +257,8 @@ def _parse_jsonl_line(path: Path, lineno: int, raw: bytes) -> dict:
         rec = json.loads(text)
     except json.JSONDecodeError as err:
         raise JsonLinesError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from err
+    except RecursionError as err:
+        raise JsonLinesError(f"{path}:{lineno}: not valid JSON (arrays or objects nested too deeply)") from err
     if not isinstance(rec, dict):
         raise JsonLinesError(f"{path}:{lineno}: not a JSON object (got {type(rec).__name__})")
     return rec

@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from auxseg.config import ConfigError
+
 PROVIDED_OPS = ("point_sample", "sigmoid_focal_loss")
 
 
@@ -250,6 +252,23 @@ def import_mmseg():
         register_all_modules(init_default_scope=False)
     ignore_mmseg_own_warnings()
     return mmseg
+
+
+def read_mmengine_config(path: str | Path, key: str):
+    """Read an mmengine config file (``_base_`` inheritance, ``mmseg::`` bases) as an ``mmengine.Config``.
+
+    mmengine executes the file (OpenMMLab's convention; docs/reliability.md, "Files that are executed"), so
+    any failure is the file's: it becomes one :class:`~auxseg.config.ConfigError` line naming the config
+    ``key`` that named the file (``finetune.mmseg_config``, ``extractor.config``) and the file.
+    """
+    import_mmseg()
+    from mmengine.config import Config
+
+    try:
+        return Config.fromfile(str(path))
+    except Exception as err:
+        raise ConfigError(f"{key}: {path}: not a valid mmengine config "
+                          f"({type(err).__name__}: {' '.join(str(err).split())})") from err
 
 
 def ignore_mmseg_own_warnings() -> None:

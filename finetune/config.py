@@ -145,7 +145,9 @@ class FinetuneConfig:
     resume: bool = True  # continue from the newest checkpoint in work_dir when there is one
     tensorboard: bool = True  # also log scalars to <work_dir>/<timestamp>/vis_data (TensorBoard)
     log_interval: PositiveInt | None = None  # iterations between log lines; None: the mmseg config's
-    cfg_options: dict[str, Any] = field(default_factory=dict)  # extra mmseg config overrides, dotted keys
+    # extra mmseg config overrides, dotted keys; passed to mmseg as given, except that the loader refuses a NaN or
+    # infinite number anywhere inside (auxseg.config)
+    cfg_options: dict[str, Any] = field(default_factory=dict)
     # learn from the unlabelled images too (FixMatch / UniMatch); left out of the saved config while off
     consistency: ConsistencyConfig = added_section(ConsistencyConfig)
 

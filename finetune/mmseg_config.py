@@ -2,7 +2,8 @@
 
 mmengine executes a config file when it reads it (OpenMMLab's convention; docs/reliability.md,
 "Files that are executed"), so :func:`load_mmseg_config` turns any failure into one line naming the
-file. The other functions read what the project needs from a loaded config: the dataset behind the
+file (:func:`auxseg.mmseg_compat.read_mmengine_config`, which the auxiliary-label stage's mmseg extractor
+uses too). The other functions read what the project needs from a loaded config: the dataset behind the
 dataloader wrappers, a dataset class's defaults, the training image folder.
 """
 
@@ -13,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from auxseg.config import ConfigError
-from auxseg.mmseg_compat import import_mmseg
+from auxseg.mmseg_compat import import_mmseg, read_mmengine_config
 from auxseg.paths import resolve_path
 
 
 def load_mmseg_config(path: str | Path):
-    """Read an mmseg config file (``_base_`` inheritance, ``mmseg::`` bases) as an ``mmengine.Config``."""
+    """Read the ``finetune.mmseg_config`` file as an ``mmengine.Config`` (``_base_`` inheritance, ``mmseg::``
+    bases; a file that fails is one line, :func:`auxseg.mmseg_compat.read_mmengine_config`)."""
     import_mmseg()
-    from mmengine.config import Config
 
     import finetune.datasets  # noqa: F401  (registers our dataset classes)
     import finetune.metrics  # noqa: F401  (registers PerClassIoUMetric)
@@ -28,11 +29,7 @@ def load_mmseg_config(path: str | Path):
     path = resolve_path(path)
     if not path.is_file():
         raise ConfigError(f"mmseg config not found: {path}")
-    try:  # mmengine executes the file (OpenMMLab's convention; docs/reliability.md): any failure is the file's
-        return Config.fromfile(str(path))
-    except Exception as err:
-        raise ConfigError(f"finetune.mmseg_config: {path}: not a valid mmengine config "
-                          f"({type(err).__name__}: {' '.join(str(err).split())})") from err
+    return read_mmengine_config(path, "finetune.mmseg_config")
 
 
 def inner_dataset(loader_cfg) -> Any:

@@ -11,6 +11,7 @@ from auxseg import console
 from auxseg.cli import EXIT_CONFIG_ERROR, add_verbose_argument, report_error
 from auxseg.config import ConfigError
 from auxseg.errors import AuxsegError
+from auxseg.files import read_json_object
 
 
 def _plan_table(plan) -> str:
@@ -33,9 +34,7 @@ def _plan_table(plan) -> str:
 
 def verdicts(study_json) -> list[str]:
     """The closing lines: each arm's paired difference to the reference, per labelled fraction."""
-    import json
-
-    data = json.loads(study_json.read_text())
+    data = read_json_object(study_json)
     return [""] + [f"{fraction}: {d['verdict']}" for fraction, arms in data["differences"].items()
                    for d in arms.values()]
 

@@ -487,8 +487,10 @@ def test_jsonl_unterminated_complete_last_line_is_kept(tmp_path):
         (b'{"iter": 1}\n{"iter": 2\n', r"log.jsonl:2: not valid JSON"),  # ends in a newline: not torn
         (b'{"iter": 1}\n[1, 2]\n{"iter": 3}\n', r"log.jsonl:2: not a JSON object \(got list\)"),
         (b'{"iter": 1}\n\xff\xfe\n{"iter": 3}\n', r"log.jsonl:2: not valid UTF-8"),
+        (b'{"iter": 1}\n' + b"[" * 100_000 + b"]" * 100_000 + b'\n{"iter": 3}\n',
+         r"log.jsonl:2: not valid JSON \(arrays or objects nested too deeply\)"),
     ],
-    ids=["mid-file-torn", "bad-last-line-with-newline", "not-an-object", "bad-utf8"],
+    ids=["mid-file-torn", "bad-last-line-with-newline", "not-an-object", "bad-utf8", "nested-100k-deep"],
 )
 def test_jsonl_corruption_in_the_middle_is_an_error(tmp_path, content, match):
     log = tmp_path / "log.jsonl"
@@ -499,6 +501,39 @@ def test_jsonl_corruption_in_the_middle_is_an_error(tmp_path, content, match):
     assert isinstance(info.value, AuxsegError)
     assert str(log) in str(info.value)
     assert log.read_bytes() == content
+
+
+# ============================================================================ JSON state files
+
+
+@pytest.mark.parametrize("content, match", [
+    ("[" * 100_000 + "]" * 100_000, r"not valid JSON: arrays or objects nested too deeply"),
+    ('{"a": ' * 100_000 + "1" + "}" * 100_000, r"not valid JSON: arrays or objects nested too deeply"),
+    ('{"a": 1', r"not valid JSON: "),
+], ids=["array-100k-deep", "object-100k-deep", "cut-short"])
+def test_read_json_undecodable_names_the_file(tmp_path, content, match):
+    """A RecursionError escaped read_json (a 200 KB file of nested brackets); every failure is one DataFileError."""
+    path = tmp_path / "state.json"
+    path.write_text(content)
+    for read in (afiles.read_json, afiles.read_json_object):
+        with pytest.raises(afiles.DataFileError, match=rf"^{path}: {match}") as info:
+            read(path)
+        one_line(info.value)
+
+
+@pytest.mark.parametrize("content, found", [
+    ("[]", "an array"), ("null", "null"), ("3.5", "a number"), ("false", "false"), ('"x"', "a string"),
+])
+def test_read_json_object_names_what_the_file_holds(tmp_path, content, found):
+    """State files read back (manifests, step records, reports) must hold an object: ``[]`` or ``null`` gave an
+    AttributeError deep in the reader."""
+    path = tmp_path / "manifest.json"
+    path.write_text(content)
+    assert afiles.read_json(path) == json.loads(content)  # read_json itself takes any JSON value
+    with pytest.raises(afiles.DataFileError, match=rf"^{path}: expected a JSON object, found {found}$"):
+        afiles.read_json_object(path)
+    path.write_text('{"a": [1]}')
+    assert afiles.read_json_object(path) == {"a": [1]}
 
 
 # ============================================================================ ground truth out of range

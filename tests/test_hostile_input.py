@@ -296,3 +296,80 @@ def test_mmseg_config_that_does_not_parse_is_one_line(tmp_path, capsys):
     assert code == 2 and len(err) == 1, err
     assert f"finetune.mmseg_config: {bad}: not a valid mmengine config (SyntaxError" in err[0]
     assert not (tmp_path / "work").exists()
+
+
+# ----------------------------------------------------------------------------- state files valid but of the wrong shape
+
+
+@pytest.mark.parametrize("content, found", [
+    ("[]", "expected a JSON object, found an array"),
+    ("null", "expected a JSON object, found null"),
+    ("[" * 100_000 + "]" * 100_000, "not valid JSON: arrays or objects nested too deeply"),
+], ids=["array", "null", "nested-100k-deep"])
+def test_manifest_that_is_not_an_object_is_one_line(data, tmp_path, capsys, content, found):
+    """Was an AttributeError (``[]``, ``null``) or a RecursionError (``[[[[...``) traceback from auxlabels' resume
+    check; read_json_object names the file and what it holds."""
+    from loop.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text(content)
+    code = main(["auxlabels", str(TINY), f"image_dir={data / 'val'}", "gt_dir=null", f"out_dir={out}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1 and len(err) == 1 and f"{out / 'manifest.json'}: {found}" in err[0], err
+    assert (out / "manifest.json").read_text() == content  # left as it was
+
+
+def test_journal_corrupt_before_its_last_line_names_file_and_line(data, tmp_path, capsys):
+    """The journal was parsed line by line with corrupt lines skipped wherever they were; it is now read with
+    read_jsonl: a torn last line (a kill) is cut with a warning, a corrupt line before it is an error."""
+    from loop.cli import main
+
+    out = tmp_path / "out"
+    args = ["auxlabels", str(TINY), f"image_dir={data / 'val'}", "gt_dir=null", f"out_dir={out}"]
+    assert main(args) == 0
+    journal = out / "progress.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    assert len(lines) == 4
+    journal.write_text(lines[0] + lines[1][:25] + "\n" + "".join(lines[2:]))
+    capsys.readouterr()
+    assert main(args) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and f"{journal}:2: not valid JSON" in err[0], err
+
+    journal.write_text("".join(lines[:3]) + lines[3][:25])  # torn last line: that image is redone
+    with pytest.warns(UserWarning, match=rf"{journal}:4: ignoring a torn last line"):
+        assert main(args) == 0
+    again = journal.read_text().splitlines()  # the redone image's record replaced the torn line, not glued to it
+    assert len(again) == 4 and [json.loads(line)["rel"] for line in again] == [json.loads(x)["rel"] for x in lines]
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
+
+
+# ----------------------------------------------------------------------------- files that are executed
+
+
+def test_extractor_config_that_does_not_parse_is_one_line(data, tmp_path, capsys):
+    """``extractor.config`` (extractor.name=mmseg) is executed by mmengine like ``finetune.mmseg_config``: the
+    same wrapper (auxseg.mmseg_compat.read_mmengine_config) makes a failure one line naming the key and the file."""
+    from loop.cli import main
+
+    bad = tmp_path / "broken.py"
+    bad.write_text("model = dict(type='EncoderDecoder'\n")
+    code = main(["auxlabels", str(TINY), f"image_dir={data / 'val'}", "gt_dir=null", f"out_dir={tmp_path / 'out'}",
+                 "extractor.name=mmseg", "extractor.layer=decoder", f"extractor.config={bad}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1, err
+    assert f"extractor.config: {bad}: not a valid mmengine config (SyntaxError" in err[0]
+
+
+def test_study_report_that_is_not_an_object_names_the_file(tmp_path):
+    """``auxseg study`` reads its report back for the closing lines with read_json_object, not json.loads."""
+    from auxseg.files import DataFileError
+    from loop.study_cli import verdicts
+
+    report = tmp_path / "study.json"
+    report.write_text("null")
+    with pytest.raises(DataFileError, match=rf"^{report}: expected a JSON object, found null$"):
+        verdicts(report)
+    report.write_text(json.dumps({"differences": {"10%": {"infonce": {"verdict": "no difference"}}}}))
+    assert verdicts(report) == ["", "10%: no difference"]
