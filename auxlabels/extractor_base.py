@@ -60,12 +60,14 @@ class FeatureExtractor(nn.Module):
     Attributes:
         body: module mapping ``[B, 3, H, W]`` normalised RGB to ``[B, D, h, w]``.
         mean, std: per-channel normalisation on the 0-255 scale, RGB order.
-        stride: native output stride (image size / feature size), measured at build time.
+        stride: native output stride (image size / feature size): the builder's ``stride`` when it knows it
+            (a ViT: its token stride), else measured at build time on a 64 px input.
         dim: D, the feature dimension.
         description: what was built (name, layer, checkpoint), for the manifest.
     """
 
-    def __init__(self, body: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, description: dict | None = None):
+    def __init__(self, body: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, description: dict | None = None,
+                 stride: int | None = None):
         super().__init__()
         self.body = body.eval()
         for p in self.body.parameters():
@@ -76,7 +78,8 @@ class FeatureExtractor(nn.Module):
         with torch.no_grad():  # measure stride and dim on a dummy input (64 px is a multiple of 32)
             out = self.body(torch.zeros(1, 3, 64, 64))
         self.dim = int(out.shape[1])
-        self.stride = max(1, round(64 / out.shape[-1]))
+        # a 64 px input is not a multiple of every stride (14 px patches give 5 tokens: 12.8 px each)
+        self.stride = stride or max(1, round(64 / out.shape[-1]))
         self.description.update(dim=self.dim, native_stride=self.stride)
 
     def train(self, mode: bool = True) -> FeatureExtractor:

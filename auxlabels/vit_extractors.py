@@ -224,6 +224,8 @@ def _timm_version() -> str | None:
 def _check_vit_options(cfg: ExtractorConfig, name: str) -> None:
     if cfg.layer != ExtractorConfig.layer:
         raise ConfigError(f"extractor.layer: {name} has no named layers; choose its blocks with extractor.blocks")
+    if cfg.config is not None:  # e.g. the segmenter's mmseg_config.py a pipeline template filled in
+        raise ConfigError(f"extractor.config: {name} reads no model config ({cfg.config}); set it to null")
 
 
 def build_dino_family(cfg: ExtractorConfig, family: str) -> FeatureExtractor:
@@ -253,7 +255,7 @@ def build_dino_family(cfg: ExtractorConfig, family: str) -> FeatureExtractor:
     offset, antialias = spec.pos_interpolation
     return FeatureExtractor(
         PatchGridInput(tokens, spec.patch_size, token_stride, cfg.max_tokens),
-        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, stride=token_stride,
         description={"arch": f"{family}_{arch}", "layout": layout, "patch_size": spec.patch_size,
                      "embed_dim": spec.embed_dim, "depth": spec.depth, "registers": spec.registers,
                      "blocks": tokens.blocks, "token_stride": token_stride, "max_tokens": cfg.max_tokens,
@@ -334,19 +336,26 @@ def build_timm(cfg: ExtractorConfig) -> FeatureExtractor:
         raise ConfigError(f"extractor.arch: timm model {cfg.arch!r} has no forward_intermediates")
     if path is not None:
         state = load_weights_file(path)
-        expected = set(model.state_dict())
+        own = model.state_dict()
+        expected = set(own)
         head = _classifier_keys(model, expected)
-        if not head & set(state):  # a file without the classifier is fine
+        if not head & set(state):  # a file without the classifier is fine: the features do not use it
             expected -= head
         what = f"timm {cfg.arch}"
         check_keys(expected, set(state), path, what)
-        check_shapes(state, {k: tuple(v.shape) for k, v in model.state_dict().items() if k in expected}, path, what)
-        model.load_state_dict(state, strict=expected == set(model.state_dict()))
+        check_shapes(state, {k: tuple(v.shape) for k, v in own.items() if k in expected}, path, what)
+        # the model's own (random, unused) classifier fills the keys the file leaves out: the load stays strict
+        try:
+            model.load_state_dict({k: v for k, v in own.items() if k not in expected} | state, strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: {what} weights do not fit the model: "
+                                  f"{str(err).splitlines()[-1].strip()}") from err
     is_vit = isinstance(model, VisionTransformer)
     levels = len(model.blocks) if is_vit else len(model.feature_info)
     indices = resolve_blocks(cfg.blocks, levels)
     body: nn.Module = TimmIntermediates(model, indices, norm=is_vit)
     desc = {"arch": cfg.arch, "timm": _timm_version(), "blocks": indices}
+    token_stride = None  # CNNs: measured by FeatureExtractor
     if is_vit:
         patch = model.patch_embed.patch_size[0]
         token_stride = cfg.token_stride or patch
@@ -358,4 +367,4 @@ def build_timm(cfg: ExtractorConfig) -> FeatureExtractor:
     pcfg = model.pretrained_cfg
     mean = tuple(255 * v for v in pcfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(255 * v for v in pcfg.get("std", (0.229, 0.224, 0.225)))
-    return FeatureExtractor(body, mean=mean, std=std, description=desc)
+    return FeatureExtractor(body, mean=mean, std=std, description=desc, stride=token_stride)

@@ -20,7 +20,9 @@ PACKAGES = (
     "auxseg", "torch", "torchvision", "timm", "safetensors", "numpy", "faiss-cpu", "faiss-gpu", "fast-slic",
     "scikit-learn", "scikit-image", "scipy", "mmengine", "mmcv", "mmcv-lite", "mmsegmentation",
     "opencv-python", "pillow",
+    "transformers",  # dev extra: the independent DINOv2 the tests compare the extractor with
 )
+"""Distributions whose versions the report lists; one that is not installed is left out."""
 
 
 def _version(dist: str) -> str | None:

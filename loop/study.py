@@ -46,7 +46,7 @@ from auxseg.config import (
     to_dict,
     without_keys,
 )
-from auxseg.files import atomic_write_json, read_json
+from auxseg.files import atomic_write_json, read_json_object, sha256_file
 from auxseg.paths import resolve_path
 from loop.pipeline import (
     Dataset,
@@ -271,7 +271,14 @@ def _auxlabels_cell(cfg: PipelineConfig, arm: ArmConfig, data: Dataset, fraction
     from auxlabels.pipeline import run as run_auxlabels
 
     aux = _staged(arm, "auxlabels", auxlabels_config(cfg, data, Path("."), Path("segmenter.pth")))
-    ident = _identity(aux, ("out_dir", "extractor.checkpoint", "extractor.config", "progress"), data.root)
+    # the pipeline's extractor is the segmenter, a dependency; an arm that names its own file (a DINOv2
+    # checkpoint) is identified by that file's content, so two arms with different files label apart
+    own = {o.split("=", 1)[0].strip() for o in arm.stage_overrides.get("auxlabels", [])}
+    ident = _identity(aux, ("out_dir", "progress") + tuple(
+        key for key in ("extractor.checkpoint", "extractor.config") if key not in own), data.root)
+    for key in own & {"extractor.checkpoint", "extractor.config"}:
+        section, name = key.split(".")
+        ident[section][name] = _file_identity(getattr(aux.extractor, name))
     return Cell("auxlabels", f"auxlabels_{_digest('auxlabels', ident, (seg0.key,))}",
                 f"auxiliary labels {fraction} ({arm.name})", (seg0.key,), fraction,
                 iterations=_count_images(data), run=_auxlabels_runner(cfg, arm, data, seg0.key, run_auxlabels),
@@ -291,6 +298,13 @@ def _pretrain_cell(cfg: PipelineConfig, arm: ArmConfig, data: Dataset, fraction:
     return Cell("pretrain", f"pretrain_{_digest('pretrain', ident, deps)}", f"pre-train {arm.name} {fraction} seed {seed}",
                 deps, fraction, arm.name, seed, None, pre.train.max_iters,
                 _pretrain_runner(cfg, arm, aux_cell.key, seg0.key, seed, run_pretrain, with_added_defaults), ident)
+
+
+def _file_identity(path: str | None) -> str | None:
+    """A file an arm names, by content (SHA-256) where it exists; by its path until it does."""
+    if path is None or not Path(path).is_file():
+        return path
+    return "sha256:" + sha256_file(Path(path))
 
 
 def _staged(arm: ArmConfig, kind: str, cfg: Any) -> Any:
@@ -332,7 +346,7 @@ def cell_dir(work_dir: Path, key: str) -> Path:
 
 
 def _result(work_dir: Path, key: str) -> Any:
-    return read_json(cell_dir(work_dir, key) / "step.json")["result"]
+    return read_json_object(cell_dir(work_dir, key) / "step.json")["result"]
 
 
 def _finetune_runner(cfg: PipelineConfig, arm: ArmConfig, data: Dataset, pre_key: str | None, seed: int,
@@ -437,7 +451,7 @@ def estimate(p: Plan) -> list[dict]:
     for cell in p.cells.values():
         path = cell_dir(p.work_dir, cell.key) / "step.json"
         if path.is_file() and cell.iterations:
-            rates.setdefault(_rate_key(cell), []).append(read_json(path).get("elapsed_s", 0.0) / cell.iterations)
+            rates.setdefault(_rate_key(cell), []).append(read_json_object(path).get("elapsed_s", 0.0) / cell.iterations)
     rows = []
     for cell in p.cells.values():
         done, key = is_done(p.work_dir, cell.key), _rate_key(cell)

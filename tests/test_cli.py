@@ -41,6 +41,15 @@ def test_env_report_runs_as_a_command():
     ).stdout
     env = json.loads(out)
     assert env["packages"]["torch"].startswith("2.")
+    # timm runs the ViT extractors; transformers (a dev extra) is the DINOv2 their tests compare with
+    from importlib import metadata
+
+    assert env["packages"]["timm"] == metadata.version("timm")
+    try:
+        transformers = metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        transformers = None
+    assert env["packages"].get("transformers") == transformers
     assert "available" in env["cuda"]
     assert set(env["mmcv_ops"]) == {"compiled", "compat_layer"}
     assert env["import mmseg.models"] is True

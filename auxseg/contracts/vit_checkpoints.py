@@ -24,13 +24,29 @@ says so), checks every shape, and converts to timm's layout, the one the
 extractor loads. Expected keys and shapes come from :func:`vit_shapes`, computed
 from a :class:`ViTSpec`, so no reader needs the writer's model class.
 
+Some one-key losses leave the key set of another valid file: Meta's file without
+``mask_token`` is timm's file of the same model, and a register model without its
+register tokens has the key set of the model without registers (the position
+embeddings have the same shape in Meta's and Hugging Face's layouts). What a file
+states about itself therefore counts as well (:func:`stated_facts`): Meta's file
+names (``dinov2_<arch>_pretrain.pth``) state the layout and the architecture, a
+``reg<N>`` in a file name states N registers, and the ``config.json`` that Hugging
+Face writes beside ``model.safetensors`` states the model type, the register count
+and the sizes. Each statement must agree with the file. The register count is read
+from the register key, from timm's position embeddings (no class position there for
+register models) or from such a statement; when none of them gives it, the file could
+be either model and ``extractor.arch`` must name it.
+
 Files are read with ``torch.load(weights_only=True)`` (:func:`auxseg.checkpoint_io.load_checkpoint`)
 or, for ``.safetensors``, with the safetensors package. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,7 +195,8 @@ def detect_layout(keys, family: str = "dinov2") -> str:
 
     Hugging Face's keys start with ``embeddings.`` / ``encoder.layer.``; Meta's DINOv2
     files carry ``mask_token`` (and ``register_tokens``, ``mlp.w12``); a file with
-    none of these is timm's. DINO v1 files have one layout, Meta's, which is timm's.
+    none of these is timm's (or Meta's without its mask token: :func:`read_vit_weights`
+    lets Meta's file name decide). DINO v1 files have one layout, Meta's, which is timm's.
     """
     keys = set(keys)
     if any(k.startswith(("embeddings.", "encoder.layer.")) for k in keys):
@@ -191,40 +208,174 @@ def detect_layout(keys, family: str = "dinov2") -> str:
     return "timm"
 
 
-def infer_arch(state: dict, family: str, layout: str, path: str | Path) -> str:
-    """The name in ``ARCHS[family]`` whose embed dim, depth, registers, patch and MLP kind match the file."""
+REGISTER_KEYS = {"hf": "embeddings.register_tokens", "meta": "register_tokens", "timm": "reg_token"}
+META_NAME = re.compile(r"dinov2_(.+)_pretrain\.pth")
+"""Meta's DINOv2 backbone files: ``dinov2_vits14_pretrain.pth``, ``dinov2_vits14_reg4_pretrain.pth``, ..."""
+HF_CONFIG_FIELDS = {"hidden_size": "embed_dim", "num_hidden_layers": "depth", "num_attention_heads": "num_heads",
+                    "patch_size": "patch_size", "use_swiglu_ffn": "swiglu"}
+"""``config.json`` fields of Hugging Face's DINOv2 models -> the :class:`ViTSpec` field each one states."""
+
+
+@dataclass(frozen=True)
+class Fact:
+    """Something a weights file states about itself through its name or a file beside it.
+
+    ``field`` is "layout", "arch" or a :class:`ViTSpec` field ("registers", "embed_dim", ...);
+    ``said`` is the statement as an error message quotes it.
+    """
+
+    field: str
+    value: object
+    said: str
+
+
+def _name_facts(path: Path) -> list[Fact]:
+    name, facts = path.name, []
+    regs = [int(m.group(1)) for t in re.split(r"[_.-]", name) if (m := re.fullmatch(r"reg(\d+)", t))]
+    if regs:
+        facts.append(Fact("registers", regs[0], f"its name {name} says {regs[0]} registers (reg{regs[0]})"))
+    meta = META_NAME.fullmatch(name)
+    if meta:
+        facts.append(Fact("layout", "meta", f"its name {name} is Meta's (dinov2_*_pretrain.pth)"))
+        arch = meta.group(1)
+        if arch in DINOV2_ARCHS:
+            facts.append(Fact("arch", arch, f"its name {name} says {arch}"))
+            facts.append(Fact("registers", DINOV2_ARCHS[arch].registers, f"its name {name} says {arch}"))
+        elif not regs:  # Meta names register models ..._reg4_pretrain.pth
+            facts.append(Fact("registers", 0, f"its name {name} (Meta's, without reg4) says no registers"))
+    return facts
+
+
+def _hf_config_facts(path: Path) -> list[Fact]:
+    config_path = path.parent / "config.json"
+    if not config_path.is_file():
+        return []
+    where = f"{config_path} beside it"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read the config.json beside it ({config_path}): "
+                              f"{str(err).splitlines()[0]}") from err
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in ("dinov2", "dinov2_with_registers"):
+        raise CheckpointError(f"{path}: {where} has model_type {model_type!r}, not a DINOv2 model "
+                              "(dinov2 or dinov2_with_registers)")
+    # transformers' Dinov2WithRegistersConfig defaults num_register_tokens to 4; Dinov2Config has none
+    registers = int(config.get("num_register_tokens", 4)) if model_type == "dinov2_with_registers" else 0
+    facts = [Fact("registers", registers, f"{where} has model_type {model_type!r} ({registers} registers)")]
+    facts += [Fact(attr, config[key], f"{where} has {key} {config[key]}") for key, attr in HF_CONFIG_FIELDS.items()
+              if key in config]
+    return facts
+
+
+def stated_facts(path: str | Path, family: str, layout: str) -> list[Fact]:
+    """What a DINOv2 weights file states about itself, besides its keys and shapes.
+
+    Its name: Meta's ``dinov2_<arch>_pretrain.pth`` states Meta's layout and, for a known
+    ``<arch>``, the architecture (otherwise the register count, by ``reg4`` or its absence);
+    a ``reg<N>`` between ``_``, ``-`` or ``.`` in any name states N registers. For Hugging
+    Face's layout, a ``config.json`` beside the file states the model type (with or without
+    registers, and how many) and the sizes (:data:`HF_CONFIG_FIELDS`). DINO v1: nothing.
+    Raises CheckpointError for a ``config.json`` that is unreadable or not a DINOv2 model's.
+    """
+    if family != "dinov2":
+        return []
+    path = Path(path)
+    return _name_facts(path) + (_hf_config_facts(path) if layout == "hf" else [])
+
+
+def _stated(facts: Sequence[Fact], field: str) -> Fact | None:
+    return next((f for f in facts if f.field == field), None)
+
+
+def _registers_of(state: dict, layout: str, facts: Sequence[Fact]) -> tuple[int | None, bool | None]:
+    """``(count, has_registers)`` as far as the file tells: the register key's shape, timm's position
+    embeddings (for register models without the class position: a square number of them), or a statement."""
+    key = REGISTER_KEYS[layout]
+    if key in state:
+        return int(state[key].shape[1]), True
+    stated = _stated(facts, "registers")
+    if layout == "timm" and "pos_embed" in state:
+        n = int(state["pos_embed"].shape[1])
+        if math.isqrt(n) ** 2 != n:  # 1 + M*M positions: the class token has one
+            return 0, False
+        return (int(stated.value) if stated is not None and stated.value else None), True
+    if stated is not None:
+        return int(stated.value), int(stated.value) > 0
+    return None, None
+
+
+def infer_arch(state: dict, family: str, layout: str, path: str | Path, facts: Sequence[Fact] = ()) -> str:
+    """The one name in ``ARCHS[family]`` whose embed dim, depth, registers, patch and MLP kind match the file.
+
+    The register count comes from the file (:func:`_registers_of`) or from ``facts``
+    (:func:`stated_facts`). Raises CheckpointError when no architecture fits, or more than one
+    (a Meta or Hugging Face file without register tokens whose name and config.json say nothing:
+    with or without registers; ``extractor.arch`` must then name it).
+    """
     hf = layout == "hf"
     cls_key = "embeddings.cls_token" if hf else "cls_token"
     patch_key = "embeddings.patch_embeddings.projection.weight" if hf else "patch_embed.proj.weight"
-    reg_key = {"hf": "embeddings.register_tokens", "meta": "register_tokens", "timm": "reg_token"}[layout]
     for key in (cls_key, patch_key):
         if key not in state:
             raise CheckpointError(f"{path}: cannot infer the {family} architecture ({layout} layout): no {key}; "
                                   "name it with extractor.arch")
     block_re = re.compile(r"encoder\.layer\.(\d+)\." if hf else r"blocks\.(\d+)\.")
-    blocks = {int(m.group(1)) for k in state if (m := block_re.match(k))}
+    blocks = sorted({int(m.group(1)) for k in state if (m := block_re.match(k))})
     found = {
         "embed_dim": int(state[cls_key].shape[-1]),
-        "depth": max(blocks) + 1 if blocks else 0,
-        "registers": int(state[reg_key].shape[1]) if reg_key in state else 0,
+        "depth": blocks[-1] + 1 if blocks else 0,
         "patch_size": int(state[patch_key].shape[-1]),
     }
-    # the MLP of the first block: SwiGLU's first projection is twice as wide as the second one's input
-    # (timm's layout names both MLP kinds fc1 / fc2, so the shapes decide)
-    prefix = "encoder.layer.0.mlp." if hf else "blocks.0.mlp."
-    first = next((state[prefix + n + ".weight"] for n in ("fc1", "w12", "weights_in") if prefix + n + ".weight" in state),
-                 None)
-    second = next((state[prefix + n + ".weight"] for n in ("fc2", "w3", "weights_out")
-                   if prefix + n + ".weight" in state), None)
-    if first is not None and second is not None and first.ndim == second.ndim == 2:
-        found["swiglu"] = first.shape[0] == 2 * second.shape[1]
-        found["mlp_hidden"] = int(second.shape[1])
-    for name, spec in ARCHS[family].items():
-        if all(getattr(spec, k) == v for k, v in found.items()):
-            return name
+    # the MLP of the first block that has both weights: SwiGLU's first projection is twice as wide as the
+    # second one's input (timm's layout names both MLP kinds fc1 / fc2, so the shapes decide)
+    for i in blocks:
+        prefix = f"encoder.layer.{i}.mlp." if hf else f"blocks.{i}.mlp."
+        first = next((state[prefix + n + ".weight"] for n in ("fc1", "w12", "weights_in")
+                      if prefix + n + ".weight" in state), None)
+        second = next((state[prefix + n + ".weight"] for n in ("fc2", "w3", "weights_out")
+                       if prefix + n + ".weight" in state), None)
+        if first is not None and second is not None and first.ndim == second.ndim == 2:
+            found["swiglu"] = first.shape[0] == 2 * second.shape[1]
+            found["mlp_hidden"] = int(second.shape[1])
+            break
+    registers, has_registers = _registers_of(state, layout, facts)
+    if registers is not None:
+        found["registers"] = registers
+    fits = [name for name, spec in ARCHS[family].items()
+            if all(getattr(spec, k) == v for k, v in found.items())
+            and (has_registers is None or (spec.registers > 0) == has_registers)]
+    if len(fits) == 1:
+        return fits[0]
     shown = ", ".join(f"{k} {v}" for k, v in found.items())
-    raise CheckpointError(f"{path}: no known {family} architecture has {shown} ({layout} layout); "
-                          f"known: {', '.join(ARCHS[family])}")
+    if not fits:
+        raise CheckpointError(f"{path}: no known {family} architecture has {shown} ({layout} layout); "
+                              f"known: {', '.join(ARCHS[family])}")
+    if has_registers is None and len({ARCHS[family][n].registers for n in fits}) > 1:
+        where = REGISTER_KEYS[layout] + (" or the length of pos_embed" if layout == "timm" else "")
+        unstated = {"meta": "its name does not state it (as Meta's dinov2_<arch>_pretrain.pth or a reg<N> would)",
+                    "hf": "no config.json beside it (save_pretrained writes one) or reg<N> in its name states it",
+                    "timm": "no reg<N> in its name states it"}[layout]
+        raise CheckpointError(f"{path}: fits {', '.join(fits)} ({layout} layout): the register count is read "
+                              f"from {where}, which the file lacks, and {unstated}; "
+                              "name the architecture with extractor.arch")
+    raise CheckpointError(f"{path}: fits {', '.join(fits)} ({layout} layout, {shown}); "
+                          "name the architecture with extractor.arch")
+
+
+def check_facts(facts: Sequence[Fact], family: str, arch: str, layout: str, path: str | Path, inferred: bool) -> None:
+    """Raise CheckpointError (one line) when something the file states (:func:`stated_facts`) contradicts
+    the architecture it is read as."""
+    spec = ARCHS[family][arch]
+    how = "inferred from its keys and shapes" if inferred else "extractor.arch"
+    for fact in facts:
+        if fact.field == "layout":
+            continue  # applied before the architecture is known
+        actual = arch if fact.field == "arch" else getattr(spec, fact.field)
+        if actual != fact.value:
+            has = "" if fact.field == "arch" else f", which has {fact.field} {actual}"
+            raise CheckpointError(f"{path}: {fact.said}, but the file reads as {family} {arch} "
+                                  f"({layout} layout, {how}){has}")
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -327,10 +478,12 @@ def read_vit_weights(path: str | Path, family: str, arch: str | None = None) -> 
     Args:
         path: a ``.pth`` / ``.pt`` (weights_only) or ``.safetensors`` file.
         family: "dinov2" or "dino".
-        arch: a name of ``ARCHS[family]``; None: inferred from the file's shapes.
+        arch: a name of ``ARCHS[family]``; None: inferred from the file's shapes (and what its name and a
+            Hugging Face ``config.json`` beside it state: :func:`stated_facts`).
     Raises:
-        CheckpointError (one line, naming the file) for an unreadable file, an unknown
-        architecture, any missing or unexpected key (named as the file names it), or a wrong shape.
+        CheckpointError (one line, naming the file) for an unreadable file, an unknown or ambiguous
+        architecture, a statement of the file's name or config.json that the file contradicts, any
+        missing or unexpected key (named as the file names it), or a wrong shape.
     """
     if family not in ARCHS:
         raise ValueError(f"family {family!r} is not one of {sorted(ARCHS)}")
@@ -340,11 +493,19 @@ def read_vit_weights(path: str | Path, family: str, arch: str | None = None) -> 
     if family == "dino" and layout == "hf":
         raise CheckpointError(f"{path}: Hugging Face's layout is read for DINOv2 only; for DINO v1 use Meta's "
                               "dino_*_pretrain.pth")
-    if arch is None:
-        arch = infer_arch(state, family, layout, path)
+    facts = stated_facts(path, family, layout)
+    named_layout = _stated(facts, "layout")
+    if named_layout is not None and layout != named_layout.value:
+        if layout == "hf":
+            raise CheckpointError(f"{path}: {named_layout.said}, but its keys are Hugging Face's (embeddings.*)")
+        layout = named_layout.value  # Meta's file that lost its mask token: check it as Meta's, naming the key
+    inferred = arch is None
+    if inferred:
+        arch = infer_arch(state, family, layout, path, facts)
     elif arch not in ARCHS[family]:
         raise CheckpointError(f"{path}: extractor.arch {arch!r} is not a {family} architecture; "
                               f"known: {', '.join(ARCHS[family])}")
+    check_facts(facts, family, arch, layout, path, inferred)
     spec = ARCHS[family][arch]
     what = f"{family} {arch} ({layout} layout)"
     shapes = vit_shapes(spec, layout)

@@ -13,6 +13,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from dinov2_files import (
+    DEPTH,
+    GRID,
+    HEADS,
+    TINY_ARCHS,
+    D,
+    perturbed,
+    tiny_arch_name,
+    tiny_spec,
+    vits14_timm_state,
+    write_three_layouts,
+    write_vits14_files,
+)
 
 from auxlabels.config import ExtractorConfig
 from auxlabels.features import build_extractor, working_features
@@ -26,91 +39,24 @@ from auxlabels.vit_extractors import (
 from auxseg.checkpoint_io import CheckpointError
 from auxseg.config import ConfigError
 from auxseg.contracts import vit_checkpoints as vc
-from auxseg.contracts.vit_checkpoints import DINO_ARCHS, DINOV2_ARCHS, ViTSpec, detect_layout, vit_shapes
+from auxseg.contracts.vit_checkpoints import (
+    DINO_ARCHS,
+    DINOV2_ARCHS,
+    LAYOUTS,
+    detect_layout,
+    read_vit_weights,
+    vit_shapes,
+)
 
 TINY = str(Path(__file__).resolve().parents[2] / "configs" / "auxlabels" / "tiny.yaml")
-D, DEPTH, HEADS, GRID = 48, 3, 3, 16  # a tiny DINOv2: embed dim 48, 3 blocks, positions for 16 x 16 patches
 IMG = torch.randint(0, 256, (1, 3, 100, 130), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-
-
-def tiny_spec(registers: int = 0, swiglu: bool = False) -> ViTSpec:
-    hidden = (int(D * 4 * 2 / 3) + 7) // 8 * 8 if swiglu else 4 * D
-    return ViTSpec("dinov2", D, DEPTH, HEADS, 14, GRID, hidden, swiglu, registers, True)
 
 
 @pytest.fixture
 def tiny_arch(monkeypatch):
     """Register tiny DINOv2 architectures (the table is the one list of sizes; the real ones are large)."""
-    for reg in (0, 4):
-        for swiglu in (False, True):
-            monkeypatch.setitem(DINOV2_ARCHS, f"tiny_r{reg}{'_swiglu' if swiglu else ''}", tiny_spec(reg, swiglu))
-
-
-def perturbed(state: dict, seed: int = 0) -> dict:
-    """Random weights with every tensor perturbed (LayerScale != 1, biases != 0: q/k/v order matters)."""
-    g = torch.Generator().manual_seed(seed)
-    return {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in state.items()}
-
-
-# ----------------------------------------------------------------------------- independent layout writers
-# Written here from the names each project uses, not with the library's converter.
-
-
-def timm_to_meta(state: dict, registers: int, swiglu: bool, seed: int = 1) -> dict:
-    """timm names -> Meta's: a mask token, ``register_tokens``, the class position un-folded, SwiGLU w12/w3."""
-    g = torch.Generator().manual_seed(seed)
-    d = state["cls_token"].shape[-1]
-    out = {"mask_token": torch.randn(1, d, generator=g)}
-    for k, v in state.items():
-        if swiglu:
-            k = k.replace(".mlp.fc1.", ".mlp.w12.").replace(".mlp.fc2.", ".mlp.w3.")
-        out[k] = v
-    if registers:
-        out["register_tokens"] = out.pop("reg_token")
-        cls_pos = 0.02 * torch.randn(1, 1, d, generator=g)  # any split of the folded class token is the same model
-        out["cls_token"] = state["cls_token"] - cls_pos
-        out["pos_embed"] = torch.cat([cls_pos, state["pos_embed"]], dim=1)
-    return out
-
-
-def meta_to_hf(state: dict, depth: int) -> dict:
-    """Meta names -> Hugging Face's (as ``save_pretrained`` writes them): qkv split into query/key/value."""
-    out = {"embeddings.cls_token": state["cls_token"], "embeddings.mask_token": state["mask_token"],
-           "embeddings.position_embeddings": state["pos_embed"],
-           "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
-           "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
-           "layernorm.weight": state["norm.weight"], "layernorm.bias": state["norm.bias"]}
-    if "register_tokens" in state:
-        out["embeddings.register_tokens"] = state["register_tokens"]
-    for i in range(depth):
-        b, h = f"blocks.{i}.", f"encoder.layer.{i}."
-        for p in ("weight", "bias"):
-            q, k, v = state[f"{b}attn.qkv.{p}"].chunk(3)
-            out |= {f"{h}attention.attention.query.{p}": q, f"{h}attention.attention.key.{p}": k,
-                    f"{h}attention.attention.value.{p}": v,
-                    f"{h}attention.output.dense.{p}": state[f"{b}attn.proj.{p}"],
-                    f"{h}norm1.{p}": state[f"{b}norm1.{p}"], f"{h}norm2.{p}": state[f"{b}norm2.{p}"]}
-            if f"{b}mlp.w12.{p}" in state:
-                out |= {f"{h}mlp.weights_in.{p}": state[f"{b}mlp.w12.{p}"],
-                        f"{h}mlp.weights_out.{p}": state[f"{b}mlp.w3.{p}"]}
-            else:
-                out |= {f"{h}mlp.fc1.{p}": state[f"{b}mlp.fc1.{p}"], f"{h}mlp.fc2.{p}": state[f"{b}mlp.fc2.{p}"]}
-        out[f"{h}layer_scale1.lambda1"] = state[f"{b}ls1.gamma"]
-        out[f"{h}layer_scale2.lambda1"] = state[f"{b}ls2.gamma"]
-    return out
-
-
-def write_three_layouts(tmp_path, timm_state: dict, registers: int, swiglu: bool, depth: int) -> dict:
-    """The same weights as Meta's .pth, timm's .pth and Hugging Face's .safetensors."""
-    from safetensors.torch import save_file
-
-    meta = timm_to_meta(timm_state, registers, swiglu)
-    paths = {"meta": tmp_path / "dinov2_meta_pretrain.pth", "timm": tmp_path / "dinov2_timm.pth",
-             "hf": tmp_path / "model.safetensors"}
-    torch.save(meta, paths["meta"])
-    torch.save(timm_state, paths["timm"])
-    save_file({k: v.contiguous() for k, v in meta_to_hf(meta, depth).items()}, str(paths["hf"]))
-    return paths
+    for name, spec in TINY_ARCHS.items():
+        monkeypatch.setitem(DINOV2_ARCHS, name, spec)
 
 
 # ----------------------------------------------------------------------------- key sets
@@ -239,7 +185,7 @@ def test_position_resampling_is_the_official_one(offset, antialias, hw):
 def test_three_layouts_give_the_same_features(tmp_path, tiny_arch, registers, swiglu):
     spec = tiny_spec(registers, swiglu)
     timm_state = perturbed(build_timm_vit(spec).state_dict())
-    paths = write_three_layouts(tmp_path, timm_state, registers, swiglu, DEPTH)
+    paths = write_three_layouts(tmp_path, timm_state, tiny_arch_name(registers, swiglu), spec)
     img = IMG  # 100 x 130, not a patch multiple: padded, position embeddings resampled
     feats = {}
     for layout, path in paths.items():
@@ -251,13 +197,25 @@ def test_three_layouts_give_the_same_features(tmp_path, tiny_arch, registers, sw
     torch.testing.assert_close(feats["hf"], feats["meta"], atol=0, rtol=0)  # no arithmetic between these two
 
 
+def _refusal(path, arch=None, family="dinov2") -> str | None:
+    """The error reading ``path`` raises (asserted one line, naming the file); None when the file is accepted."""
+    try:
+        read_vit_weights(path, family, arch)
+    except CheckpointError as err:
+        msg = str(err)
+        assert "\n" not in msg and str(path) in msg, msg
+        return msg
+    return None
+
+
 def test_missing_or_renamed_key_is_refused_naming_file_and_key(tmp_path, tiny_arch):
     spec = tiny_spec()
-    paths = write_three_layouts(tmp_path, perturbed(build_timm_vit(spec).state_dict()), 0, False, DEPTH)
+    paths = write_three_layouts(tmp_path, perturbed(build_timm_vit(spec).state_dict()), "tiny_r0", spec)
     meta = torch.load(paths["meta"], weights_only=True)
 
     def refused(state, name, *expect, arch=None):
         path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, path)
         with pytest.raises(CheckpointError) as err:
             build_extractor(ExtractorConfig(name="dinov2", checkpoint=str(path), arch=arch))
@@ -267,31 +225,114 @@ def test_missing_or_renamed_key_is_refused_naming_file_and_key(tmp_path, tiny_ar
             assert e in msg, msg
 
     # a model built "by hand" without init_values has no LayerScale: its file lacks ls1.gamma
-    refused({k: v for k, v in meta.items() if k != "blocks.1.ls1.gamma"}, "no_ls.pth",
+    refused({k: v for k, v in meta.items() if k != "blocks.1.ls1.gamma"}, "no_ls/dinov2_tiny_r0_pretrain.pth",
             "missing keys: blocks.1.ls1.gamma")
     renamed = dict(meta)
     renamed["blocks.0.ls1.weight"] = renamed.pop("blocks.0.ls1.gamma")
-    refused(renamed, "renamed.pth", "missing keys: blocks.0.ls1.gamma", "unexpected keys: blocks.0.ls1.weight")
+    refused(renamed, "renamed/dinov2_tiny_r0_pretrain.pth", "missing keys: blocks.0.ls1.gamma",
+            "unexpected keys: blocks.0.ls1.weight")
     refused({k: v for k, v in meta.items() if k != "mask_token"} | {"register_tokens": torch.zeros(1, 4, D)},
             "reg_without_mask.pth", "missing keys: mask_token")
-    refused(dict(meta, pos_embed=meta["pos_embed"][:, :100]), "short_pos.pth", "pos_embed (1, 100, 48)",
-            "expected (1, 257, 48)")
+    refused(dict(meta, pos_embed=meta["pos_embed"][:, :100]), "short_pos/dinov2_tiny_r0_pretrain.pth",
+            "pos_embed (1, 100, 48)", "expected (1, 257, 48)")
     # a ViT-S/14 named for a tiny file: 3 of its 12 blocks are there
     refused(meta, "named_vits14.pth", "dinov2 vits14 (meta layout) keys do not match", "missing keys: blocks.10.",
             arch="vits14")
-    # one HF key removed
+    # one HF key removed (the config.json beside it names the model)
     from safetensors.torch import load_file, save_file
 
     hf = load_file(str(paths["hf"]))
     del hf["encoder.layer.2.layer_scale2.lambda1"]
-    save_file(hf, str(tmp_path / "broken.safetensors"))
+    save_file(hf, str(paths["hf"].parent / "broken.safetensors"))
     with pytest.raises(CheckpointError, match=r"broken\.safetensors.*missing keys: encoder\.layer\.2\.layer_scale2"):
-        build_extractor(ExtractorConfig(name="dinov2", checkpoint=str(tmp_path / "broken.safetensors")))
+        build_extractor(ExtractorConfig(name="dinov2", checkpoint=str(paths["hf"].parent / "broken.safetensors")))
     # not a ViT at all, and not a checkpoint at all
     refused({"conv1.weight": torch.zeros(1)}, "resnet.pth", "cannot infer the dinov2 architecture")
     (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}  garbage")
     with pytest.raises(CheckpointError, match="garbage.safetensors"):
         build_extractor(ExtractorConfig(name="dinov2", checkpoint=str(tmp_path / "garbage.safetensors")))
+
+
+@pytest.fixture(scope="module")
+def vits14_key_files(tmp_path_factory):
+    """DINOv2 ViT-S/14 without and with registers in the three layouts, named as published, every tensor a
+    zero expanded to its shape (the key sets and shapes of the real files in a few kB each)."""
+    out = {}
+    for registers in (0, 4):
+        arch = "vits14_reg4" if registers else "vits14"
+        out[registers] = write_three_layouts(tmp_path_factory.mktemp(arch), vits14_timm_state(registers, random=False),
+                                             arch, DINOV2_ARCHS[arch], safetensors=False)
+    return out
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("registers", [0, 4])
+def test_every_single_key_deletion_is_refused(vits14_key_files, monkeypatch, registers, layout):
+    # a register model without its register tokens has the key set of the model without registers, and Meta's
+    # file without mask_token has timm's: the file's name and the config.json beside it must tell them apart
+    path = vits14_key_files[registers][layout]
+    arch = "vits14_reg4" if registers else "vits14"
+    weights = read_vit_weights(path, "dinov2")
+    assert (weights.arch, weights.layout) == (arch, layout)
+    state = torch.load(path, weights_only=True)
+    # the file's bytes are read as above; here each key set minus one key is read as if it were that file
+    # (its name, and for HF the config.json beside it), 1,000 reads in a second instead of a minute
+    accepted, unnamed = [], []
+    for key in sorted(state):
+        monkeypatch.setattr(vc, "load_weights_file", lambda _, key=key: {k: v for k, v in state.items() if k != key})
+        for named in (None, arch):
+            msg = _refusal(path, named)
+            if msg is None:
+                accepted.append(f"{key} (extractor.arch {named})")
+            elif key not in msg:
+                unnamed.append(f"{key}: {msg}")
+    assert not accepted, f"{len(accepted)} of {len(state)} one-key deletions accepted: {accepted[:4]}"
+    assert not unnamed, unnamed[:4]
+
+
+def test_what_a_file_states_about_itself_is_checked(vits14_key_files, tmp_path):
+    # the register count of Meta's and HF's files is only in their register key: the file's name or the
+    # config.json beside it must state it, or extractor.arch must name the model
+    meta_reg = torch.load(vits14_key_files[4]["meta"], weights_only=True)
+    meta = torch.load(vits14_key_files[0]["meta"], weights_only=True)
+
+    def saved(state, name):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+        return path
+
+    no_reg = saved({k: v for k, v in meta_reg.items() if k != "register_tokens"}, "renamed/weights.pth")
+    msg = _refusal(no_reg)
+    assert "vits14, vits14_reg4" in msg and "register_tokens" in msg and "extractor.arch" in msg
+    assert "missing keys: register_tokens" in _refusal(no_reg, "vits14_reg4")
+    plain = saved(meta, "renamed/vits14.pth")  # Meta's file under another name: the same question
+    assert "extractor.arch" in _refusal(plain)
+    assert read_vit_weights(plain, "dinov2", "vits14").layout == "meta"
+    assert read_vit_weights(saved(meta_reg, "renamed/reg.pth"), "dinov2").arch == "vits14_reg4"  # key says 4
+    # the name contradicts the file
+    msg = _refusal(saved(meta_reg, "lies/dinov2_vits14_pretrain.pth"))
+    assert "dinov2_vits14_pretrain.pth says vits14" in msg and "vits14_reg4" in msg
+    assert "says 4 registers" in _refusal(saved(meta, "lies/vits14_reg4.pth"), "vits14")
+    timm_state = torch.load(vits14_key_files[0]["timm"], weights_only=True)
+    assert "missing keys: mask_token" in _refusal(saved(timm_state, "timm_as_meta/dinov2_vits14_pretrain.pth"))
+    # the HF config.json beside the file: checked, and required to infer a model without registers
+    hf_dir = vits14_key_files[0]["hf"].parent
+    hf = torch.load(hf_dir / "pytorch_model.bin", weights_only=True)
+    alone = saved(hf, "hf_alone/pytorch_model.bin")
+    assert "embeddings.register_tokens" in _refusal(alone) and "config.json" in _refusal(alone)
+    assert read_vit_weights(alone, "dinov2", "vits14").layout == "hf"
+    config = json.loads((hf_dir / "config.json").read_text())
+    for change, expect in (({"hidden_size": 768}, "hidden_size 768"),
+                           ({"num_attention_heads": 12}, "num_attention_heads 12"),
+                           ({"model_type": "vit"}, "model_type 'vit'")):
+        (tmp_path / "hf_alone" / "config.json").write_text(json.dumps(config | change))
+        msg = _refusal(alone)
+        assert "config.json" in msg and expect in msg, msg
+    (tmp_path / "hf_alone" / "config.json").write_text(json.dumps(config | {"model_type": "dinov2_with_registers"}))
+    assert "missing keys: embeddings.register_tokens" in _refusal(alone)  # read as the model it says it is
+    (tmp_path / "hf_alone" / "config.json").write_text("{not json")
+    assert "config.json" in _refusal(alone)
 
 
 def test_config_errors_name_the_key(tiny_arch):
@@ -347,18 +388,35 @@ def test_features_at_the_working_stride(tiny_arch):
     assert out.shape[-2] * out.shape[-1] <= 50 and capped.description["max_tokens"] == 50
 
 
+def test_native_stride_is_the_token_stride(tiny_arch):
+    # the manifest's native_stride: 14 px per token, not what a 64 px probe measures (64 / 5 tokens = 12.8)
+    for token_stride, want in ((None, 14), (8, 8), (14, 14), (20, 20)):
+        ex = build_extractor(ExtractorConfig(name="dinov2", random_init=True, arch="tiny_r0", token_stride=token_stride))
+        assert (ex.stride, ex.description["native_stride"]) == (want, want), token_stride
+    vit = build_extractor(ExtractorConfig(name="timm", arch="vit_tiny_patch16_224", random_init=True, token_stride=12))
+    assert vit.description["native_stride"] == 12
+    cnn = build_extractor(ExtractorConfig(name="timm", arch="resnet18", random_init=True, blocks=[3]))
+    assert cnn.description["native_stride"] == 16  # measured: layer3 of a ResNet
+
+
 # ----------------------------------------------------------------------------- timm, DINO v1, no downloads
 
 
-def test_generic_timm_extractor_cnn_and_vit(tmp_path):
+def test_generic_timm_extractor_cnn_and_vit(tmp_path, monkeypatch):
     import timm
 
     torch.manual_seed(0)
     cnn = timm.create_model("resnet18", pretrained=False).eval()
     state = {k: v for k, v in cnn.state_dict().items() if not k.startswith("fc.")}  # no classifier: fine
     torch.save(state, tmp_path / "r18.pth")
+    loads = []  # every load_state_dict of the build is strict, the classifier-less file's too
+    load = torch.nn.Module.load_state_dict
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict",
+                        lambda self, sd, strict=True, **kw: loads.append(strict) or load(self, sd, strict=strict, **kw))
     ex = build_extractor(ExtractorConfig(name="timm", arch="resnet18", checkpoint=str(tmp_path / "r18.pth"),
                                          blocks=[3, 4]))
+    assert loads == [True]
+    monkeypatch.undo()
     img = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)
     x = (img.float() - ex.mean) / ex.std
     with torch.no_grad():
@@ -403,11 +461,7 @@ def test_nothing_is_downloaded(monkeypatch, tiny_arch):
 @pytest.fixture(scope="module")
 def vits14_files(tmp_path_factory):
     """A random-weight DINOv2 ViT-S/14 in the three layouts (timm's own model definition as the source)."""
-    import timm
-
-    torch.manual_seed(0)
-    state = perturbed(timm.create_model("vit_small_patch14_dinov2", pretrained=False).state_dict())
-    return write_three_layouts(tmp_path_factory.mktemp("vits14"), state, 0, False, 12)
+    return write_vits14_files(tmp_path_factory.mktemp("vits14"))
 
 
 def test_auxlabels_command_gives_identical_labels_from_the_three_layouts(vits14_files, tmp_path, capsys):
@@ -437,7 +491,8 @@ def test_auxlabels_command_gives_identical_labels_from_the_three_layouts(vits14_
     # one key removed: a one-line error naming the file and the key, exit 1
     meta = torch.load(vits14_files["meta"], weights_only=True)
     del meta["blocks.7.ls2.gamma"]
-    broken = tmp_path / "dinov2_vits14_broken.pth"
+    broken = tmp_path / "broken" / "dinov2_vits14_pretrain.pth"
+    broken.parent.mkdir()
     torch.save(meta, broken)
     capsys.readouterr()
     rc = main(["auxlabels", tiny, *common, f"extractor.checkpoint={broken}", f"out_dir={tmp_path / 'bad'}"])
@@ -457,6 +512,91 @@ def test_featureview_takes_the_new_extractors(vits14_files, tmp_path, capsys):
                  f"extractor.checkpoint={vits14_files['hf']}", "radius=2", "progress=false"]) == 0
     assert read_rgb(out / "a.png").shape == (40, 56, 3)
     assert json.loads((out / "feature_view.json").read_text())["extractor"]["layout"] == "hf"
+
+
+def test_softsegments_takes_the_new_extractors(vits14_files, tmp_path):
+    from auxseg.contracts.label_folder import read_label_folder
+    from auxseg.images import write_rgb_png
+    from loop.cli import main
+
+    rng = np.random.default_rng(1)
+    for name in ("a.png", "b.png"):  # two regions, so the segments have an edge to follow
+        img = np.zeros((32, 40, 3), np.uint8)
+        img[:, :18], img[:, 18:] = (200, 60, 40), (30, 90, 210)
+        write_rgb_png(tmp_path / "img" / name, np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8))
+    fast = dict(eigenvectors=16, initial_layers=8, initial_iterations=12, final_outer_iterations=5,
+                final_cg_iterations=50, final_polish_iterations=200)  # as test_soft_segments.py, for 32 x 40 images
+    out = tmp_path / "soft"
+    assert main(["softsegments", f"image_dir={tmp_path / 'img'}", f"out_dir={out}", "soft.segments=3",
+                 "progress=false", *[f"soft.{k}={v}" for k, v in fast.items()], "guide_radius=2",
+                 "extractor.name=dinov2", f"extractor.checkpoint={vits14_files['timm']}"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["extractor"]["name"], m["extractor"]["arch"], m["extractor"]["layout"]) == ("dinov2", "dinov2_vits14",
+                                                                                         "timm")
+    assert m["extractor"]["native_stride"] == 14 and m["semantic_features"].startswith("feature view")
+    folder = read_label_folder(out)  # labels, priors, hashes
+    assert folder.images == ("a.png", "b.png") and folder.num_labels == 3 and folder.has_priors
+
+
+def test_a_study_arm_labels_with_dinov2(vits14_files, tmp_path):
+    # the pipeline's labelling extractor is its segmenter (auxlabels.extractor.* are the pipeline's keys); a
+    # study arm replaces it with stage_overrides, applied after the pipeline filled in its own values
+    from loop.study import cell_dir, load_study, plan
+
+    study_tiny = Path(__file__).resolve().parents[2] / "configs" / "study" / "tiny.yaml"
+    dinov2 = ["extractor.name=dinov2", f"extractor.checkpoint={vits14_files['hf']}", "extractor.config=null",
+              "extractor.layer=layer4"]
+    arms = [{"name": "none", "pretrain": False}, {"name": "infonce"},
+            {"name": "dinov2", "stage_overrides": {"auxlabels": dinov2}}]
+    common = [f"work_dir={tmp_path / 'study'}", "pretrain_seeds=[0]", "finetune_seeds=[0]"]
+    p = plan(load_study(study_tiny, [*common, "arms=" + json.dumps(arms)]))
+    aux = {c.label.split("(")[-1].rstrip(")"): c for c in p.cells.values() if c.kind == "auxlabels"}
+    assert set(aux) == {"infonce", "dinov2"}
+    assert aux["infonce"].config["extractor"]["name"] == "mmseg"
+    assert aux["dinov2"].config["extractor"]["name"] == "dinov2"
+    # what the cell would run once the segmenter it depends on has finished
+    seg = cell_dir(p.work_dir, aux["dinov2"].deps[0])
+    seg.mkdir(parents=True)
+    (seg / "last_checkpoint").write_text("iter_2.pth")
+    cfg, _, _ = aux["dinov2"].run(p.work_dir, aux["dinov2"].key)
+    assert cfg.extractor.checkpoint == str(vits14_files["hf"]) and cfg.image_dir.endswith("train")
+    ex = build_extractor(cfg.extractor)
+    assert (ex.description["arch"], ex.description["layout"]) == ("dinov2_vits14", "hf")
+    # the segmenter's mmseg_config.py, which the pipeline fills in, is refused rather than ignored
+    left = aux["dinov2"].run(p.work_dir, aux["dinov2"].key)[0].extractor
+    left.config = str(seg / "mmseg_config.py")
+    with pytest.raises(ConfigError, match="extractor.config: dinov2 reads no model config"):
+        build_extractor(left)
+    # as a plain arm override the same key is refused: the pipeline owns it
+    arms[2] = {"name": "dinov2", "overrides": ["auxlabels.extractor.name=dinov2"]}
+    with pytest.raises(ConfigError, match="auxlabels.extractor.name: the pipeline sets this key itself"):
+        plan(load_study(study_tiny, [*common, "arms=" + json.dumps(arms)]))
+
+
+def test_study_arms_with_different_dinov2_files_label_apart(tmp_path):
+    from loop.study import load_study, plan
+
+    study_tiny = Path(__file__).resolve().parents[2] / "configs" / "study" / "tiny.yaml"
+    arms = [{"name": "none", "pretrain": False}]
+    for arch in ("vits14", "vitb14"):  # the files need not exist to plan
+        arms.append({"name": arch, "stage_overrides": {"auxlabels": [
+            "extractor.name=dinov2", f"extractor.checkpoint={tmp_path / f'dinov2_{arch}_pretrain.pth'}",
+            "extractor.config=null", "extractor.layer=layer4"]}})
+    p = plan(load_study(study_tiny, [f"work_dir={tmp_path / 'study'}", "pretrain_seeds=[0]", "finetune_seeds=[0]",
+                                     "arms=" + json.dumps(arms)]))
+    assert len([c for c in p.cells.values() if c.kind == "auxlabels"]) == 2
+    # once the files exist they are told apart by content: equal bytes share a label folder, other bytes do not
+    for arch, content in (("vits14", b"one"), ("vitb14", b"one")):
+        (tmp_path / f"dinov2_{arch}_pretrain.pth").write_bytes(content)
+
+    def keys() -> set[str]:
+        p = plan(load_study(study_tiny, [f"work_dir={tmp_path / 'study'}", "pretrain_seeds=[0]", "finetune_seeds=[0]",
+                                         "arms=" + json.dumps(arms)]))
+        return {c.key for c in p.cells.values() if c.kind == "auxlabels"}
+
+    assert len(keys()) == 1
+    (tmp_path / "dinov2_vitb14_pretrain.pth").write_bytes(b"two")
+    assert len(keys()) == 2
 
 
 def test_the_reader_needs_no_timm():
