@@ -24,6 +24,7 @@ from typing import Any
 from auxseg import console
 from auxseg.config import ConfigError, dump_config, load_config
 from auxseg.errors import AuxsegError
+from auxseg.paths import output_file
 
 EXIT_INPUT_ERROR = 1
 EXIT_CONFIG_ERROR = 2
@@ -48,8 +49,13 @@ def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
 
 def stage_step(name: str, out_dir: str | Path) -> tuple[str, Path] | None:
     """The console step of a stage command: ``(name, <out_dir>/console.log)``; None in the other processes of a
-    torchrun job (only rank 0 draws the line; the others print as before)."""
-    return (name, Path(out_dir) / "console.log") if os.environ.get("RANK", "0") == "0" else None
+    torchrun job (only rank 0 draws the line; the others print as before).
+
+    The log is opened before the stage checks its folder (:func:`auxseg.paths.check_separate`), so a
+    ``console.log`` that is a symbolic link is refused here (:class:`~auxseg.paths.UnsafePathError`)."""
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    return name, output_file(out_dir, "console.log", f"{name} log")
 
 
 def config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:

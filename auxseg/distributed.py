@@ -86,6 +86,71 @@ def env_dist_info() -> DistInfo:
     return DistInfo(rank, world, local_rank)
 
 
+TORCHRUN_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODELIST")
+
+
+def slurm_dist_info() -> DistInfo:
+    """Rank, world size and local rank from SLURM's variables (``srun``), checked like :func:`env_dist_info`.
+
+    mmengine's ``launcher=slurm`` reads ``SLURM_PROCID``, ``SLURM_NTASKS`` and
+    ``SLURM_NODELIST`` (and ``SLURM_LOCALID``, ``MASTER_PORT`` when set) and overwrites
+    the torchrun variables with them; a missing or malformed one would end in a
+    ``KeyError`` or a wait. :class:`DistributedEnvError` names it instead.
+    """
+    missing = [v for v in SLURM_VARIABLES if not os.environ.get(v, "").strip()]
+    if missing:
+        stale = [v for v in TORCHRUN_VARIABLES if os.environ.get(v, "").strip()]
+        verb = "is" if len(stale) == 1 else "are"
+        hint = f" ({', '.join(stale)} {verb} set: a leftover of an earlier job?)" if stale else ""
+        raise DistributedEnvError(
+            f"launcher=slurm but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set{hint}: start the "
+            "command with srun inside a SLURM job, or use launcher=pytorch with torchrun, or launcher=none")
+    world, rank = _env_int("SLURM_NTASKS", 1), _env_int("SLURM_PROCID", 0)
+    if world < 1 or not 0 <= rank < world:
+        raise DistributedEnvError(f"SLURM_PROCID={rank} is outside 0..{world - 1} (SLURM_NTASKS={world})")
+    local_rank = _env_int("SLURM_LOCALID", 0)
+    if local_rank < 0:
+        raise DistributedEnvError(f"SLURM_LOCALID={local_rank}: must be >= 0")
+    port = _env_int("MASTER_PORT", 29500)  # mmengine's default when unset
+    if not 1 <= port <= 65535:
+        raise DistributedEnvError(f"MASTER_PORT={port} is not a port number (1..65535)")
+    return DistInfo(rank, world, local_rank)
+
+
+def launcher_dist_info(launcher: str) -> DistInfo:
+    """This process's place in a run started by ``launcher``, checked before anything is written.
+
+    ``"none"``: one process (mmengine reads no variable); ``"pytorch"``: torchrun's
+    variables (:func:`env_dist_info`), all of which must be set, since mmengine reads
+    ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` itself; ``"slurm"``: SLURM's
+    (:func:`slurm_dist_info`). Also checks ``AUXSEG_DIST_TIMEOUT``. Errors are one
+    :class:`DistributedEnvError` line naming the variables.
+    """
+    if launcher == "none":
+        return DistInfo()
+    dist_timeout_s()  # a malformed timeout is refused now, not when the processes start to wait
+    if launcher == "slurm":
+        return slurm_dist_info()
+    info = env_dist_info()
+    missing = [v for v in TORCHRUN_VARIABLES if not os.environ.get(v, "").strip()]
+    if missing:
+        raise DistributedEnvError(
+            f"launcher={launcher} but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: start the "
+            "command with torchrun (it sets them all), or set launcher=none to run one process")
+    return info
+
+
+def announce_join(info: DistInfo, where: str) -> None:
+    """Say, before waiting, that this process joins the others at ``where`` and for how long it waits."""
+    line = (f"[auxseg] rank {info.rank} of {info.world_size}: joining the other processes at {where} "
+            f"(waits up to {dist_timeout_s():g} s, {TIMEOUT_VARIABLE})")
+    if console.current() is not None:  # a command's session: on the terminal, not in a step's log file
+        console.say(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
 def dist_timeout_s() -> float:
     """Seconds a process waits for the others (joining, and any collective): ``AUXSEG_DIST_TIMEOUT`` or 1800."""
     raw = os.environ.get(TIMEOUT_VARIABLE, "").strip()
@@ -113,12 +178,7 @@ def init_process_group(info: DistInfo, backend: str) -> bool:
         return False
     where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
     timeout = dist_timeout_s()
-    line = (f"[auxseg] rank {info.rank} of {info.world_size}: joining the other processes at {where} "
-            f"(waits up to {timeout:g} s, {TIMEOUT_VARIABLE})")
-    if console.current() is not None:  # a command's session: on the terminal, not in a step's log file
-        console.say(line)
-    else:
-        print(line, file=sys.stderr, flush=True)
+    announce_join(info, where)
     try:
         dist.init_process_group(backend=backend, init_method="env://", rank=info.rank, world_size=info.world_size,
                                 timeout=datetime.timedelta(seconds=timeout))

@@ -5,7 +5,10 @@ manifest) goes through :func:`relative_inside` before anything is read or writte
 with it, and every output file derived from one goes through :func:`output_file`.
 Readers do not re-implement these checks: a path that is absolute where a relative
 one is expected, or that climbs out of its root, is refused with one line naming
-the file and line (or key) it came from. docs/reliability.md lists the tests.
+the file and line (or key) it came from. Every stage names its output folder to
+:func:`check_separate` before it writes, which also refuses an output folder holding a
+symbolic link that leaves it (:func:`check_contained`), so no write under the folder,
+whichever file or subfolder, lands elsewhere. docs/reliability.md lists the tests.
 """
 
 from __future__ import annotations
@@ -98,8 +101,53 @@ def _absolute(path: str | Path) -> Path:
     return Path(os.path.normpath(Path(path).expanduser().absolute()))
 
 
+def _link_leaving(root: Path) -> tuple[Path, Path] | None:
+    """The first symbolic link under ``root`` (files and folders, not followed) that resolves outside it, with
+    its target; None when there is none. Entries are visited in name order, so the answer is reproducible."""
+    real_root = root.resolve()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+        except OSError:  # unreadable or not a folder: writing there fails with its own error
+            continue
+        for entry in entries:
+            if entry.is_symlink():
+                try:
+                    target = Path(entry.path).resolve()
+                except (OSError, RuntimeError):  # a link loop: nothing can be written through it
+                    continue
+                if not target.is_relative_to(real_root):
+                    return Path(entry.path), target
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+    return None
+
+
+def check_contained(out_dir: str | Path, out_key: str) -> None:
+    """Refuse an output folder that holds a symbolic link (to a folder or a file) resolving outside it.
+
+    A stage writes fixed names under its folder (``checkpoints/``, ``labels/``,
+    ``figures/``, ``data/``, ``config.yaml``...); a link among them, left by an earlier
+    run or made on purpose, would send those writes elsewhere. The whole existing tree
+    is checked, not a list of names, so a file or subfolder added later is covered too.
+    Links that stay inside the folder are fine; ``out_dir`` itself may be a link.
+    """
+    root = Path(out_dir).expanduser()
+    if not root.is_dir():
+        return  # nothing written yet: nothing can lead out
+    found = _link_leaving(root)
+    if found is not None:
+        link, target = found
+        raise UnsafePathError(f"{out_key}: {link} is a symbolic link to {target}, outside {out_dir}; what this run "
+                              f"writes there would be written outside {out_key} (remove the link, or choose another "
+                              f"{out_key})")
+
+
 def check_separate(out_dir: str | Path, out_key: str, inputs: dict[str, str | Path | None]) -> None:
-    """Refuse an output folder that contains, or lies inside, one of the ``inputs`` folders.
+    """Refuse an output folder that contains, or lies inside, one of the ``inputs`` folders, or that holds a
+    symbolic link leading out of it (:func:`check_contained`). Every stage calls this before its first write.
 
     ``inputs`` maps config keys to folders (None entries are skipped). Both the
     paths as given and their resolved forms are compared, so a symbolic link
@@ -118,3 +166,4 @@ def check_separate(out_dir: str | Path, out_key: str, inputs: dict[str, str | Pa
                     relation = "is" if o == i else "lies inside" if o.is_relative_to(i) else "contains"
                     raise UnsafePathError(f"{out_key}: {out_dir} {relation} the input folder {key}={folder}; "
                                           f"choose an {out_key} outside it")
+    check_contained(out_dir, out_key)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from auxseg import console
 from auxseg.checkpoint_io import CheckpointError, allow_mmengine_checkpoints
 from auxseg.config import ConfigError, save_config, to_dict
 from auxseg.contracts.common import versions
-from auxseg.files import atomic_write_json, atomic_write_text, read_json, sha256_file
+from auxseg.distributed import announce_join, dist_timeout_s, launcher_dist_info
+from auxseg.files import atomic_write_json, atomic_write_text, read_json_object, sha256_file
 from auxseg.paths import check_separate
 from finetune import splits as splits_mod
 from finetune.config import FinetuneConfig, FinetunePaths, resolve_paths
@@ -125,7 +127,8 @@ def _apply_environment(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> None:
     mmcfg.launcher = cfg.launcher
     if cfg.launcher != "none" and cfg.device == "cuda":
         mmcfg.sync_bn = "torch"  # the configs use BN for one process; DDP wants SyncBN
-        mmcfg.env_cfg.dist_cfg = dict(backend="nccl")
+        # mmengine joins the group itself here (_process_group): with the same timeout as every other join
+        mmcfg.env_cfg.dist_cfg = dict(backend="nccl", timeout=dist_timeout_s())
     elif cfg.launcher != "none":  # gloo on CPUs: SyncBN needs a GPU, mmengine's DDP wrapper a device id
         from finetune.ddp import CPU_DDP_WRAPPER  # registers it
 
@@ -155,12 +158,18 @@ def _apply_environment(cfg: FinetuneConfig, mmcfg, work_dir: Path) -> None:
 @contextlib.contextmanager
 def _process_group(cfg: FinetuneConfig):
     """On ``device=cpu`` with ``launcher=pytorch``, join torchrun's gloo group before the Runner (finetune.ddp)
-    and leave it after the run; otherwise mmengine joins (or not) as usual."""
+    and leave it after the run; otherwise mmengine joins (or not) as usual, announced here as every join is
+    (its timeout is ``dist_cfg``'s, :func:`_apply_environment`)."""
     created = False
     if cfg.launcher == "pytorch" and cfg.device == "cpu":
         from finetune.ddp import join_cpu_process_group
 
         created = join_cpu_process_group()
+    elif cfg.launcher != "none":
+        info = launcher_dist_info(cfg.launcher)
+        if info.world_size > 1:
+            addr = os.environ.get("MASTER_ADDR") or "the first node of SLURM_NODELIST"  # mmengine's choice for slurm
+            announce_join(info, f"{addr}:{os.environ.get('MASTER_PORT') or 29500}")
     try:
         yield
     finally:
@@ -326,6 +335,7 @@ class Prepared:
 def run(cfg: FinetuneConfig) -> dict:
     """Fine-tune as ``cfg`` says and return the results dict (also written to ``<work_dir>/results.json``)."""
     start = time.time()
+    launcher_dist_info(cfg.launcher)  # every launcher's variables, checked before anything is written
     paths = resolve_paths(cfg)  # every path of the config, resolved once
     check_separate(paths.work_dir, "work_dir", {"data_root": cfg.data_root,
                                                 "consistency.unlabelled_folder": cfg.consistency.unlabelled_folder})
@@ -364,7 +374,7 @@ def prepare(cfg: FinetuneConfig, paths: FinetunePaths, mmcfg) -> Prepared:
 def _record_init(report: dict, report_path: Path, resume: bool, init_ckpt: str | None) -> None:
     """Write init_report.json; a resumed run must come from the same checkpoint and keeps its verified count."""
     report["verified_tensors"] = None
-    previous = read_json(report_path) if report_path.is_file() and resume else None
+    previous = read_json_object(report_path) if report_path.is_file() and resume else None
     if previous and previous.get("checkpoint_sha256") != report.get("checkpoint_sha256"):
         raise CheckpointError(
             f"{report_path.parent}: resuming a run that was initialised from {previous.get('checkpoint')}, "

@@ -45,7 +45,7 @@ from auxseg.config import (
     without_keys,
 )
 from auxseg.contracts.backbone import DECODER_FILENAME
-from auxseg.files import atomic_write_json, atomic_write_text, read_json
+from auxseg.files import atomic_write_json, atomic_write_text, read_json_object
 from auxseg.paths import check_separate, resolve_path
 from auxseg.synthetic import CLASS_NAMES, IGNORE_INDEX, SyntheticSpec, make_synthetic_dataset
 from finetune.config import FinetuneConfig, InitConfig, SplitConfig
@@ -115,7 +115,7 @@ def run_step(name: str, step_dir: Path, stage_cfg: Any, fn: Callable[[], Any],
     record_path = step_dir / "step.json"
     config = to_dict(stage_cfg)
     if record_path.is_file():
-        record = read_json(record_path)
+        record = read_json_object(record_path)
         diff = _first_difference(upgrade(record.get("config")), config)
         if diff is None:
             console.say(console.done_line(name, None, f"finished earlier, reusing {shown_path(step_dir)}"))
@@ -199,7 +199,7 @@ def _dataset(cfg: PipelineConfig, work_dir: Path) -> Dataset:
         root = work_dir / "data"
         spec = data.synthetic
         marker = root / "dataset.json"
-        if not marker.is_file() or read_json(marker).get("spec") != dataclasses.asdict(spec):
+        if not marker.is_file() or read_json_object(marker).get("spec") != dataclasses.asdict(spec):
             print(f"[pipeline] generating the built-in dataset in {root}")
             make_synthetic_dataset(root, spec)
         names = list(CLASS_NAMES[: spec.num_classes])

@@ -19,7 +19,7 @@ from auxseg.cli import (
 )
 from auxseg.config import from_dict
 from auxseg.errors import AuxsegError
-from pretrain.config import PretrainConfig
+from auxseg.paths import check_contained
 
 DESCRIPTION = """\
 Cross-image pixel contrastive pre-training on auxiliary labels (stage 2).
@@ -47,17 +47,31 @@ examples:
 """
 
 
-def _objective_list() -> str:
-    from pretrain.objectives import OBJECTIVES
+OBJECTIVES_PLACE = "{objectives}"  # in the epilog: the registered objectives, listed when the help is printed
 
-    lines = [f"  {name:<18} {(cls.__doc__ or '').strip().splitlines()[0]}" for name, cls in OBJECTIVES.items()]
+
+def _objective_list() -> str:
+    from pretrain.objectives import DISCOVERY_ERRORS, registry
+
+    lines = [f"  {name:<18} {(cls.__doc__ or '').strip().splitlines()[0]}" for name, cls in registry().items()]
+    lines += [f"  (not loaded: {error})" for error in DISCOVERY_ERRORS]
     return "\nobjectives (loss.name; settings under loss.<name>):\n" + "\n".join(lines) + "\n"
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Lists the objectives only when ``auxseg pretrain --help`` is printed: listing them runs the plug-in
+    files, which building the parser (``auxseg --help``, every other command) must not do."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if OBJECTIVES_PLACE in text:
+            text = text.replace(OBJECTIVES_PLACE, _objective_list())
+        return super()._fill_text(text, width, indent)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "pretrain", help="contrastive pre-training on auxiliary labels (stage 2)", description=DESCRIPTION,
-        epilog=EPILOG + _objective_list(), formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG + OBJECTIVES_PLACE, formatter_class=_HelpFormatter,
     )
     add_config_arguments(p, "pretrain", "train.max_iters=100", optional=True)
     p.add_argument("--export", metavar="CHECKPOINT",
@@ -71,6 +85,7 @@ def export_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None
     """Write the backbone export(s) of a training checkpoint; returns key format -> path."""
     from auxseg.checkpoint_io import load_checkpoint
     from pretrain.checkpoint import STATE_FORMAT
+    from pretrain.config import PretrainConfig
     from pretrain.data import read_label_folder
     from pretrain.export import export_network
     from pretrain.train import PretrainModel
@@ -100,6 +115,7 @@ def export_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None
         obj_state = {k[len("objective."):]: v for k, v in ckpt["model"].items() if k.startswith("objective.")}
         check_keys(model.objective.state_dict().keys(), obj_state.keys(), checkpoint, "objective")
         model.objective.load_state_dict(obj_state)
+    check_contained(out or cfg.out_dir, "--out" if out else "out_dir")  # a linked subfolder would take the files
     return export_network(model.net, model.objective, out or cfg.out_dir, provenance)
 
 
@@ -109,6 +125,7 @@ def _summary(cfg, path: Path) -> str | None:
 
 def main(args: argparse.Namespace) -> int:
     """Train from the config (or write an export with --export); exit codes as every stage (auxseg.cli)."""
+    from pretrain.config import PretrainConfig  # loads the objective plug-ins (the loss section lists them)
     from pretrain.train import run
 
     if args.export:

@@ -90,23 +90,27 @@ class ModelConfig:
 def _loss_schema() -> type:
     """``loss``: the objective's name plus one typed section per registered objective (``loss.<name>``).
 
-    Built from :data:`pretrain.objectives.OBJECTIVES`, so a new objective's
+    Built from :func:`pretrain.objectives.registry` (plug-ins included), so a new objective's
     section is validated like every other (unknown keys and wrong types are errors).
     """
-    from pretrain.objectives import DISCOVERY_ERRORS, OBJECTIVES
+    from pretrain.objectives import DISCOVERY_ERRORS, registry
+
+    objectives = registry()  # runs the plug-ins: only commands that read a pretrain config get here
 
     def check_name(self) -> None:
-        if self.name not in OBJECTIVES:
+        if self.name not in objectives:
             if DISCOVERY_ERRORS:  # the objective may be the plug-in that failed to load: say that first
                 raise ValueError(f"loss.name: {self.name!r} is not registered; {DISCOVERY_ERRORS[0]}")
-            raise ValueError(f"loss.name: {self.name!r} is not a registered objective (known: {', '.join(OBJECTIVES)})")
+            raise ValueError(f"loss.name: {self.name!r} is not a registered objective (known: {', '.join(objectives)})")
 
     fields = [("name", str, field(default="infonce"))]
-    fields += [(name, cls.Config, field(default_factory=cls.Config)) for name, cls in OBJECTIVES.items()]
+    fields += [(name, cls.Config, field(default_factory=cls.Config)) for name, cls in objectives.items()]
     return make_dataclass("LossConfig", fields, namespace={"__post_init__": check_name, "__module__": __name__})
 
 
-LossConfig = _loss_schema()
+def _default_loss():
+    _define_schema()
+    return LossConfig()  # noqa: F821  (defined by _define_schema)
 
 
 def objective_section(loss_cfg) -> object:
@@ -154,6 +158,25 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossConfig = field(default_factory=_default_loss)  # noqa: F821  (defined on first use, below)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# LossConfig and PretrainConfig exist from their first use on, not from import: the ``loss`` section lists the
+# registered objectives, and registering them runs the plug-in files (pretrain.objectives.load_plugins).
+# Importing this module for ModelConfig or AugmentConfig, or building the command line, runs none.
+_PRETRAIN_CONFIG = globals().pop("PretrainConfig")
+
+
+def _define_schema() -> None:
+    if "LossConfig" not in globals():
+        globals()["LossConfig"] = _loss_schema()  # before PretrainConfig is handed out: its type hints name it
+        globals()["PretrainConfig"] = _PRETRAIN_CONFIG
+
+
+def __getattr__(name: str):
+    if name in ("LossConfig", "PretrainConfig"):
+        _define_schema()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,8 +33,9 @@ from auxseg.contracts.label_folder import (  # noqa: F401  (re-exported for the 
     write_groundtruth_label_folder,
 )
 from auxseg.contracts.priors import read_prior_topk
-from auxseg.files import atomic_write_json, read_json
+from auxseg.files import atomic_write_json, read_json_object
 from auxseg.images import list_images, read_label, read_rgb, write_label_png
+from auxseg.paths import output_file
 from pretrain.config import AugmentConfig
 from pretrain.transforms import make_view, prior_view, sample_view_params
 
@@ -176,7 +177,7 @@ def write_unlabelled_label_folder(image_root: str | Path, out: str | Path) -> Pa
         raise LabelFolderError(f"data.images: no images under {image_root}")
     manifest = out / MANIFEST_NAME
     if manifest.is_file():
-        m = read_json(manifest)
+        m = read_json_object(manifest)
         if m.get("images") == images and m.get("image_root") == str(image_root.resolve()):
             return out
     for rel in images:
@@ -185,7 +186,8 @@ def write_unlabelled_label_folder(image_root: str | Path, out: str | Path) -> Pa
                 width, height = img.size
         except OSError as err:
             raise LabelFolderError(f"{image_root / rel}: not a readable image ({err})") from err
-        write_label_png(out / LABELS_DIR / label_rel(rel), np.full((height, width), 255, np.uint8))
+        write_label_png(output_file(out, f"{LABELS_DIR}/{label_rel(rel)}", f"image {image_root / rel}"),
+                        np.full((height, width), 255, np.uint8))
     labelled = LabelledImages(image_root.resolve(), images, compute_labels_sha256(out / LABELS_DIR, images))
     atomic_write_json(manifest, label_folder_manifest(num_labels=1, scope="image", labelled=labelled,
                                                       extractor=UNLABELLED_EXTRACTOR))

@@ -118,3 +118,152 @@ def test_plugin_file_that_fails_to_import_is_named(tmp_path):
     lines = _error_lines(proc)
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     assert f"cannot import {plugins / 'broken.py'} (ModuleNotFoundError" in lines[0]
+
+
+# ----------------------------------------------------------------------------- plug-ins run only where needed
+
+# every command below in one interpreter: each exit code, and whether the plug-in file ever ran
+_HELP_DRIVER = """
+import sys
+from pathlib import Path
+from loop.cli import main
+codes = []
+for args in (["--help"], ["auxlabels", "--help"], ["finetune", "--help"]):
+    try:
+        codes.append(main(args))
+    except SystemExit as err:
+        codes.append(err.code)
+print("codes", codes, "ran", Path("ran").exists(), file=sys.stderr)
+"""
+
+
+def _plugins(tmp_path: Path, body: str) -> Path:
+    """A plug-in folder whose one file leaves a marker ``ran`` in the working folder, then runs ``body``."""
+    folder = tmp_path / "plugins"
+    folder.mkdir(exist_ok=True)
+    (folder / "bye.py").write_text(f"from pathlib import Path\nPath('ran').touch()\n{body}\n")
+    return folder
+
+
+@pytest.mark.parametrize("plugin", ["sys_exit", "hangs", "missing_folder"])
+def test_help_and_other_stages_never_run_the_plugins(tmp_path, plugin):
+    """``sys.exit('bye')`` in a plug-in made ``auxseg --help`` (and auxlabels', finetune's) exit 1; a plug-in that
+    hangs hung them: plug-ins were imported at start-up by every command."""
+    path = {"sys_exit": lambda: _plugins(tmp_path, "import sys; sys.exit('bye')"),
+            "hangs": lambda: _plugins(tmp_path, "import time; time.sleep(3600)"),
+            "missing_folder": lambda: tmp_path / "gone"}[plugin]()
+    proc = subprocess.run([sys.executable, "-c", _HELP_DRIVER], env=_env(AUXSEG_OBJECTIVE_PATH=str(path)),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "codes [0, 0, 0] ran False" in proc.stderr, proc.stderr[-2000:]
+    assert "usage: auxseg" in proc.stdout and "auxseg finetune" in proc.stdout
+
+
+def test_an_auxlabels_run_never_runs_the_plugins(tmp_path):
+    from auxseg.synthetic import SyntheticSpec, make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", SyntheticSpec(num_train=0, num_val=2, height=32, width=40))
+    plugins = _plugins(tmp_path, "import sys; sys.exit('bye')")
+    proc = _auxseg(["auxlabels", str(REPO / "configs/auxlabels/tiny.yaml"), f"image_dir={data / 'val'}",
+                    f"gt_dir={data / 'valannot'}", f"out_dir={tmp_path / 'out'}", "kmeans.n_fit=2",
+                    "superpixels.n_segments=20"],
+                   _env(AUXSEG_OBJECTIVE_PATH=os.pathsep.join([str(tmp_path / "gone"), str(plugins)])), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "manifest.json").is_file() and not (tmp_path / "ran").exists()
+
+
+def test_plugin_that_calls_sys_exit_is_one_line_for_pretrain(tmp_path):
+    plugins = _plugins(tmp_path, "import sys; sys.exit('bye')")
+    proc = _auxseg(["pretrain", str(REPO / "configs/pretrain/tiny.yaml"), f"out_dir={tmp_path / 'out'}"],
+                   _env(AUXSEG_OBJECTIVE_PATH=str(plugins)), tmp_path)
+    lines = _error_lines(proc)
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert (f"AUXSEG_OBJECTIVE_PATH: cannot import {plugins / 'bye.py'} (it called sys.exit('bye') while being "
+            "imported)") in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_pretrain_help_lists_the_objectives_and_a_plugin_that_failed(tmp_path):
+    plugins = _plugins(tmp_path, "import sys; sys.exit('bye')")
+    proc = _auxseg(["pretrain", "--help"], _env(AUXSEG_OBJECTIVE_PATH=str(plugins)), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "  infonce " in proc.stdout and f"(not loaded: AUXSEG_OBJECTIVE_PATH: cannot import {plugins}" in proc.stdout
+
+
+def test_broken_entry_point_is_one_line_for_pretrain(tmp_path):
+    """An installed package that declares an ``auxseg.objectives`` entry point whose module does not import."""
+    site = tmp_path / "site"
+    dist = site / "broken_objectives-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-objectives\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[auxseg.objectives]\nbroken = not_a_module_anywhere\n")
+    env = _env(PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    proc = _auxseg(["pretrain", str(REPO / "configs/pretrain/tiny.yaml"), f"out_dir={tmp_path / 'out'}"], env,
+                   tmp_path)
+    lines = _error_lines(proc)
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert ("entry point broken = not_a_module_anywhere (auxseg.objectives): cannot import it "
+            "(ModuleNotFoundError: No module named 'not_a_module_anywhere')") in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- every launcher checks the variables
+
+
+@pytest.mark.parametrize("launcher, device, message", [
+    ("pytorch", "cpu", "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT are not"),
+    ("pytorch", "cuda", "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT are not"),
+    ("slurm", "cuda", "launcher=slurm but SLURM_PROCID, SLURM_NTASKS, SLURM_NODELIST are not set (WORLD_SIZE is set"),
+])
+def test_finetune_checks_the_variables_of_every_launcher(tmp_path, monkeypatch, capsys, launcher, device, message):
+    """With launcher=slurm, or pytorch on CUDA, mmengine read the variables itself: a stale WORLD_SIZE ended in a
+    KeyError or a 30-minute wait, after the work_dir was written."""
+    from loop.cli import main
+
+    for key in DIST_VARS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = main(["finetune", str(REPO / "configs/finetune/tiny.yaml"), f"data_root={tmp_path / 'data'}",
+                 f"work_dir={tmp_path / 'work'}", f"launcher={launcher}", f"device={device}"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("auxseg finetune: error: ") and message in lines[0]
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("variables, launcher, message", [
+    ({}, "pytorch", "launcher=pytorch but WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not set"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "29500"}, "pytorch",
+     "launcher=pytorch but LOCAL_RANK is not set"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, "slurm", "launcher=slurm but SLURM_NODELIST is not set: "),
+    ({"SLURM_PROCID": "2", "SLURM_NTASKS": "2", "SLURM_NODELIST": "n[1-2]"}, "slurm", "SLURM_PROCID=2 is outside 0..1"),
+    ({"SLURM_PROCID": "x", "SLURM_NTASKS": "2", "SLURM_NODELIST": "n1"}, "slurm", "SLURM_PROCID='x' is not an integer"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_NODELIST": "n1", "AUXSEG_DIST_TIMEOUT": "0"}, "slurm",
+     "AUXSEG_DIST_TIMEOUT='0': must be a number of seconds > 0"),
+])
+def test_launcher_variables_are_named(monkeypatch, variables, launcher, message):
+    from auxseg.distributed import launcher_dist_info
+
+    for key in (*DIST_VARS, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODELIST", "SLURM_LOCALID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in variables.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(DistributedEnvError, match=message):
+        launcher_dist_info(launcher)
+
+
+def test_launcher_variables_that_fit_give_the_place_of_the_process(monkeypatch):
+    from auxseg.distributed import launcher_dist_info
+
+    for key in (*DIST_VARS, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODELIST", "SLURM_LOCALID"):
+        monkeypatch.delenv(key, raising=False)
+    assert launcher_dist_info("none").world_size == 1
+    monkeypatch.setenv("WORLD_SIZE", "7")  # launcher=none: mmengine reads none of them, neither do we
+    assert launcher_dist_info("none").world_size == 1
+    for key, value in {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_NODELIST": "n[1-2]", "SLURM_LOCALID": "1"}.items():
+        monkeypatch.setenv(key, value)
+    info = launcher_dist_info("slurm")
+    assert (info.rank, info.world_size, info.local_rank) == (3, 4, 1)
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    info = launcher_dist_info("pytorch")
+    assert (info.rank, info.world_size, info.local_rank) == (1, 2, 1)

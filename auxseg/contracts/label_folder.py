@@ -28,9 +28,9 @@ from auxseg.contracts.layout import (  # noqa: F401  (the folder's names and pat
     prior_rel,
 )
 from auxseg.contracts.priors import prior_num_labels
-from auxseg.files import atomic_write_json, read_json, sha256_file
+from auxseg.files import atomic_write_json, read_json, read_json_object, sha256_file
 from auxseg.images import list_images, read_label, write_label_png
-from auxseg.paths import relative_inside
+from auxseg.paths import output_file, relative_inside
 
 
 def compute_labels_sha256(labels_dir: str | Path, images: list[str] | tuple[str, ...]) -> str:
@@ -301,7 +301,7 @@ def write_groundtruth_label_folder(dataset_root: str | Path, out: str | Path, sp
     dataset_root, out = Path(dataset_root), Path(out)
     image_root = dataset_root / split
     images = [p.as_posix() for p in list_images(image_root)]
-    info = read_json(dataset_root / "dataset.json") if (dataset_root / "dataset.json").is_file() else {}
+    info = read_json_object(dataset_root / "dataset.json") if (dataset_root / "dataset.json").is_file() else {}
     k = int(num_classes or info.get("num_classes", 0))
     if k <= 0:
         raise LabelFolderError(f"{dataset_root}: give num_classes (no dataset.json with num_classes)")
@@ -309,7 +309,7 @@ def write_groundtruth_label_folder(dataset_root: str | Path, out: str | Path, sp
     for rel in images:
         gt = read_label(dataset_root / f"{split}annot" / label_rel(rel))
         lab = np.where(gt < k, gt, ignore).astype(np.uint8)
-        write_label_png(out / LABELS_DIR / label_rel(rel), lab)
+        write_label_png(output_file(out, f"{LABELS_DIR}/{label_rel(rel)}", f"image {image_root / rel}"), lab)
     labelled = LabelledImages(image_root.resolve(), images, compute_labels_sha256(out / LABELS_DIR, images))
     atomic_write_json(out / MANIFEST_NAME, label_folder_manifest(
         num_labels=k, scope="global", labelled=labelled, dtype="uint8", extractor="ground truth"))

@@ -260,21 +260,22 @@ def write_label_priors(folder: str | Path, confidence: float = 0.8, topk: int = 
     ``priors/`` and adds the ``prior`` key to ``manifest.json``.
     """
     from auxseg.contracts.layout import LABELS_DIR, MANIFEST_NAME, label_rel
-    from auxseg.files import atomic_write_json, read_json, sha256_file
+    from auxseg.files import atomic_write_json, read_json_object, sha256_file
     from auxseg.images import read_label
+    from auxseg.paths import output_file
 
     folder = Path(folder)
-    m = read_json(folder / MANIFEST_NAME)
+    m = read_json_object(folder / MANIFEST_NAME)
     k = int(m["num_labels"])
     pairs = []
-    for rel in m["images"]:
+    for n, rel in enumerate(m["images"]):
+        path = output_file(folder, f"{PRIORS_DIR}/{prior_rel(rel)}", f"{folder / MANIFEST_NAME}: images[{n}]")
         lab = read_label(folder / LABELS_DIR / label_rel(rel))[::stride, ::stride].astype(np.int64)
         valid = lab < k
         rest = (1.0 - confidence) / max(1, k - 1)
         prior = np.full((k, *lab.shape), rest)
         np.put_along_axis(prior, np.where(valid, lab, 0)[None], confidence, axis=0)
         prior[:, ~valid] = 1.0 / k
-        path = folder / PRIORS_DIR / prior_rel(rel)
         write_prior(path, prior / prior.sum(axis=0, keepdims=True), topk)
         pairs.append((prior_rel(rel), sha256_file(path)))
     m["prior"] = prior_manifest_entry(topk, stride, pairs, source="hard labels", confidence=confidence)
