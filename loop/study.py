@@ -47,7 +47,7 @@ from auxseg.config import (
     without_keys,
 )
 from auxseg.files import atomic_write_json, read_json_object, sha256_file
-from auxseg.paths import resolve_path
+from auxseg.paths import check_separate, resolve_path
 from loop.pipeline import (
     Dataset,
     PipelineConfig,
@@ -211,6 +211,8 @@ def plan(study: StudyConfig) -> Plan:
         fraction_names.append(name)
         base_cfg = _arm_config(study, base, BASE_ARM, fraction, work_dir)
         if data is None:
+            # the study's own files (report, figures, locks) are written here, beside the cells' folders
+            check_separate(work_dir, "work_dir", {"data.root": base_cfg.data.root})
             work_dir.mkdir(parents=True, exist_ok=True)
             data = prepare_data(base_cfg, work_dir)
         # the baseline fine-tunes: the base schedule, no arm overrides; the first seed's labels every arm

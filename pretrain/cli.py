@@ -19,6 +19,7 @@ from auxseg.cli import (
 )
 from auxseg.config import from_dict
 from auxseg.errors import AuxsegError
+from auxseg.files import read_jsonl
 from auxseg.paths import check_contained
 
 DESCRIPTION = """\
@@ -120,7 +121,13 @@ def export_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None
 
 
 def _summary(cfg, path: Path) -> str | None:
-    return f"done: {path}" if os.environ.get("RANK", "0") == "0" else None  # one line per job, not per process
+    """The closing line: the last logged loss (the run's headline number) and the export; rank 0 only."""
+    if os.environ.get("RANK", "0") != "0":
+        return None  # one line per job, not per process
+    log_file = Path(cfg.out_dir) / "log.jsonl"
+    log = [r for r in read_jsonl(log_file) if "loss" in r] if log_file.is_file() else []
+    loss = f"loss {log[-1]['loss']:.3f} at iteration {log[-1]['iter']}, " if log else ""
+    return f"{loss}done: {path}"
 
 
 def main(args: argparse.Namespace) -> int:

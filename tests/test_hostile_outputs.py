@@ -90,6 +90,15 @@ def test_pipeline_does_not_write_through_a_linked_subfolder(tmp_path, capsys, su
     assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in work.iterdir()) == [sub]
 
 
+def test_study_does_not_write_through_a_linked_subfolder(tmp_path, capsys):
+    # the study's own report and figures go to its work_dir, beside the cells it runs
+    work = tmp_path / "work"
+    elsewhere = _link(work / "study_figures", tmp_path / "elsewhere")
+    line = _one_error_line(capsys, main(["study", str(REPO / "configs/study/tiny.yaml"), f"work_dir={work}"]))
+    assert f"work_dir: {work / 'study_figures'} is a symbolic link to {elsewhere}" in line
+    assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in work.iterdir()) == ["study_figures"]
+
+
 def test_pretrain_export_does_not_write_through_a_linked_subfolder(data, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_pretrain_images(data, out)) == 0
