@@ -83,12 +83,14 @@ def previous_manifest(cfg: AuxLabelsConfig, out: Path, fp: str) -> dict | None:
 
 
 def read_journal(out: Path) -> dict[str, dict]:
-    """Records of finished images from every ``progress*.jsonl``, read with :func:`auxseg.files.read_jsonl`:
-    a torn last line (a kill mid-append) is ignored with a warning, a corrupt line before it is a
-    ``JsonLinesError`` naming the file and line."""
+    """Records of finished images from every ``progress*.jsonl``, read with :func:`auxseg.files.read_jsonl`.
+
+    A torn last line (a kill mid-append) and a corrupt line before it are each a warning naming the
+    file and line, and their images are labelled again: a record only saves work, and earlier
+    versions could leave a kill's torn line glued to the next record mid-file."""
     records: dict[str, dict] = {}
     for path in sorted(out.glob("progress*.jsonl")):
-        for rec in read_jsonl(path):
+        for rec in read_jsonl(path, skip_bad="its image is labelled again"):
             if "rel" in rec:
                 records[rec["rel"]] = rec
     return records

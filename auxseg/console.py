@@ -19,6 +19,7 @@ captures nothing and prints nothing, so the stages behave as they always did.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import logging
@@ -98,6 +99,14 @@ class _LogSink(io.TextIOBase):
     def flush(self) -> None:
         if self._file is not None and not self._finished:
             self._file.flush()
+
+    def open_now(self) -> Path | None:
+        """Open the file now if its folder exists (writing what waited); its path, or None while it cannot be."""
+        self._open()
+        if self._file is None:
+            return None
+        self._file.flush()
+        return self.path
 
     def finish(self) -> Path | None:
         """Write what waited, close the file; returns its path if anything was written."""
@@ -363,31 +372,44 @@ def step(name: str, log: str | Path | None = None) -> Iterator[Step]:
 
 @contextlib.contextmanager
 def _native_stderr_to(sink: _LogSink) -> Iterator[None]:
-    """Point file descriptor 2 at an unnamed temporary file for the body, then append its text to ``sink``.
+    """Point file descriptor 2 at the step's log for the body.
 
-    C and C++ code (faiss: "WARNING clustering N points to K centroids") writes to descriptor 2
-    directly, past ``sys.stderr``. A temporary file rather than a pipe: a pipe needs a reader
-    thread, and a native writer that holds the GIL would block on a full pipe. Descriptor 1 is
-    left alone: the session draws on it.
+    C and C++ code (faiss: "WARNING clustering N points to K centroids") and child processes
+    write to descriptor 2 directly, past ``sys.stderr``. Where the log's folder exists when the
+    step starts (it usually does: the stage command made it), descriptor 2 is the log file itself,
+    opened for appending, so what native code writes is on disk at once, even when the process
+    then dies (a segfault report, a fatal error). Otherwise it is an unnamed temporary file whose
+    text is appended to the log when the step ends (a hard crash loses it). Not a pipe: a pipe
+    needs a reader thread, and a native writer that holds the GIL would block on a full pipe.
+    Descriptor 1 is left alone: the session draws on it.
     """
     try:
         saved = os.dup(2)
     except OSError:  # no descriptor 2 (a daemon): nothing to catch
         yield
         return
-    with tempfile.TemporaryFile() as captured:
+    log = sink.open_now()
+    with contextlib.ExitStack() as stack:
+        if log is not None:
+            target, captured = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), None
+            stack.callback(os.close, target)
+        else:
+            captured = stack.enter_context(tempfile.TemporaryFile())
+            target = captured.fileno()
         sys.__stderr__ and sys.__stderr__.flush()
-        os.dup2(captured.fileno(), 2)
+        os.dup2(target, 2)
         try:
             yield
         finally:
             sys.__stderr__ and sys.__stderr__.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            captured.seek(0)
-            text = captured.read().decode("utf-8", "replace")
-            if text:
-                sink.write(text)
+            if captured is not None:
+                captured.seek(0)
+                decoder = codecs.getincrementaldecoder("utf-8")("replace")
+                while chunk := captured.read(1 << 20):
+                    sink.write(decoder.decode(chunk))
+                sink.write(decoder.decode(b"", final=True))
 
 
 def bar(total: int | None = None, *, desc: str = "", unit: str = "it", initial: int = 0,

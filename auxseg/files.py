@@ -273,19 +273,31 @@ def _warn_torn(path: Path, lineno: int, tail: bytes, action: str) -> None:
     )
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path, skip_bad: str | None = None) -> list[dict]:
     """Records of a JSON-lines file, one JSON object per line; blank lines are skipped.
 
     A torn last line (no final newline and not valid JSON: what ``kill -9``
     during :func:`append_jsonl` can leave) is ignored with a ``UserWarning``.
     Anything wrong before it, or a bad last line that does end in a newline,
-    raises :class:`JsonLinesError` naming the file and the line number. A
-    missing file raises ``FileNotFoundError``. The file is never modified.
+    raises :class:`JsonLinesError` naming the file and the line number, unless
+    ``skip_bad`` says what skipping a record costs (a journal of redoable work:
+    "its image is labelled again"): then each bad line is a ``UserWarning``
+    naming the file and line, followed by ``skip_bad``. A missing file raises
+    ``FileNotFoundError``. The file is never modified.
     """
     path = Path(path)
     body, tail = _torn_tail(path.read_bytes())
     lines = body.split(b"\n")[:-1]  # body ends in "\n" (or is empty)
-    records = [_parse_jsonl_line(path, n, raw) for n, raw in enumerate(lines, 1) if raw.strip()]
+    records = []
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            records.append(_parse_jsonl_line(path, n, raw))
+        except JsonLinesError as err:
+            if skip_bad is None:
+                raise
+            warnings.warn(f"{err}; skipped: {skip_bad}", UserWarning, stacklevel=2)
     if tail.strip():
         try:
             records.append(_parse_jsonl_line(path, len(lines) + 1, tail))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -272,15 +273,16 @@ def _auxlabels_cell(cfg: PipelineConfig, arm: ArmConfig, data: Dataset, fraction
     """The auxiliary labels of ``arm``'s labelling settings, from the segmenter ``seg0``."""
     from auxlabels.pipeline import run as run_auxlabels
 
-    aux = _staged(arm, "auxlabels", auxlabels_config(cfg, data, Path("."), Path("segmenter.pth")))
-    # the pipeline's extractor is the segmenter, a dependency; an arm that names its own file (a DINOv2
-    # checkpoint) is identified by that file's content, so two arms with different files label apart
-    own = {o.split("=", 1)[0].strip() for o in arm.stage_overrides.get("auxlabels", [])}
+    template = auxlabels_config(cfg, data, Path("."), Path("segmenter.pth"))
+    aux = _staged(arm, "auxlabels", template)
+    # the pipeline's extractor is the segmenter, a dependency; a file the arm puts in its place (a DINOv2
+    # checkpoint, however the override is written) is identified by its content, so arms with different
+    # files label apart
+    own = [name for name in ("checkpoint", "config") if getattr(aux.extractor, name) != getattr(template.extractor, name)]
     ident = _identity(aux, ("out_dir", "progress") + tuple(
-        key for key in ("extractor.checkpoint", "extractor.config") if key not in own), data.root)
-    for key in own & {"extractor.checkpoint", "extractor.config"}:
-        section, name = key.split(".")
-        ident[section][name] = _file_identity(getattr(aux.extractor, name))
+        f"extractor.{name}" for name in ("checkpoint", "config") if name not in own), data.root)
+    for name in own:
+        ident["extractor"][name] = _file_identity(getattr(aux.extractor, name))
     return Cell("auxlabels", f"auxlabels_{_digest('auxlabels', ident, (seg0.key,))}",
                 f"auxiliary labels {fraction} ({arm.name})", (seg0.key,), fraction,
                 iterations=_count_images(data), run=_auxlabels_runner(cfg, arm, data, seg0.key, run_auxlabels),
@@ -306,6 +308,14 @@ def _file_identity(path: str | None) -> str | None:
     """A file an arm names, by content (SHA-256) where it exists; by its path until it does."""
     if path is None or not Path(path).is_file():
         return path
+    stat = Path(path).stat()
+    return _content_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _content_digest(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file, computed once per process for each (path, size, modification time): a plan hashes
+    each arm's checkpoint for every fraction, and a ViT-g file is 4 GB."""
     return "sha256:" + sha256_file(Path(path))
 
 

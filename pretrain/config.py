@@ -170,7 +170,7 @@ _PRETRAIN_CONFIG = globals().pop("PretrainConfig")
 
 
 def _define_schema() -> None:
-    if "LossConfig" not in globals():
+    if "PretrainConfig" not in globals():  # (not LossConfig: importlib.reload keeps the old one)
         globals()["LossConfig"] = _loss_schema()  # before PretrainConfig is handed out: its type hints name it
         globals()["PretrainConfig"] = _PRETRAIN_CONFIG
 

@@ -91,6 +91,33 @@ def test_a_failed_step_says_so_and_where_its_output_is(tmp_path):
     assert "the stage's last words" in (tmp_path / "p.log").read_text()
 
 
+def test_native_writes_to_descriptor_2_reach_the_log_at_once(tmp_path):
+    """What C code and child processes write to descriptor 2 (faiss's warnings, a crash report) is in the
+    log while the step runs, not only when it ends; afterwards descriptor 2 is the terminal's again."""
+    import os
+    import subprocess
+
+    log = tmp_path / "console.log"
+    with console.session(out=io.StringIO()), console.step("auxlabels", log):
+        os.write(2, b"WARNING clustering 320 points to 9 centroids\n")
+        subprocess.run([sys.executable, "-c", "import os; os.write(2, b'from a child\\n')"], check=True)
+        during = log.read_text()
+    assert "WARNING clustering 320 points" in during and "from a child" in during
+    assert os.fstat(2).st_ino != os.stat(log).st_ino
+
+
+def test_native_writes_before_the_log_folder_exists_join_the_log_at_the_end(tmp_path):
+    log = tmp_path / "out" / "console.log"
+    with console.session(out=io.StringIO()), console.step("auxlabels", log):
+        import os
+
+        os.write(2, "written before the folder existed \u00e9\n".encode())
+        log.parent.mkdir()  # the stage makes its folder after the step began
+        print("the stage's own line")
+    text = log.read_text()
+    assert "written before the folder existed \u00e9" in text and "the stage's own line" in text
+
+
 def test_no_log_folder_no_log_file(tmp_path):
     """A step refused before its output folder exists leaves no folder behind."""
     with console.session(out=io.StringIO()), console.step("finetune", tmp_path / "never" / "console.log"):

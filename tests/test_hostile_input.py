@@ -320,9 +320,10 @@ def test_manifest_that_is_not_an_object_is_one_line(data, tmp_path, capsys, cont
     assert (out / "manifest.json").read_text() == content  # left as it was
 
 
-def test_journal_corrupt_before_its_last_line_names_file_and_line(data, tmp_path, capsys):
-    """The journal was parsed line by line with corrupt lines skipped wherever they were; it is now read with
-    read_jsonl: a torn last line (a kill) is cut with a warning, a corrupt line before it is an error."""
+def test_journal_corrupt_lines_are_named_and_their_images_redone(data, tmp_path, capsys):
+    """The journal was parsed line by line with corrupt lines skipped silently; it is now read with read_jsonl:
+    a corrupt line mid-file (earlier versions glued a kill's torn line to the next record) and a torn last line
+    are each a warning naming file:line, and their images are labelled again."""
     from loop.cli import main
 
     out = tmp_path / "out"
@@ -332,10 +333,12 @@ def test_journal_corrupt_before_its_last_line_names_file_and_line(data, tmp_path
     lines = journal.read_text().splitlines(keepends=True)
     assert len(lines) == 4
     journal.write_text(lines[0] + lines[1][:25] + "\n" + "".join(lines[2:]))
-    capsys.readouterr()
-    assert main(args) == 1
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and f"{journal}:2: not valid JSON" in err[0], err
+    with pytest.warns(UserWarning, match=rf"{journal}:2: not valid JSON .*; skipped: its image is labelled again"):
+        assert main(args) == 0
+    redone = [json.loads(line)["rel"] for line in journal.read_text().splitlines()[4:]]
+    assert redone == [json.loads(lines[1])["rel"]]  # only the image of the bad line was labelled again
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
+    journal.write_text("".join(lines))
 
     journal.write_text("".join(lines[:3]) + lines[3][:25])  # torn last line: that image is redone
     with pytest.warns(UserWarning, match=rf"{journal}:4: ignoring a torn last line"):

@@ -261,7 +261,9 @@ def _hf_config_facts(path: Path) -> list[Fact]:
         raise CheckpointError(f"{path}: {where} has model_type {model_type!r}, not a DINOv2 model "
                               "(dinov2 or dinov2_with_registers)")
     # transformers' Dinov2WithRegistersConfig defaults num_register_tokens to 4; Dinov2Config has none
-    registers = int(config.get("num_register_tokens", 4)) if model_type == "dinov2_with_registers" else 0
+    registers = config.get("num_register_tokens", 4) if model_type == "dinov2_with_registers" else 0
+    if not isinstance(registers, int) or isinstance(registers, bool) or registers < 0:
+        raise CheckpointError(f"{path}: {where} has num_register_tokens {registers!r}, not a count")
     facts = [Fact("registers", registers, f"{where} has model_type {model_type!r} ({registers} registers)")]
     facts += [Fact(attr, config[key], f"{where} has {key} {config[key]}") for key, attr in HF_CONFIG_FIELDS.items()
               if key in config]
@@ -316,6 +318,9 @@ def infer_arch(state: dict, family: str, layout: str, path: str | Path, facts: S
     hf = layout == "hf"
     cls_key = "embeddings.cls_token" if hf else "cls_token"
     patch_key = "embeddings.patch_embeddings.projection.weight" if hf else "patch_embed.proj.weight"
+    if cls_key not in state and patch_key not in state:  # e.g. Meta's dinov2_*_linear_head.pth
+        raise CheckpointError(f"{path}: not a {family} backbone: it has neither {cls_key} nor {patch_key} "
+                              f"({len(state)} tensors, e.g. {sorted(state)[:3]}; a linear head or another model?)")
     for key in (cls_key, patch_key):
         if key not in state:
             raise CheckpointError(f"{path}: cannot infer the {family} architecture ({layout} layout): no {key}; "

@@ -247,7 +247,17 @@ def test_missing_or_renamed_key_is_refused_naming_file_and_key(tmp_path, tiny_ar
     with pytest.raises(CheckpointError, match=r"broken\.safetensors.*missing keys: encoder\.layer\.2\.layer_scale2"):
         build_extractor(ExtractorConfig(name="dinov2", checkpoint=str(paths["hf"].parent / "broken.safetensors")))
     # not a ViT at all, and not a checkpoint at all
-    refused({"conv1.weight": torch.zeros(1)}, "resnet.pth", "cannot infer the dinov2 architecture")
+    refused({"conv1.weight": torch.zeros(1)}, "resnet.pth", "not a dinov2 backbone: it has neither cls_token")
+    # Meta's linear-head files sit beside the backbones with similar names
+    refused({"weight": torch.zeros(1000, 1920), "bias": torch.zeros(1000)}, "dinov2_vits14_linear_head.pth",
+            "not a dinov2 backbone", "a linear head or another model?")
+    # a config.json whose register count is not a count
+    config_path = paths["hf"].parent / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps(dict(config, model_type="dinov2_with_registers", num_register_tokens=None)))
+    with pytest.raises(CheckpointError, match=r"num_register_tokens None, not a count"):
+        build_extractor(ExtractorConfig(name="dinov2", checkpoint=str(paths["hf"])))
+    config_path.write_text(json.dumps(config))
     (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}  garbage")
     with pytest.raises(CheckpointError, match="garbage.safetensors"):
         build_extractor(ExtractorConfig(name="dinov2", checkpoint=str(tmp_path / "garbage.safetensors")))
@@ -597,6 +607,13 @@ def test_study_arms_with_different_dinov2_files_label_apart(tmp_path):
     assert len(keys()) == 1
     (tmp_path / "dinov2_vitb14_pretrain.pth").write_bytes(b"two")
     assert len(keys()) == 2
+    # the same file named through the whole section ("extractor={...}") is identified the same way
+    arms[2]["stage_overrides"]["auxlabels"] = [
+        f"extractor={{name: dinov2, checkpoint: {tmp_path / 'dinov2_vitb14_pretrain.pth'}, config: null, "
+        "layer: layer4}"]
+    assert len(keys()) == 2
+    (tmp_path / "dinov2_vitb14_pretrain.pth").write_bytes(b"one")
+    assert len(keys()) == 1
 
 
 def test_the_reader_needs_no_timm():
