@@ -58,7 +58,7 @@ class FitState:
         try:
             info = json.loads(str(arrays["info"]))
             num_labels = int(info.pop("num_labels"))
-        except (KeyError, json.JSONDecodeError) as err:
+        except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as err:  # absent, not JSON, not a dict
             raise DataFileError(f"{path}: no readable 'info' entry ({type(err).__name__}); "
                                 "delete the file to refit") from err
         return cls(centroids=arrays["centroids"], refs=arrays["refs"], ref_labels=arrays["ref_labels"],

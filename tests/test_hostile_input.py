@@ -247,6 +247,12 @@ def test_truncated_fit_state_names_the_file(tmp_path):
     (tmp_path / FIT_STATE).write_bytes(data[: len(data) // 2])
     with pytest.raises(DataFileError, match=rf"^{tmp_path / FIT_STATE}: not a readable \.npz file \(BadZipFile"):
         FitState.load(tmp_path)
+    # a whole file whose 'info' is not the object save() writes: one line naming the file, not an AttributeError
+    for info in ("[1, 2]", '{"num_labels": "many"}', "[" * 100_000):
+        np.savez(tmp_path / FIT_STATE, centroids=fit.centroids, refs=fit.refs, ref_labels=fit.ref_labels,
+                 thresholds=fit.thresholds, info=info)
+        with pytest.raises(DataFileError, match=rf"^{tmp_path / FIT_STATE}: no readable 'info' entry"):
+            FitState.load(tmp_path)
 
 
 # ----------------------------------------------------------------------------- inputs whose cost is not their size
