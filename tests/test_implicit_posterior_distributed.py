@@ -12,6 +12,7 @@ import types
 
 import pytest
 import torch
+from gloo_workers import run_gloo
 
 from finetune.losses import QRLoss, RQLoss
 from pretrain.objectives.base import StepBatch
@@ -54,45 +55,18 @@ def _pretrain_rq(features, label, head_state):
     return loss.detach(), x.grad
 
 
-def _worker(rank: int, world: int, port: int, data: dict, out: str) -> None:
-    import os
-
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        mine = slice(rank, rank + 1)
-        logits, prior = data["logits"][mine], data["prior"][mine]
-        results = {}
-        for name, cls in LOSSES:
-            for warm in (0, 1):
-                results[name, warm] = _loss_and_grad(cls, logits, prior, warmup_iters=warm)
-            results[name, "momentum"] = _momentum_state(cls, logits, prior)
-        results["pretrain"] = _pretrain_rq(data["features"][2 * rank:2 * rank + 2], data["label"][mine],
-                                           data["head"])
-        torch.save(results, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
-def _spawn(world: int, data: dict, out: str, timeout: float = 120.0) -> None:
-    import socket
-    import time
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ctx = mp.start_processes(_worker, args=(world, port, data, out), nprocs=world, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=2):
-        if time.monotonic() > deadline:  # a collective that one process never reached
-            for proc in ctx.processes:
-                proc.kill()
-            pytest.fail(f"distributed loss workers still waiting after {timeout} s")
+def _share(rank: int, world: int, data: dict) -> dict:
+    """One process's share: its image through each loss (with and without warm-up), its momentum state, and
+    an RQ pre-training step."""
+    mine = slice(rank, rank + 1)
+    logits, prior = data["logits"][mine], data["prior"][mine]
+    results = {}
+    for name, cls in LOSSES:
+        for warm in (0, 1):
+            results[name, warm] = _loss_and_grad(cls, logits, prior, warmup_iters=warm)
+        results[name, "momentum"] = _momentum_state(cls, logits, prior)
+    results["pretrain"] = _pretrain_rq(data["features"][2 * rank:2 * rank + 2], data["label"][mine], data["head"])
+    return results
 
 
 def _data(empty_rank):
@@ -119,8 +93,7 @@ def _close(a, b):
 @pytest.mark.parametrize("empty_rank", [None, 0])
 def test_class_mass_spans_the_processes_of_a_distributed_batch(tmp_path, empty_rank):
     data = _data(empty_rank)
-    _spawn(2, data, str(tmp_path / "out"))
-    ranks = [torch.load(tmp_path / f"out.{r}") for r in range(2)]
+    ranks = run_gloo(_share, 2, data, tmp_path)
     # the one-process reference: both images, or (empty_rank) the other image alone
     keep = slice(0, 2) if empty_rank is None else slice(1 - empty_rank, 2 - empty_rank)
     logits, prior = data["logits"][keep], data["prior"][keep]

@@ -9,6 +9,7 @@ import types
 
 import pytest
 import torch
+from gloo_workers import run_gloo
 from pre_helpers import loss_grad_stats, unit_features
 
 from pretrain.losses import (
@@ -209,42 +210,16 @@ def test_sampled_pixels_through_blocks_give_the_lean_loss():
 SETTINGS = {"all_blocks": {"all_pixels": True, "block_size": 7}, "sampled_blocks": {"budget": 40, "block_size": 6}}
 
 
-def _worker(rank: int, world: int, port: int, data: dict, out: str) -> None:
-    import os
-
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        mine = slice(rank, rank + 1)
-        results = {name: _objective_step(data, data["features"][2 * rank:2 * rank + 2], data["label"][mine], **cfg)
-                   for name, cfg in SETTINGS.items()}
-        torch.save(results, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _both_settings(rank: int, world: int, data: dict) -> dict:
+    """One process's share: its image (both views) through each setting."""
+    mine = slice(rank, rank + 1)
+    return {name: _objective_step(data, data["features"][2 * rank:2 * rank + 2], data["label"][mine], **cfg)
+            for name, cfg in SETTINGS.items()}
 
 
 def test_two_gloo_processes_give_the_one_process_loss_and_gradients(tmp_path):
-    import socket
-    import time
-
-    import torch.multiprocessing as mp
-
     data = _data()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ctx = mp.start_processes(_worker, args=(2, port, data, str(tmp_path / "out")), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=2):
-        if time.monotonic() > deadline:  # a collective that one process never reached
-            for proc in ctx.processes:
-                proc.kill()
-            pytest.fail("distributed workers still waiting after 120 s")
-    ranks = [torch.load(tmp_path / f"out.{r}") for r in range(2)]
+    ranks = run_gloo(_both_settings, 2, data, tmp_path)
     for name, cfg in SETTINGS.items():
         loss, stats, grad, head = _objective_step(data, data["features"], data["label"], **cfg)
         for r in range(2):
