@@ -18,6 +18,7 @@ import posixpath
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from auxseg.errors import AuxsegError
+from auxseg.images import IMAGE_SUFFIXES
 from auxseg.presets import preset_path
 
 
@@ -80,9 +81,13 @@ def read_path_list(list_file: str | Path, what: str = "path") -> list[str]:
     """The relative paths listed in a text file, one per line, each checked by :func:`relative_inside`.
 
     Blank lines and lines starting with ``#`` are skipped; surrounding spaces are
-    stripped. The order of the file is kept (duplicates too: callers decide).
+    stripped. The order of the file is kept (duplicates too: callers decide). A line
+    of two words that both name image files is the semi-supervised literature's
+    ``<image> <label>`` pair (its split files, e.g. ``splits/cityscapes_literature/``):
+    the image is listed, the label path is checked and not used. ``list_file`` is
+    found as :func:`resolve_path` finds it (``splits/...`` names a shipped preset).
     """
-    list_file = Path(list_file)
+    list_file = resolve_path(list_file)
     if not list_file.is_file():
         raise FileNotFoundError(f"{what} list not found: {list_file}")
     try:
@@ -93,8 +98,17 @@ def read_path_list(list_file: str | Path, what: str = "path") -> list[str]:
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if line and not line.startswith("#"):
-            rels.append(relative_inside(line, f"{list_file}:{n}"))
+            rels.append(_listed_path(line, f"{list_file}:{n}"))
     return rels
+
+
+def _listed_path(line: str, where: str) -> str:
+    """One list line: a path (it may hold spaces), or an ``<image> <label>`` pair, whose image it returns."""
+    words = line.split()
+    if len(words) == 2 and all(word.lower().endswith(IMAGE_SUFFIXES) for word in words):
+        relative_inside(words[1], where)
+        return relative_inside(words[0], where)
+    return relative_inside(line, where)
 
 
 def _absolute(path: str | Path) -> Path:

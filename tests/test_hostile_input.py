@@ -62,6 +62,14 @@ def test_read_path_list_names_file_and_line(tmp_path):
         read_path_list(listing)
     listing.write_text("a.png\n  b.png  \n")
     assert read_path_list(listing) == ["a.png", "b.png"]
+    # the literature's "<image> <label>" lines list their image; both paths are checked; a name with a space
+    # that is not such a pair stays one path
+    listing.write_text("leftImg8bit/train/a_leftImg8bit.png gtFine/train/a_gtFine_labelTrainIds.png\n"
+                       "my photo.jpg\n")
+    assert read_path_list(listing) == ["leftImg8bit/train/a_leftImg8bit.png", "my photo.jpg"]
+    listing.write_text("a.png b.png\nc.png ../../labels/c.png\n")
+    with pytest.raises(UnsafePathError, match=rf"^{listing}:2: path '../../labels/c.png' leaves its folder$"):
+        read_path_list(listing)
 
 
 def test_output_file_refuses_symlinked_folders_and_files(tmp_path):

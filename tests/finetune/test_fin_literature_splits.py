@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -138,8 +135,8 @@ def _doc_commands() -> list[str]:
 
 
 def test_the_documented_unlabelled_list_feeds_the_auxiliary_labels(tmp_path, monkeypatch):
-    """The recipe of docs/your_own_data.md ("Label splits"), run as written in a new folder: its shell lines
-    make the image list from the 1/16 unlabelled split; the auxlabels command's image_dir and image_list then
+    """The recipe of docs/your_own_data.md ("Label splits"), run as written in a new folder: the auxlabels
+    command's image_dir and image_list (the shipped 1/16 unlabelled split, read as "<image> <label>" pairs)
     select exactly those 2,789 images of a Cityscapes folder (empty files: nothing is labelled), and the
     pretrain command reads the folder the auxlabels command writes."""
     from auxlabels.config import AuxLabelsConfig
@@ -149,11 +146,7 @@ def test_the_documented_unlabelled_list_feeds_the_auxiliary_labels(tmp_path, mon
 
     commands = _doc_commands()
     stages = ("auxseg finetune ", "auxseg auxlabels ", "auxseg pretrain ")
-    shell = [c for c in commands if not c.startswith(stages)]
-    assert shell[-1].startswith("auxseg configs show splits/cityscapes_literature/1_16/unlabeled.txt | ")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    for command in shell:
-        subprocess.run(["bash", "-e", "-o", "pipefail", "-c", command], cwd=tmp_path, env=env, check=True)
+    assert all(c.startswith(stages) for c in commands), commands  # nothing to run by hand in between
     unlabelled = image_paths(resolve_path(f"{PRESET}/1_16/unlabeled.txt"))
     for rel in unlabelled + image_paths(resolve_path(f"{PRESET}/1_16/labeled.txt")):
         path = tmp_path / "data/cityscapes" / rel
