@@ -112,7 +112,7 @@ def _hf_model(registers: int, swiglu: bool):
     return model.eval()
 
 
-@pytest.mark.parametrize("registers,swiglu", [(0, False), (4, False), (0, True)])
+@pytest.mark.parametrize("registers,swiglu", [(0, False), (4, False), (0, True), (4, True)])
 def test_same_patch_features_as_hugging_face(tmp_path, tiny_arch, registers, swiglu):
     hf = _hf_model(registers, swiglu)
     hf.save_pretrained(tmp_path)  # its own layout: model.safetensors
