@@ -151,10 +151,9 @@ def step_headline(step_dir: Path, result: Any) -> str:
     if isinstance(result, dict) and "num_labels" in result:  # the label folder's manifest
         pm = (result.get("pmiou") or {}).get("pmiou")
         return (f"PmIoU {pm:.2f}, " if pm is not None else "") + f"K={result['num_labels']}, {len(result['images'])} images"
-    from loop.report import read_log
+    from pretrain.train import final_loss_line
 
-    log = [r for r in read_log(step_dir / "log.jsonl") if "loss" in r]  # pre-training's own log
-    return f"loss {log[-1]['loss']:.3f} at iteration {log[-1]['iter']}" if log else "done"
+    return final_loss_line(step_dir) or "done"  # pre-training's own log
 
 
 # ----------------------------------------------------------------------------- the loop

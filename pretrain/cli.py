@@ -19,7 +19,6 @@ from auxseg.cli import (
 )
 from auxseg.config import from_dict
 from auxseg.errors import AuxsegError
-from auxseg.files import read_jsonl
 from auxseg.paths import check_contained
 
 DESCRIPTION = """\
@@ -124,10 +123,10 @@ def _summary(cfg, path: Path) -> str | None:
     """The closing line: the last logged loss (the run's headline number) and the export; rank 0 only."""
     if os.environ.get("RANK", "0") != "0":
         return None  # one line per job, not per process
-    log_file = Path(cfg.out_dir) / "log.jsonl"
-    log = [r for r in read_jsonl(log_file) if "loss" in r] if log_file.is_file() else []
-    loss = f"loss {log[-1]['loss']:.3f} at iteration {log[-1]['iter']}, " if log else ""
-    return f"{loss}done: {path}"
+    from pretrain.train import final_loss_line
+
+    loss = final_loss_line(Path(cfg.out_dir))
+    return f"{loss}, done: {path}" if loss else f"done: {path}"
 
 
 def main(args: argparse.Namespace) -> int:

@@ -267,6 +267,14 @@ def truncate_log(path: Path, iteration: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
+def final_loss_line(out: Path) -> str | None:
+    """``"loss L at iteration N"`` from the last loss record of ``out/log.jsonl``: a run's headline number
+    (the command's and the pipeline's closing lines); None without a log or a loss in it."""
+    log_file = Path(out) / "log.jsonl"
+    log = [r for r in read_jsonl(log_file) if "loss" in r] if log_file.is_file() else []
+    return f"loss {log[-1]['loss']:.3f} at iteration {log[-1]['iter']}" if log else None
+
+
 def _describe(section) -> str:
     """``mode=aux`` style summary of an objective's settings that have a short value (for the start-up line)."""
     mode = getattr(section, "mode", None)
